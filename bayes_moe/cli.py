@@ -1,0 +1,232 @@
+"""The ``bayes-moe`` command: demo, fit, forecast, regimes.
+
+Examples
+--------
+::
+
+    bayes-moe demo --out report
+    bayes-moe fit --dataset sp500 --out runs/sp500
+    bayes-moe fit --data prices.csv --date-col Date --price-col Close --out runs/mine
+    bayes-moe forecast --model runs/sp500/fit.safetensors
+    bayes-moe regimes --model runs/sp500/fit.safetensors --out runs/sp500/regimes
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from bayes_moe import data as bm_data
+from bayes_moe.data.errors import DataError
+from bayes_moe.inference.checkpoint import CheckpointError, load_fit
+from bayes_moe.io import atomic_path, write_csv, write_json
+from bayes_moe.models.moe import BayesianMoE
+
+DATASETS = {"sp500": bm_data.load_sp500, "nasdaq": bm_data.load_nasdaq}
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    group = parser.add_argument_group("data (an embedded dataset or your own CSV/Parquet file)")
+    source = group.add_mutually_exclusive_group(required=required)
+    source.add_argument("--dataset", choices=sorted(DATASETS), help="embedded real data")
+    source.add_argument("--data", type=Path, help="CSV or Parquet file with a date column")
+    group.add_argument("--date-col", default="date", help="date column of --data")
+    group.add_argument("--price-col", help="price column: percent log returns become 'ret'")
+    group.add_argument("--return-col", help="column that already holds returns")
+    for col in ("open", "high", "low", "close"):
+        group.add_argument(f"--{col}-col", help=f"{col} prices for range-volatility features")
+
+
+def _load_frame(args) -> pd.DataFrame | None:
+    if getattr(args, "dataset", None):
+        return DATASETS[args.dataset]()
+    if getattr(args, "data", None) is not None:
+        return bm_data.read_frame(
+            args.data,
+            date_col=args.date_col,
+            price_col=args.price_col,
+            return_col=args.return_col,
+            open_col=args.open_col,
+            high_col=args.high_col,
+            low_col=args.low_col,
+            close_col=args.close_col,
+        )
+    return None
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and fitting")
+    group.add_argument("--target", default="ret", help="column to forecast (default: ret)")
+    group.add_argument("--experts", default="ar,var,kalman", help="comma-separated expert names")
+    group.add_argument("--regimes", type=int, default=3, help="number of regimes K")
+    group.add_argument("--window", type=int, default=64, help="context window L (days)")
+    group.add_argument("--horizon", type=int, default=1, help="forecast horizon h (days)")
+    group.add_argument("--num-steps", type=int, default=1500, help="maximum SVI steps")
+    group.add_argument("--num-draws", type=int, default=200, help="posterior draws kept")
+    group.add_argument("--seed", type=int, default=0)
+
+
+def _print_summary(metrics: dict, elapsed: float, out: Path) -> None:
+    now, fc = metrics["regime_now"], metrics["forecast"]
+    quantiles = ", ".join(f"q{q}={v:+.3f}" for q, v in fc["quantiles"].items())
+    ins = metrics["in_sample"]
+    print(
+        f"regime on {now['date']}: {now['regime']} of {len(metrics['expected_duration_days'])} "
+        f"(filtered probability {now['filtered_probability']:.3f} "
+        f"+/- {now['filtered_probability_sd']:.3f}; regime volatility {now['volatility']:.2f})\n"
+        f"forecast from {fc['origin_date']} for h={fc['horizon']}: mean {fc['mean']:+.4f}, "
+        f"sd {fc['std']:.4f}; {quantiles}\n"
+        f"in-sample one-step: log score {ins['mean_log_score']:.4f} nats/day, "
+        f"90% coverage {ins['coverage_90']:.3f}, elpd_loo {ins['elpd_loo']:.1f}\n"
+        f"SVI: {metrics['fit']['num_steps']} steps, {metrics['fit']['step_time_s'] * 1e3:.1f} ms/step; "
+        f"elapsed {elapsed:.1f} s\n"
+        f"report written to {out}/"
+    )
+
+
+def _fit_and_report(args, frame: pd.DataFrame, out: Path, price=None) -> dict:
+    from bayes_moe.report import write_report
+
+    start = time.perf_counter()
+    model = BayesianMoE(
+        experts=[e.strip() for e in args.experts.split(",") if e.strip()],
+        n_regimes=args.regimes,
+        window=args.window,
+    )
+    data = model.prepare(frame, args.target, horizon=args.horizon)  # validates before fitting
+    print(
+        f"fitting {model.labels} with {model.n_regimes} regimes on {data.n_observed} days "
+        f"({data.dates[0].date()} .. {data.dates[-1].date()})",
+        flush=True,
+    )
+    from bayes_moe.inference.svi import fit_svi
+
+    fit = fit_svi(model, data, num_steps=args.num_steps, num_draws=args.num_draws, seed=args.seed)
+    print("evaluating the posterior and writing the report ...", flush=True)
+    metrics = write_report(fit, out, price=price)
+    elapsed = time.perf_counter() - start
+    metrics["elapsed_s"] = elapsed
+    write_json(metrics, out / "metrics.json")
+    _print_summary(metrics, elapsed, out)
+    return metrics
+
+
+def cmd_demo(args) -> int:
+    """Fit the default mixture on the embedded S&P 500 data and write a report."""
+    frame = bm_data.load_sp500()
+    price = frame["adj_close"].rename("S&P 500 (adjusted close)")
+    _fit_and_report(args, frame, Path(args.out), price=price)
+    return 0
+
+
+def cmd_fit(args) -> int:
+    """Fit on a dataset or a user file and write a report with the checkpoint."""
+    frame = _load_frame(args)
+    price = None
+    if args.dataset == "sp500":
+        price = frame["adj_close"].rename("S&P 500 (adjusted close)")
+    elif args.price_col and args.price_col in frame.columns:
+        price = frame[args.price_col]
+    _fit_and_report(args, frame, Path(args.out), price=price)
+    return 0
+
+
+def _fit_from_checkpoint(args):
+    fit = load_fit(args.model)
+    frame = _load_frame(args)
+    return fit.update(frame) if frame is not None else fit
+
+
+def cmd_forecast(args) -> int:
+    """Forecast from a checkpoint (optionally conditioned on newer data)."""
+    fit = _fit_from_checkpoint(args)
+    forecast = fit.forecast(num_samples=args.num_samples, seed=args.seed)
+    table = forecast.to_frame(qs=tuple(args.quantiles))
+    print(table.to_string())
+    if args.out is not None:
+        out = Path(args.out)
+        if out.suffix == ".csv":
+            write_csv(table, out)
+        else:
+            write_json(table.reset_index().to_dict(orient="records"), out)
+        print(f"written to {out}")
+    return 0
+
+
+def cmd_regimes(args) -> int:
+    """Regime posteriors from a checkpoint: CSV tables, a plot and NetCDF."""
+    from bayes_moe import plotting
+
+    fit = _fit_from_checkpoint(args)
+    regimes = fit.regimes()
+    out = Path(args.out)
+    write_csv(regimes.filtered, out / "regimes_filtered.csv")
+    write_csv(regimes.smoothed, out / "regimes_smoothed.csv")
+    write_csv(regimes.viterbi, out / "regimes_viterbi.csv")
+    write_csv(regimes.transition, out / "transition.csv")
+    write_csv(regimes.expert_weights, out / "expert_weights.csv")
+    with atomic_path(out / "regimes.nc") as tmp:
+        regimes.to_dataset().to_netcdf(str(tmp), engine="h5netcdf")
+    with atomic_path(out / "regimes.png") as tmp:
+        plotting.plot_regimes(fit, regimes, tmp)
+    current = regimes.current()
+    print(regimes.transition.round(4).to_string())
+    print(
+        f"regime on {current['date'].date()}: {current['regime']} "
+        f"(filtered probability {current['probability']:.3f} +/- {current['probability_sd']:.3f})"
+    )
+    print(f"written to {out}/")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``bayes-moe``."""
+    parser = argparse.ArgumentParser(prog="bayes-moe", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="fit on the embedded S&P 500 data and write a report")
+    demo.add_argument("--out", default="report", help="report folder (default: report)")
+    _add_model_arguments(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    fit = sub.add_parser("fit", help="fit on a dataset or your own file and write a report")
+    _add_data_arguments(fit, required=True)
+    _add_model_arguments(fit)
+    fit.add_argument("--out", required=True, help="report folder (gets fit.safetensors)")
+    fit.set_defaults(func=cmd_fit)
+
+    forecast = sub.add_parser("forecast", help="forecast from a fitted checkpoint")
+    forecast.add_argument("--model", required=True, type=Path, help="fit.safetensors checkpoint")
+    _add_data_arguments(forecast, required=False)
+    forecast.add_argument("--num-samples", type=int, default=2000)
+    forecast.add_argument("--seed", type=int, default=0)
+    forecast.add_argument(
+        "--quantiles", type=float, nargs="+", default=[0.05, 0.25, 0.5, 0.75, 0.95]
+    )
+    forecast.add_argument("--out", help="write the table to this .json or .csv file")
+    forecast.set_defaults(func=cmd_forecast)
+
+    regimes = sub.add_parser("regimes", help="regime posteriors from a fitted checkpoint")
+    regimes.add_argument("--model", required=True, type=Path, help="fit.safetensors checkpoint")
+    _add_data_arguments(regimes, required=False)
+    regimes.add_argument("--out", required=True, help="output folder")
+    regimes.set_defaults(func=cmd_regimes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; bad input exits with status 2 and a message naming the problem."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"bayes-moe {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

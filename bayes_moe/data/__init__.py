@@ -1,0 +1,72 @@
+r"""Data for bayes_moe: bundled real data, causal features, macro joins, user files, checks.
+
+The frame convention
+--------------------
+Everything in this package exchanges *frames*: :class:`pandas.DataFrame` objects
+
+* indexed by a tz-naive :class:`pandas.DatetimeIndex` named ``"date"``, sorted
+  ascending, without duplicates, one row per trading (business) day;
+* with float64 columns only (see :func:`validate_frame` for the checks a model runs);
+* whose main target column is ``"ret"``, the percentage log return
+  :math:`r_t = 100 (\log P_t - \log P_{t-1})`; other return series are called
+  ``"ret_<name>"`` (``"ret_nasdaq"``), and experts find them by that prefix;
+* without look-ahead: every value on date ``t`` uses data up to and including the close
+  of ``t`` only. Monthly and quarterly series enter a daily frame only from the date
+  they were published (end of the reference period plus a publication lag), through an
+  as-of join backward in time (:func:`join_asof`).
+
+Contents
+--------
+* loaders of the data bundled with ``arch`` and ``statsmodels`` (work offline):
+  :func:`load_sp500`, :func:`load_nasdaq`, :func:`load_vix`, :func:`load_wti`,
+  :func:`load_macro`, :func:`load_fama_french`, :func:`load_us_macro_quarterly`;
+* causal features: :func:`log_returns`, :func:`parkinson_variance`,
+  :func:`garman_klass_variance`, :func:`average_true_range`, :func:`realized_variance`,
+  :func:`add_range_features`;
+* :func:`join_asof` and :data:`DEFAULT_PUBLICATION_LAGS` for lower-frequency data;
+* :func:`read_frame` for the user's own CSV or Parquet file;
+* :func:`validate_frame` and :class:`DataError`, raised for every bad input.
+"""
+
+from bayes_moe.data.errors import DataError
+from bayes_moe.data.features import (
+    add_range_features,
+    average_true_range,
+    garman_klass_variance,
+    log_returns,
+    parkinson_variance,
+    realized_variance,
+)
+from bayes_moe.data.files import read_frame
+from bayes_moe.data.loaders import (
+    load_fama_french,
+    load_macro,
+    load_nasdaq,
+    load_sp500,
+    load_us_macro_quarterly,
+    load_vix,
+    load_wti,
+)
+from bayes_moe.data.macro import DEFAULT_PUBLICATION_LAGS, join_asof
+from bayes_moe.data.validation import validate_frame
+
+__all__ = [
+    "DEFAULT_PUBLICATION_LAGS",
+    "DataError",
+    "add_range_features",
+    "average_true_range",
+    "garman_klass_variance",
+    "join_asof",
+    "load_fama_french",
+    "load_macro",
+    "load_nasdaq",
+    "load_sp500",
+    "load_us_macro_quarterly",
+    "load_vix",
+    "load_wti",
+    "log_returns",
+    "parkinson_variance",
+    "read_frame",
+    "realized_variance",
+    "validate_frame",
+]

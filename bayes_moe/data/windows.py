@@ -1,0 +1,333 @@
+r"""From a validated frame to the tensors the model reads, with no look-ahead.
+
+Shape convention (used throughout ``bayes_moe``)
+------------------------------------------------
+
+=============  ==============================================================
+symbol         meaning
+=============  ==============================================================
+``T``          rows (trading days) of the frame
+``C``          numeric columns the model may read (targets first)
+``d_y``        target dimension (``len(targets)``, usually 1)
+``N``          forecast origins: days ``t`` whose information set is the close
+               of ``t``; the response of origin ``t`` is :math:`y_{t+h}`
+``L``          context window length (an origin needs ``L`` rows up to ``t``)
+``V``          volatility summaries per target (:data:`VOL_SPANS`)
+``S``          posterior draws, a leading batch dimension
+``K``, ``M``   regimes, experts
+=============  ==============================================================
+
+Time runs along the second-to-last axis of event tensors (``(..., N, d_y)``);
+batch dimensions (posterior draws) lead. The response of origin ``t`` at horizon
+``h`` is the sum of the (standardized) targets over days ``t+1..t+h``, the
+``h``-day log return for percentage log returns.
+
+Standardization uses training-sample constants only (:class:`Preprocessor`); they
+are stored with a fit and reused for any later data, so a forecast made at ``t``
+depends on rows up to ``t`` and on fitted constants, nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bayes_moe.data.errors import DataError
+from bayes_moe.data.validation import validate_frame
+
+#: Spans (days) of the log realized-variance summaries every expert may read.
+VOL_SPANS: tuple[int, ...] = (1, 5, 22)
+#: Floor added to realized variance (in standardized units) before the log.
+VOL_FLOOR: float = 0.01
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """Training-sample constants that turn a frame into standardized tensors.
+
+    Parameters
+    ----------
+    columns : tuple of str
+        Model columns, targets first.
+    targets : tuple of str
+        Target columns (a prefix of ``columns``).
+    loc, scale : tuple of float
+        Per-column mean and standard deviation on the training sample.
+    vol_center : tuple of float
+        Training mean of each volatility summary (``VOL_SPANS``), pooled over targets.
+    """
+
+    columns: tuple[str, ...]
+    targets: tuple[str, ...]
+    loc: tuple[float, ...]
+    scale: tuple[float, ...]
+    vol_center: tuple[float, ...]
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, targets: Sequence[str], covariates: Sequence[str]):
+        """Compute the constants from a (training) frame."""
+        columns = tuple(targets) + tuple(c for c in covariates if c not in targets)
+        values = frame.loc[:, list(columns)].to_numpy(dtype=np.float64)
+        loc = values.mean(axis=0)
+        scale = values.std(axis=0)
+        standardized_targets = (values[:, : len(targets)] - loc[: len(targets)]) / scale[
+            : len(targets)
+        ]
+        vol = _vol_summaries(standardized_targets)
+        return cls(
+            columns=columns,
+            targets=tuple(targets),
+            loc=tuple(float(x) for x in loc),
+            scale=tuple(float(x) for x in scale),
+            vol_center=tuple(float(x) for x in vol.mean(axis=(0, 1))),
+        )
+
+    def to_json(self) -> str:
+        """Serialize to a JSON string (used in checkpoints)."""
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> Preprocessor:
+        """Inverse of :meth:`to_json`."""
+        raw = json.loads(text)
+        return cls(**{k: tuple(v) for k, v in raw.items()})
+
+    @property
+    def target_loc(self) -> np.ndarray:
+        """Mean of each target, shape ``(d_y,)``."""
+        return np.asarray(self.loc[: len(self.targets)])
+
+    @property
+    def target_scale(self) -> np.ndarray:
+        """Standard deviation of each target, shape ``(d_y,)``."""
+        return np.asarray(self.scale[: len(self.targets)])
+
+
+def _vol_summaries(z: np.ndarray) -> np.ndarray:
+    r"""Log realized variance of ``z`` (T, d) over each span, causal: (T, d, V).
+
+    .. math:: f_{t,w} = \log\Big(\tfrac{1}{w}\sum_{j=0}^{w-1} z_{t-j}^2 + \epsilon\Big)
+
+    The first ``w - 1`` rows average over the rows available so far.
+    """
+    sq = pd.DataFrame(z**2)
+    out = [np.log(sq.rolling(w, min_periods=1).mean().to_numpy() + VOL_FLOOR) for w in VOL_SPANS]
+    return np.stack(out, axis=-1)
+
+
+@dataclass(frozen=True)
+class ExpertInputs:
+    """What an expert may read: the standardized history and the forecast origins.
+
+    Experts must only use rows ``<= t`` for origin ``t`` (the contract test checks it).
+
+    Attributes
+    ----------
+    series : Tensor, shape ``(T, C)``
+        Standardized model columns, targets first.
+    columns : tuple of str
+        Names of the ``C`` columns.
+    n_targets : int
+        ``d_y``; the first ``d_y`` columns are the targets.
+    origins : LongTensor, shape ``(N,)``
+        Row index of each forecast origin, increasing, each ``>= window - 1``.
+    horizon : int
+        ``h``: the response of origin ``t`` is the sum of the targets on ``t+1..t+h``.
+    window : int
+        ``L``, the longest history a window expert may ask for.
+    vol : Tensor, shape ``(T, d_y, V)``
+        Centered log realized-variance summaries of each target (:data:`VOL_SPANS`).
+    """
+
+    series: torch.Tensor
+    columns: tuple[str, ...]
+    n_targets: int
+    origins: torch.Tensor
+    horizon: int
+    window: int
+    vol: torch.Tensor
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Target column names."""
+        return self.columns[: self.n_targets]
+
+    @property
+    def n_origins(self) -> int:
+        """``N``."""
+        return int(self.origins.shape[0])
+
+    def column_index(self, names: Sequence[str]) -> list[int]:
+        """Positions of ``names`` in :attr:`columns` (KeyError names the missing one)."""
+        missing = [n for n in names if n not in self.columns]
+        if missing:
+            raise KeyError(f"columns {missing} are not model columns {list(self.columns)}")
+        return [self.columns.index(n) for n in names]
+
+    def windows(self, length: int, names: Sequence[str] | None = None) -> torch.Tensor:
+        """Rows ``t-length+1 .. t`` for each origin ``t``: shape ``(N, length, c)``.
+
+        ``names`` defaults to the targets. The last entry along the time axis is the
+        origin's own row.
+        """
+        if not 1 <= length <= self.window:
+            raise ValueError(f"window length {length} must be in 1..{self.window}")
+        cols = self.column_index(names) if names is not None else list(range(self.n_targets))
+        values = self.series[:, cols]  # (T, c)
+        unfolded = values.unfold(0, length, 1)  # (T - length + 1, c, length)
+        return unfolded[self.origins - (length - 1)].transpose(-1, -2)
+
+    @cached_property
+    def origin_vol(self) -> torch.Tensor:
+        """Volatility summaries at the origins: shape ``(N, d_y, V)``."""
+        return self.vol[self.origins]
+
+    def at(self, origins: torch.Tensor) -> ExpertInputs:
+        """The same history with other origins."""
+        return ExpertInputs(
+            self.series, self.columns, self.n_targets, origins, self.horizon, self.window, self.vol
+        )
+
+
+@dataclass(frozen=True)
+class ModelData:
+    """A frame prepared for the model: inputs, responses and their dates.
+
+    Attributes
+    ----------
+    inputs : ExpertInputs
+        With origins ``L-1 .. T-1`` (every day with a full window).
+    response : Tensor, shape ``(N, d_y)``
+        Standardized response of each origin; rows whose response lies beyond the
+        data (the last ``h`` origins) are ``NaN``.
+    n_observed : int
+        Origins whose response is observed (``N - h``).
+    dates : DatetimeIndex, length ``T``
+    preprocessor : Preprocessor
+    """
+
+    inputs: ExpertInputs
+    response: torch.Tensor
+    n_observed: int
+    dates: pd.DatetimeIndex
+    preprocessor: Preprocessor
+    frame: pd.DataFrame = field(repr=False)
+
+    @property
+    def origin_dates(self) -> pd.DatetimeIndex:
+        """Date of each origin (the close whose information the forecast uses)."""
+        return self.dates[self.inputs.origins.numpy()]
+
+    @property
+    def response_dates(self) -> pd.DatetimeIndex:
+        """Date on which each observed response is realized (origin + h rows)."""
+        idx = self.inputs.origins[: self.n_observed].numpy() + self.inputs.horizon
+        return self.dates[idx]
+
+    @property
+    def observed_response(self) -> torch.Tensor:
+        """Observed responses: ``(n_observed, d_y)``."""
+        return self.response[: self.n_observed]
+
+    def unstandardize(self, z: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Map standardized ``h``-day responses ``(..., d_y)`` back to data units."""
+        h = self.inputs.horizon
+        p = self.preprocessor
+        return h * p.target_loc + p.target_scale * np.asarray(z)
+
+    def standardize_response(self, y: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`unstandardize`."""
+        h = self.inputs.horizon
+        p = self.preprocessor
+        return (np.asarray(y) - h * p.target_loc) / p.target_scale
+
+
+def prepare(
+    frame: pd.DataFrame,
+    *,
+    targets: Sequence[str],
+    covariates: Sequence[str] | None = None,
+    window: int,
+    horizon: int = 1,
+    preprocessor: Preprocessor | None = None,
+    dtype: torch.dtype = torch.float64,
+    min_observations: int = 30,
+) -> ModelData:
+    """Validate ``frame`` and turn it into :class:`ModelData`.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Date-indexed, sorted, numeric (see :mod:`bayes_moe.data`).
+    targets : sequence of str
+        Columns to forecast.
+    covariates : sequence of str, optional
+        Other columns experts may read; ``None`` means every other column.
+    window, horizon : int
+        Context length ``L`` and forecast horizon ``h``.
+    preprocessor : Preprocessor, optional
+        Constants of an earlier fit; computed from ``frame`` when omitted.
+    min_observations : int
+        Observed responses required beyond the window and horizon.
+
+    Raises
+    ------
+    DataError
+        For every bad input, before any tensor is built.
+    """
+    targets = list(targets)
+    if window < 1 or horizon < 1:
+        raise DataError(f"window ({window}) and horizon ({horizon}) must be positive integers")
+    if preprocessor is not None:
+        covariates = [c for c in preprocessor.columns if c not in targets]
+        if tuple(targets) != preprocessor.targets:
+            raise DataError(
+                f"targets {targets} differ from the fitted model's {list(preprocessor.targets)}"
+            )
+    elif covariates is None:
+        missing = [t for t in targets if t not in frame.columns]
+        if missing:  # let validate_frame produce the message naming the missing column
+            covariates = []
+        else:
+            covariates = [c for c in frame.columns if c not in targets]
+    columns = targets + [c for c in covariates if c not in targets]
+    validate_frame(frame, columns=columns, min_length=window + horizon + min_observations)
+
+    if preprocessor is None:
+        preprocessor = Preprocessor.from_frame(frame, targets, covariates)
+    values = frame.loc[:, columns].to_numpy(dtype=np.float64)
+    z = (values - np.asarray(preprocessor.loc)) / np.asarray(preprocessor.scale)
+    d_y = len(targets)
+    vol = _vol_summaries(z[:, :d_y]) - np.asarray(preprocessor.vol_center)
+
+    n_rows = len(frame)
+    origins = np.arange(window - 1, n_rows)
+    response = np.full((len(origins), d_y), np.nan)
+    n_observed = len(origins) - horizon
+    csum = np.concatenate([np.zeros((1, d_y)), np.cumsum(z[:, :d_y], axis=0)])
+    observed = origins[:n_observed]
+    response[:n_observed] = csum[observed + 1 + horizon] - csum[observed + 1]
+
+    inputs = ExpertInputs(
+        series=torch.as_tensor(z, dtype=dtype),
+        columns=tuple(columns),
+        n_targets=d_y,
+        origins=torch.as_tensor(origins, dtype=torch.long),
+        horizon=horizon,
+        window=window,
+        vol=torch.as_tensor(vol, dtype=dtype),
+    )
+    return ModelData(
+        inputs=inputs,
+        response=torch.as_tensor(response, dtype=dtype),
+        n_observed=n_observed,
+        dates=pd.DatetimeIndex(frame.index),
+        preprocessor=preprocessor,
+        frame=frame,
+    )

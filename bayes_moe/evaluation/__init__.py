@@ -1,0 +1,1 @@
+"""Evaluation: scoring rules, backtests, baselines, calibration."""

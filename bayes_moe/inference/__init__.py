@@ -1,0 +1,1 @@
+"""Inference: SVI, posterior evaluation, regimes, predictive, ArviZ, checkpoints, kernels."""

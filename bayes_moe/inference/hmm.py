@@ -1,0 +1,640 @@
+r"""Hidden Markov model kernels in log space, parallel over time.
+
+Pure functions for a discrete latent regime :math:`z_t \in \{1, \dots, K\}` with a
+time-homogeneous Markov prior and arbitrary emission log-likelihoods: the log evidence,
+the filter, the forward-backward smoother, the Viterbi path, multi-step propagation and
+the stationary distribution. No function loops over time in Python: the forward and
+backward recursions are prefix products of :math:`K \times K` matrices under an
+associative operator, computed with :func:`bayes_moe.inference.scan.associative_scan`
+(or a pairwise tree reduction when only the total product is needed) in
+``O(log T)`` sequential tensor operations (Särkkä & García-Fernández 2021).
+
+Conventions
+-----------
+=============================  ==================  =========================================
+argument / result              shape               meaning
+=============================  ==================  =========================================
+``log_init``                   ``(..., K)``        :math:`\log p(z_1 = k)`, the prior of the
+                                                   *first* step's state, before its emission
+``log_trans``                  ``(..., K, K)``     ``[..., i, j]`` is
+                                                   :math:`\log p(z_t = j \mid z_{t-1} = i)`
+                                                   (rows sum to one in probability space)
+``log_emit``                   ``(..., T, K)``     :math:`\log p(y_t \mid z_t = k)`, computed
+                                                   by the caller (any emission model)
+``log_filtered``               ``(..., T, K)``     :math:`\log p(z_t = k \mid y_{1:t})`
+``log_predicted``              ``(..., T, K)``     :math:`\log p(z_t = k \mid y_{1:t-1})`;
+                                                   ``log_init`` at :math:`t = 1`
+``log_evidence_increments``    ``(..., T)``        :math:`\log p(y_t \mid y_{1:t-1})`
+``log_evidence``               ``(...)``           :math:`\log p(y_{1:T})`
+``log_smoothed``               ``(..., T, K)``     :math:`\log p(z_t = k \mid y_{1:T})`
+``path``                       ``(..., T)`` int64  most probable regime path, values ``0..K-1``
+=============================  ==================  =========================================
+
+``K`` is the number of regimes, ``T`` the number of time steps and ``...`` any leading
+batch dimensions (posterior draws, assets), which broadcast between the arguments with
+the usual torch rules. Everything is in log space and every scan element is rescaled
+to a largest entry of zero, so ``T = 100,000`` does not underflow in any floating
+dtype (float32 still carries its ~1e-7 relative error on a log evidence of order
+``T``); every function except the
+discrete Viterbi path is differentiable with autograd (used inside SVI). Structural
+zeros (``-inf`` entries of ``log_trans``) are allowed and give finite gradients.
+
+Time runs on dimension ``-2`` of ``log_emit`` (batch-major, as in Pyro's
+``DiscreteHMM``); the scans move it to dimension 0 internally, as
+:func:`~bayes_moe.inference.scan.associative_scan` requires.
+
+References
+----------
+L. R. Rabiner, "A tutorial on hidden Markov models and selected applications in speech
+recognition", Proceedings of the IEEE 77(2), 257-286, 1989.
+
+S. Särkkä and Á. F. García-Fernández, "Temporal parallelization of Bayesian smoothers",
+IEEE Transactions on Automatic Control 66(1), 299-306, 2021.
+
+S. S. Hassan, S. Särkkä and Á. F. García-Fernández, "Temporal parallelization of
+inference in hidden Markov models", IEEE Transactions on Signal Processing 69,
+4875-4887, 2021; the ``hmm_filter`` / ``hmm_smoother`` / ``hmm_posterior_mode`` functions
+of dynamax (``dynamax.hidden_markov_model.inference``) are the software precedent.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from bayes_moe.inference.scan import associative_scan
+
+__all__ = [
+    "HMMFilterResult",
+    "HMMSmootherResult",
+    "HMMViterbiResult",
+    "hmm_filter",
+    "hmm_log_evidence",
+    "hmm_propagate",
+    "hmm_smoother",
+    "hmm_viterbi",
+    "log_matmul_exp",
+    "stationary_distribution",
+]
+
+
+class HMMFilterResult(NamedTuple):
+    r"""Output of :func:`hmm_filter` (shapes in the module's convention table).
+
+    Attributes
+    ----------
+    log_filtered : Tensor
+        ``(..., T, K)``, :math:`\log p(z_t = k \mid y_{1:t})`, normalized over ``k``.
+    log_predicted : Tensor
+        ``(..., T, K)``, :math:`\log p(z_t = k \mid y_{1:t-1})`; ``log_init`` at ``t = 1``.
+    log_evidence_increments : Tensor
+        ``(..., T)``, :math:`\log p(y_t \mid y_{1:t-1})`.
+    log_evidence : Tensor
+        ``(...)``, :math:`\log p(y_{1:T})`, the sum of the increments.
+    """
+
+    log_filtered: torch.Tensor
+    log_predicted: torch.Tensor
+    log_evidence_increments: torch.Tensor
+    log_evidence: torch.Tensor
+
+
+class HMMSmootherResult(NamedTuple):
+    r"""Output of :func:`hmm_smoother`: the :class:`HMMFilterResult` fields plus one.
+
+    Attributes
+    ----------
+    log_filtered, log_predicted, log_evidence_increments, log_evidence : Tensor
+        As in :class:`HMMFilterResult`.
+    log_smoothed : Tensor
+        ``(..., T, K)``, :math:`\log p(z_t = k \mid y_{1:T})`, normalized over ``k``.
+    """
+
+    log_filtered: torch.Tensor
+    log_predicted: torch.Tensor
+    log_evidence_increments: torch.Tensor
+    log_evidence: torch.Tensor
+    log_smoothed: torch.Tensor
+
+
+class HMMViterbiResult(NamedTuple):
+    r"""Output of :func:`hmm_viterbi`; unpacks as ``path, log_max = hmm_viterbi(...)``.
+
+    Attributes
+    ----------
+    path : Tensor
+        ``(..., T)`` int64, the most probable regime path :math:`\hat z_{1:T}`.
+    log_max : Tensor
+        ``(...)``, :math:`\log p(\hat z_{1:T}, y_{1:T}) = \max_{z} \log p(z, y_{1:T})`.
+    """
+
+    path: torch.Tensor
+    log_max: torch.Tensor
+
+
+# --------------------------------------------------------------------------------------
+# Semiring helpers
+# --------------------------------------------------------------------------------------
+
+
+def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
+    """Replace non-finite entries (an all ``-inf`` slice's max) by zero."""
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def _log_tiny(dtype: torch.dtype) -> float:
+    """Log of the smallest positive normal number of a floating dtype."""
+    return math.log(torch.finfo(dtype).tiny)
+
+
+def _logsumexp(x: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool = False) -> torch.Tensor:
+    """``torch.logsumexp`` whose gradient stays finite when a slice is all ``-inf``.
+
+    ``torch.logsumexp`` returns ``-inf`` for such a slice but back-propagates ``nan``
+    (``exp(-inf - (-inf))``), which would poison every gradient of a model with a
+    structural zero in its transition matrix. Here the empty slice gets ``-inf`` and a
+    zero gradient.
+    """
+    shift = _finite_or_zero(x.detach().amax(dim=dim, keepdim=True))
+    shifted = x - shift
+    # Terms below the smallest normal number change a sum whose largest term is one by
+    # less than K * tiny, but exp() of them takes a slow path (subnormal results,
+    # underflow) that made long, confidently-switching series several times slower.
+    shifted = shifted.masked_fill(shifted < _log_tiny(x.dtype), -torch.inf)
+    total = shifted.exp().sum(dim=dim, keepdim=True)
+    positive = total > 0
+    safe_total = torch.where(positive, total, torch.ones_like(total))
+    out = torch.where(positive, safe_total.log(), torch.full_like(total, -torch.inf)) + shift
+    if not keepdim:
+        dims = (dim,) if isinstance(dim, int) else dim
+        out = out.squeeze(dims)
+    return out
+
+
+def _normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Subtract the log normalizer over ``dim``: ``x - logsumexp(x, dim)``."""
+    return x - _logsumexp(x, dim, keepdim=True)
+
+
+def log_matmul_exp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    r"""Matrix product in the log semiring, :math:`\log(\exp(a) \exp(b))`.
+
+    .. math::
+
+        c_{ik} = \log \sum_j \exp(a_{ij} + b_{jk})
+
+    computed as a log-sum-exp over ``j`` of the broadcast sum, so no entry underflows
+    however far apart the magnitudes are (unlike shifting each factor and calling
+    ``matmul``), and ``-inf`` entries are allowed. Costs ``O(I J K)`` memory per batch
+    element, which is nothing for the regime counts of a Markov-switching model.
+
+    Parameters
+    ----------
+    a : Tensor
+        ``(..., I, J)`` log-matrix.
+    b : Tensor
+        ``(..., J, K)`` log-matrix; batch dimensions broadcast with ``a``'s.
+
+    Returns
+    -------
+    Tensor
+        ``(..., I, K)``.
+    """
+    return _logsumexp(a.unsqueeze(-1) + b.unsqueeze(-3), dim=-2)
+
+
+def _log_matmul_max(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    r"""Matrix product in the (max, +) semiring, :math:`c_{ik} = \max_j a_{ij} + b_{jk}`."""
+    return (a.unsqueeze(-1) + b.unsqueeze(-3)).amax(dim=-2)
+
+
+def _matrix_shift(x: torch.Tensor) -> torch.Tensor:
+    """Largest entry of each ``(..., K, K)`` matrix (detached, zero if all ``-inf``)."""
+    return _finite_or_zero(x.detach().amax(dim=(-2, -1), keepdim=True))
+
+
+def _combine_sum_product(
+    a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...]:
+    """Associative operator of the forward/backward scans: a normalized log-matmul.
+
+    Subtracting each product's largest entry keeps the entries near zero however long
+    the stretch of time it spans, so no precision is lost to large magnitudes in
+    float32. The dropped constant only rescales the product, so the operator stays
+    associative on the projective classes the filter and smoother need.
+    """
+    product = log_matmul_exp(a[0], b[0])
+    return (product - _matrix_shift(product),)
+
+
+def _combine_max_product(
+    a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...]:
+    """Associative operator of the Viterbi forward scan: a normalized (max, +) matmul."""
+    product = _log_matmul_max(a[0], b[0])
+    return (product - _matrix_shift(product),)
+
+
+def _compose_maps(
+    a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...]:
+    """Compose back-pointer maps: ``(a o b)[k] = a[b[k]]`` (``a`` is earlier in time)."""
+    return (torch.gather(a[0], -1, b[0]),)
+
+
+# --------------------------------------------------------------------------------------
+# Argument handling
+# --------------------------------------------------------------------------------------
+
+
+def _broadcast(
+    log_init: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Check shapes and broadcast the batch dimensions of the three arguments."""
+    if log_emit.dim() < 2:
+        raise ValueError(f"log_emit must have shape (..., T, K), got {tuple(log_emit.shape)}")
+    num_steps, num_states = log_emit.shape[-2:]
+    if num_steps == 0:
+        raise ValueError("log_emit has no time steps (T = 0)")
+    if log_init.dim() < 1 or log_init.shape[-1] != num_states:
+        raise ValueError(
+            f"log_init must have shape (..., K) with K = {num_states}, got {tuple(log_init.shape)}"
+        )
+    if log_trans.dim() < 2 or log_trans.shape[-2:] != (num_states, num_states):
+        raise ValueError(
+            f"log_trans must have shape (..., K, K) with K = {num_states}, "
+            f"got {tuple(log_trans.shape)}"
+        )
+    batch_shape = torch.broadcast_shapes(
+        log_init.shape[:-1], log_trans.shape[:-2], log_emit.shape[:-2]
+    )
+    return (
+        log_init.expand(batch_shape + (num_states,)),
+        log_trans.expand(batch_shape + (num_states, num_states)),
+        log_emit.expand(batch_shape + (num_steps, num_states)),
+    )
+
+
+def _transition_elements(log_trans: torch.Tensor, log_emit: torch.Tensor) -> torch.Tensor:
+    r"""Per-step log-matrices :math:`A_t[i, j] = \log P_{ij} + \log p(y_t \mid z_t = j)`.
+
+    For ``t = 2..T``, shape ``(..., T - 1, K, K)``.
+    """
+    return log_trans.unsqueeze(-3) + log_emit[..., 1:, :].unsqueeze(-2)
+
+
+def _forward_scan(
+    log_init: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor, combine
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Prefix products of the forward elements; returns ``(prefix row, A_{2:T})``.
+
+    The first element :math:`A_1[i, j] = \log p(z_1 = j) + \log p(y_1 \mid z_1 = j)`
+    has identical rows, so every prefix product has identical rows too: row 0 of the
+    prefix ending at ``t`` is the forward message :math:`\alpha_t` up to a constant.
+    """
+    num_states = log_emit.shape[-1]
+    alpha_1 = log_init + log_emit[..., 0, :]
+    first = alpha_1.unsqueeze(-2).expand(alpha_1.shape[:-1] + (num_states, num_states))
+    rest = _transition_elements(log_trans, log_emit)
+    elems = torch.cat([first.unsqueeze(-3), rest], dim=-3).movedim(-3, 0)
+    (prefix,) = associative_scan(combine, (elems,))
+    return prefix[..., 0, :].movedim(0, -2), rest
+
+
+# --------------------------------------------------------------------------------------
+# Public kernels
+# --------------------------------------------------------------------------------------
+
+
+def hmm_log_evidence(
+    log_init: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor
+) -> torch.Tensor:
+    r"""Log marginal likelihood :math:`\log p(y_{1:T})` of a hidden Markov model.
+
+    The forward algorithm written as one matrix product,
+
+    .. math::
+
+        p(y_{1:T}) = \alpha_1^\top A_2 A_3 \cdots A_T \mathbf{1}, \qquad
+        \alpha_1(j) = p(z_1 = j)\, p(y_1 \mid z_1 = j), \qquad
+        A_t[i, j] = P_{ij}\, p(y_t \mid z_t = j),
+
+    evaluated by a pairwise tree reduction: ``ceil(log2 T)`` levels, each multiplying
+    neighbouring matrices in one batched (linear-space) matmul. Every matrix starts as
+    :math:`\exp` of its log entries minus their maximum, and after every level each
+    product is divided by its largest entry, the log of which is carried in a separate
+    scale: entries stay in [0, 1] with the largest equal to one, so only terms below
+    ``tiny`` relative to the dominant path can underflow, and those do not change the
+    result.
+    This is the cheapest kernel here (no prefixes are kept), for use in every SVI step.
+    Its gradient with respect to ``log_emit[..., t, k]`` is the smoothed probability
+    :math:`p(z_t = k \mid y_{1:T})`.
+
+    Parameters
+    ----------
+    log_init : Tensor
+        ``(..., K)``, :math:`\log p(z_1)`.
+    log_trans : Tensor
+        ``(..., K, K)``, :math:`\log p(z_t = j \mid z_{t-1} = i)` at ``[..., i, j]``.
+    log_emit : Tensor
+        ``(..., T, K)``, :math:`\log p(y_t \mid z_t = k)`.
+
+    Returns
+    -------
+    Tensor
+        ``(...)``, the broadcast batch shape of the arguments.
+
+    References
+    ----------
+    Rabiner (1989), eq. (19)-(21); Särkkä & García-Fernández (2021), Sec. IV.
+    """
+    log_init, log_trans, log_emit = _broadcast(log_init, log_trans, log_emit)
+    alpha_1 = log_init + log_emit[..., 0, :]
+    if log_emit.shape[-2] == 1:
+        return _logsumexp(alpha_1, -1)
+    mats = _transition_elements(log_trans, log_emit)  # (..., T - 1, K, K)
+    shift = _matrix_shift(mats)
+    # Each level multiplies in linear space (one batched matmul) and divides every
+    # product by its largest entry, whose log is carried in ``scale``: entries stay in
+    # [0, 1] with the largest equal to one, so nothing that matters can underflow.
+    mats = (mats - shift).exp()
+    scale = shift[..., 0, 0].sum(-1)  # (...)
+    tiny = torch.finfo(mats.dtype).tiny
+    while mats.shape[-3] > 1:
+        length = mats.shape[-3]
+        paired = mats[..., 0 : length - 1 : 2, :, :] @ mats[..., 1::2, :, :]
+        peak = paired.detach().amax(dim=(-2, -1), keepdim=True).clamp_min(tiny)
+        paired = paired / peak
+        scale = scale + peak.log().sum(dim=(-3, -2, -1))
+        if length % 2:
+            paired = torch.cat([paired, mats[..., -1:, :, :]], dim=-3)
+        mats = paired
+    alpha_shift = _finite_or_zero(alpha_1.detach().amax(dim=-1, keepdim=True))
+    weights = (alpha_1 - alpha_shift).exp().unsqueeze(-1)  # (..., K, 1)
+    total = (weights * mats[..., 0, :, :]).sum(dim=(-2, -1))
+    return total.log() + alpha_shift[..., 0] + scale
+
+
+def hmm_filter(
+    log_init: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor
+) -> HMMFilterResult:
+    r"""Forward filter of a hidden Markov model, parallel over time.
+
+    The filtered, predicted and evidence terms of the forward recursion
+
+    .. math::
+
+        p(z_t \mid y_{1:t-1}) = \sum_i p(z_{t-1} = i \mid y_{1:t-1})\, P_{i z_t},
+        \qquad
+        p(y_t \mid y_{1:t-1}) = \sum_k p(z_t = k \mid y_{1:t-1})\, p(y_t \mid z_t = k),
+
+        p(z_t \mid y_{1:t}) =
+        \frac{p(z_t \mid y_{1:t-1})\, p(y_t \mid z_t)}{p(y_t \mid y_{1:t-1})}.
+
+    The unnormalized forward messages :math:`\alpha_t = \alpha_1^\top A_2 \cdots A_t`
+    (see :func:`hmm_log_evidence`) are the prefix products of the per-step matrices and
+    come from one inclusive associative scan; the filtered distributions are their
+    normalized rows. The predicted distributions and the evidence increments follow
+    from them in one batched step, so the increments are exact in every dtype.
+
+    Parameters
+    ----------
+    log_init : Tensor
+        ``(..., K)``, :math:`\log p(z_1)`.
+    log_trans : Tensor
+        ``(..., K, K)``, :math:`\log p(z_t = j \mid z_{t-1} = i)` at ``[..., i, j]``.
+    log_emit : Tensor
+        ``(..., T, K)``, :math:`\log p(y_t \mid z_t = k)`.
+
+    Returns
+    -------
+    HMMFilterResult
+        ``log_filtered (..., T, K)``, ``log_predicted (..., T, K)``,
+        ``log_evidence_increments (..., T)``, ``log_evidence (...)``.
+
+    References
+    ----------
+    Rabiner (1989), Sec. III-A and V-A (scaling); Särkkä & García-Fernández (2021);
+    Hassan, Särkkä & García-Fernández (2021), Sec. III.
+    """
+    log_init, log_trans, log_emit = _broadcast(log_init, log_trans, log_emit)
+    log_alpha, _ = _forward_scan(log_init, log_trans, log_emit, _combine_sum_product)
+    return _filter_from_alpha(log_alpha, log_init, log_trans, log_emit)
+
+
+def _filter_from_alpha(
+    log_alpha: torch.Tensor,
+    log_init: torch.Tensor,
+    log_trans: torch.Tensor,
+    log_emit: torch.Tensor,
+) -> HMMFilterResult:
+    """Compute the filtered, predicted and evidence terms from unnormalized messages."""
+    log_filtered = _normalize(log_alpha)
+    log_predicted = torch.cat(
+        [log_init.unsqueeze(-2), log_matmul_exp(log_filtered[..., :-1, :], log_trans)],
+        dim=-2,
+    )
+    increments = _logsumexp(log_predicted + log_emit, -1)
+    return HMMFilterResult(log_filtered, log_predicted, increments, increments.sum(-1))
+
+
+def hmm_smoother(
+    log_init: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor
+) -> HMMSmootherResult:
+    r"""Forward-backward smoother of a hidden Markov model, parallel over time.
+
+    .. math::
+
+        \beta_T(i) = 1, \qquad
+        \beta_t(i) = \sum_j P_{ij}\, p(y_{t+1} \mid z_{t+1} = j)\, \beta_{t+1}(j)
+        = \big(A_{t+1} A_{t+2} \cdots A_T \mathbf{1}\big)_i,
+
+        p(z_t = k \mid y_{1:T}) \propto p(z_t = k \mid y_{1:t})\, \beta_t(k).
+
+    The backward messages :math:`\beta_t = p(y_{t+1:T} \mid z_t)` (up to a constant
+    per ``t``) are suffix products of the same matrices as the filter's, computed with
+    a reverse associative scan.
+
+    Parameters
+    ----------
+    log_init : Tensor
+        ``(..., K)``, :math:`\log p(z_1)`.
+    log_trans : Tensor
+        ``(..., K, K)``, :math:`\log p(z_t = j \mid z_{t-1} = i)` at ``[..., i, j]``.
+    log_emit : Tensor
+        ``(..., T, K)``, :math:`\log p(y_t \mid z_t = k)`.
+
+    Returns
+    -------
+    HMMSmootherResult
+        The :func:`hmm_filter` fields plus ``log_smoothed (..., T, K)``.
+
+    References
+    ----------
+    Rabiner (1989), eq. (24)-(27); Särkkä & García-Fernández (2021), Sec. IV.
+    """
+    log_init, log_trans, log_emit = _broadcast(log_init, log_trans, log_emit)
+    log_alpha, rest = _forward_scan(log_init, log_trans, log_emit, _combine_sum_product)
+    filtered = _filter_from_alpha(log_alpha, log_init, log_trans, log_emit)
+    log_beta = torch.zeros_like(log_alpha)
+    if log_emit.shape[-2] > 1:
+        # suffix[t] = A_{t+2} ... A_T (0-based t = 0..T-2), so beta_t is its row sum.
+        (suffix,) = associative_scan(_combine_sum_product, (rest.movedim(-3, 0),), reverse=True)
+        log_beta_head = _logsumexp(suffix, -1).movedim(0, -2)
+        log_beta = torch.cat([log_beta_head, log_beta[..., -1:, :]], dim=-2)
+    log_smoothed = _normalize(filtered.log_filtered + log_beta)
+    return HMMSmootherResult(*filtered, log_smoothed)
+
+
+def hmm_viterbi(
+    log_init: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor
+) -> HMMViterbiResult:
+    r"""Most probable regime path (Viterbi), parallel over time in both passes.
+
+    .. math::
+
+        \delta_1(j) = \log p(z_1 = j) + \log p(y_1 \mid z_1 = j), \qquad
+        \delta_t(k) = \max_j \big[\delta_{t-1}(j) + \log P_{jk}\big]
+                      + \log p(y_t \mid z_t = k),
+
+        \psi_t(k) = \operatorname{arg\,max}_j \big[\delta_{t-1}(j) + \log P_{jk}\big],
+        \qquad \hat z_T = \operatorname{arg\,max}_k \delta_T(k), \qquad
+        \hat z_{t-1} = \psi_t(\hat z_t).
+
+    The forward pass is the filter's associative scan in the (max, +) semiring. The
+    backtrace is also a scan: the back-pointers :math:`\psi_t` are computed for all
+    ``t`` at once from the :math:`\delta_{t-1}`, and since composition of maps
+    :math:`\{1..K\} \to \{1..K\}` (a ``gather``) is associative, a reverse scan gives
+    :math:`\psi_{t+1} \circ \cdots \circ \psi_T` for every ``t``, which maps
+    :math:`\hat z_T` to :math:`\hat z_t`. ``log_max`` is the log joint density of the
+    returned path, evaluated directly (and differentiable in the parameters).
+
+    Parameters
+    ----------
+    log_init : Tensor
+        ``(..., K)``, :math:`\log p(z_1)`.
+    log_trans : Tensor
+        ``(..., K, K)``, :math:`\log p(z_t = j \mid z_{t-1} = i)` at ``[..., i, j]``.
+    log_emit : Tensor
+        ``(..., T, K)``, :math:`\log p(y_t \mid z_t = k)`.
+
+    Returns
+    -------
+    HMMViterbiResult
+        ``path (..., T)`` int64 with values in ``0..K-1``, and
+        ``log_max (...)`` = :math:`\max_{z_{1:T}} \log p(z_{1:T}, y_{1:T})`.
+        Ties are broken towards the lowest state index at each step.
+
+    References
+    ----------
+    Rabiner (1989), Sec. III-B; Hassan, Särkkä & García-Fernández (2021), Sec. IV-C;
+    ``hmm_posterior_mode`` in dynamax.
+    """
+    log_init, log_trans, log_emit = _broadcast(log_init, log_trans, log_emit)
+    num_steps, num_states = log_emit.shape[-2:]
+    with torch.no_grad():
+        delta, _ = _forward_scan(log_init, log_trans, log_emit, _combine_max_product)
+        last = delta[..., -1, :].argmax(-1)  # (...)
+        if num_steps == 1:
+            path = last.unsqueeze(-1)
+        else:
+            # scores[..., t, j, k] = delta_t(j) + log P_jk; back-pointers for z_{t+1} = k.
+            scores = delta[..., :-1, :].unsqueeze(-1) + log_trans.unsqueeze(-3)
+            pointers = scores.argmax(-2).movedim(-2, 0)  # (T - 1, ..., K)
+            (maps,) = associative_scan(_compose_maps, (pointers,), reverse=True)
+            index = last.unsqueeze(-1).expand((num_steps - 1,) + last.shape + (1,))
+            head = torch.gather(maps, -1, index)[..., 0].movedim(0, -1)  # (..., T - 1)
+            path = torch.cat([head, last.unsqueeze(-1)], dim=-1)
+    log_max = _path_log_joint(path, log_init, log_trans, log_emit)
+    return HMMViterbiResult(path, log_max)
+
+
+def _path_log_joint(
+    path: torch.Tensor, log_init: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor
+) -> torch.Tensor:
+    r""":math:`\log p(z_{1:T}, y_{1:T})` of a given path ``(..., T)``."""
+    num_states = log_emit.shape[-1]
+    total = torch.gather(log_init, -1, path[..., :1])[..., 0]
+    total = total + torch.gather(log_emit, -1, path.unsqueeze(-1))[..., 0].sum(-1)
+    if path.shape[-1] > 1:
+        pair_index = path[..., :-1] * num_states + path[..., 1:]
+        flat_trans = log_trans.flatten(-2)  # (..., K * K)
+        total = total + torch.gather(flat_trans, -1, pair_index).sum(-1)
+    return total
+
+
+def hmm_propagate(log_probs: torch.Tensor, log_trans: torch.Tensor, steps: int) -> torch.Tensor:
+    r"""Propagate a regime distribution ``steps`` transitions ahead.
+
+    .. math::
+
+        p(z_{t+h} = k \mid \cdot) = \sum_i p(z_t = i \mid \cdot)\, (P^h)_{ik}
+
+    with :math:`P^h` computed in log space by repeated squaring (``O(log h)`` log-matmuls).
+    Used for ``h``-step-ahead regime forecasts from the last filtered distribution.
+
+    Parameters
+    ----------
+    log_probs : Tensor
+        ``(..., K)``, :math:`\log p(z_t \mid \cdot)`.
+    log_trans : Tensor
+        ``(..., K, K)``, :math:`\log p(z_t = j \mid z_{t-1} = i)` at ``[..., i, j]``;
+        batch dimensions broadcast with ``log_probs``'.
+    steps : int
+        Number of transitions :math:`h \ge 0`; ``0`` returns ``log_probs``.
+
+    Returns
+    -------
+    Tensor
+        ``(..., K)``, :math:`\log p(z_{t+h} \mid \cdot)`.
+    """
+    steps = int(steps)
+    if steps < 0:
+        raise ValueError(f"steps must be non-negative, got {steps}")
+    result = log_probs.unsqueeze(-2)
+    power = log_trans
+    while steps:
+        if steps & 1:
+            result = log_matmul_exp(result, power)
+        steps >>= 1
+        if steps:
+            power = log_matmul_exp(power, power)
+    return result.squeeze(-2)
+
+
+def stationary_distribution(trans: torch.Tensor) -> torch.Tensor:
+    r"""Stationary distribution :math:`\pi` of a row-stochastic matrix, by a linear solve.
+
+    .. math::
+
+        \pi P = \pi, \quad \pi \mathbf{1} = 1
+        \iff \pi \big(I - P + \mathbf{1}\mathbf{1}^\top\big) = \mathbf{1}^\top,
+
+    a nonsingular system whenever :math:`P` is irreducible (the stationary distribution
+    is then unique). Solved with ``torch.linalg.solve``, so it is differentiable and
+    batched; use it as an initial distribution, ``log_init =
+    stationary_distribution(log_trans.exp()).log()``.
+
+    Parameters
+    ----------
+    trans : Tensor
+        ``(..., K, K)`` transition probabilities, ``trans[..., i, j] = P(z_t = j | z_{t-1} = i)``.
+
+    Returns
+    -------
+    Tensor
+        ``(..., K)``, probabilities (not logs).
+
+    References
+    ----------
+    J. R. Norris, *Markov Chains*, Cambridge University Press, 1997, Thm. 1.7.7.
+    """
+    num_states = trans.shape[-1]
+    if trans.dim() < 2 or trans.shape[-2] != num_states:
+        raise ValueError(f"trans must have shape (..., K, K), got {tuple(trans.shape)}")
+    eye = torch.eye(num_states, dtype=trans.dtype, device=trans.device)
+    system = (eye - trans + 1.0).transpose(-1, -2)
+    ones = torch.ones(trans.shape[:-1] + (1,), dtype=trans.dtype, device=trans.device)
+    return torch.linalg.solve(system, ones).squeeze(-1)

@@ -1,0 +1,195 @@
+r"""Posterior predictive distributions: a mixture over draws and experts.
+
+At a set of origins the posterior predictive is the finite mixture
+
+.. math::
+
+    p(y_{n} \mid \mathcal F_n, \text{data}) \approx \frac1S \sum_{s=1}^{S} \sum_{m=1}^{M}
+    w^{(s)}_{n,m}\; p_m\big(y_n \mid \mathcal F_n; \theta^{(s)}_m\big),
+
+with :math:`w^{(s)}_{n,m} = \sum_k P(z_n = k \mid \mathcal F_n, \theta^{(s)})\,
+g^{(s)}_{n,k,m}` (regime probabilities propagated through the transition matrix).
+Its density is exact (no sampling); samples draw a posterior draw, then an expert,
+then a value. Everything is returned in data units (e.g. percent log returns).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bayes_moe.models.distributions import index_batch
+
+
+class PredictiveMixture:
+    """Posterior predictive at ``n`` origins.
+
+    Parameters
+    ----------
+    log_weights : Tensor ``(S, n, M)``
+        Log mixture weights per draw and origin.
+    experts : list of Distribution
+        Each with batch ``(S, n)``, event ``(d_y,)``, over the standardized response.
+    loc, scale : ndarray ``(d_y,)``
+        Affine map back to data units: ``y = loc + scale * z``.
+    dates : DatetimeIndex, length ``n``
+        Origin dates.
+    targets : tuple of str
+    """
+
+    def __init__(self, log_weights, experts, loc, scale, dates, targets):
+        self.log_weights = log_weights
+        self.experts = experts
+        self.loc = np.asarray(loc, dtype=np.float64)
+        self.scale = np.asarray(scale, dtype=np.float64)
+        self.dates = pd.DatetimeIndex(dates)
+        self.targets = tuple(targets)
+
+    @property
+    def n_draws(self) -> int:
+        """``S``."""
+        return self.log_weights.shape[0]
+
+    def log_prob(self, y) -> np.ndarray:
+        r"""Exact log density of ``y`` (data units): shape ``(n,)``.
+
+        Parameters
+        ----------
+        y : array, shape ``(n,)`` or ``(n, d_y)``
+        """
+        z = (np.asarray(y, dtype=np.float64).reshape(len(self.dates), -1) - self.loc) / self.scale
+        z = torch.as_tensor(z, dtype=self.log_weights.dtype)
+        log_p = torch.stack([d.log_prob(z) for d in self.experts], dim=-1)  # (S, n, M)
+        mixed = torch.logsumexp(self.log_weights + log_p, dim=-1)  # (S, n)
+        out = torch.logsumexp(mixed, dim=0) - math.log(self.n_draws)
+        return out.numpy() - np.log(self.scale).sum()
+
+    def sample(self, num_samples: int, *, seed: int | None = None) -> np.ndarray:
+        """Samples in data units: shape ``(num_samples, n, d_y)``."""
+        generator_state = torch.random.get_rng_state()
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            draw = torch.randint(self.n_draws, (num_samples,))
+            expert = torch.distributions.Categorical(logits=self.log_weights[draw]).sample()
+            values = torch.stack(
+                [index_batch(d, (draw,)).sample() for d in self.experts], dim=2
+            )  # (num_samples, n, M, d_y)
+            z = torch.take_along_dim(values, expert[..., None, None], dim=2).squeeze(2)
+        finally:
+            if seed is not None:
+                torch.random.set_rng_state(generator_state)
+        return self.loc + self.scale * z.numpy()
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Exact mixture mean in data units: ``(n, d_y)``."""
+        w = self.log_weights.exp()  # (S, n, M)
+        means = torch.stack([d.mean for d in self.experts], dim=2)  # (S, n, M, d_y)
+        z = (w.unsqueeze(-1) * means).sum(2).mean(0)
+        return self.loc + self.scale * z.numpy()
+
+    @property
+    def variance(self) -> np.ndarray:
+        """Exact mixture variance in data units (law of total variance): ``(n, d_y)``."""
+        w = self.log_weights.exp().unsqueeze(-1)
+        means = torch.stack([d.mean for d in self.experts], dim=2)
+        variances = torch.stack([d.variance for d in self.experts], dim=2)
+        mean = (w * means).sum(2).mean(0)
+        second = (w * (variances + means.square())).sum(2).mean(0)
+        return (second - mean.square()).numpy() * self.scale**2
+
+
+class Forecast:
+    """The forecast distribution from the last close, for a horizon of ``h`` days.
+
+    Attributes
+    ----------
+    samples : ndarray
+        ``(num_samples,)`` for one target, else ``(num_samples, d_y)``.
+    mean, std : float or ndarray ``(d_y,)``
+    origin_date : Timestamp
+        The close whose information the forecast uses.
+    horizon : int
+    regime_probs : DataFrame
+        Posterior mean and sd of P(z = k) for the forecast day, per regime.
+    expert_weights : Series
+        Posterior mean mixture weight of each expert.
+    """
+
+    def __init__(self, mixture, *, num_samples, seed, horizon, regime_probs, expert_weights):
+        self.mixture = mixture
+        self.horizon = horizon
+        self.origin_date = mixture.dates[0]
+        raw = mixture.sample(num_samples, seed=seed)[:, 0, :]
+        self._samples = raw
+        self.regime_probs = regime_probs
+        self.expert_weights = expert_weights
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Target names."""
+        return self.mixture.targets
+
+    def _squeeze(self, x):
+        x = np.asarray(x)
+        return x[..., 0] if len(self.targets) == 1 else x
+
+    @property
+    def samples(self) -> np.ndarray:
+        """Draws from the forecast distribution (data units)."""
+        return self._squeeze(self._samples)
+
+    @property
+    def mean(self):
+        """Exact predictive mean."""
+        value = self._squeeze(self.mixture.mean[0])
+        return float(value) if np.ndim(value) == 0 else value
+
+    @property
+    def std(self):
+        """Exact predictive standard deviation."""
+        value = self._squeeze(np.sqrt(self.mixture.variance[0]))
+        return float(value) if np.ndim(value) == 0 else value
+
+    def quantiles(self, qs=(0.05, 0.25, 0.5, 0.75, 0.95)) -> pd.Series | pd.DataFrame:
+        """Sample quantiles: a Series indexed by ``q`` (DataFrame ``q x target`` if ``d_y > 1``)."""
+        qs = np.atleast_1d(np.asarray(qs, dtype=np.float64))
+        if np.any((qs < 0) | (qs > 1)):
+            raise ValueError(f"quantile levels must lie in [0, 1], got {qs}")
+        values = np.quantile(self._samples, qs, axis=0)  # (Q, d_y)
+        frame = pd.DataFrame(values, index=pd.Index(qs, name="q"), columns=list(self.targets))
+        return frame.iloc[:, 0].rename("quantile") if len(self.targets) == 1 else frame
+
+    def interval(self, prob: float = 0.9):
+        """Central interval with coverage ``prob``: ``(lower, upper)``."""
+        if not 0 < prob < 1:
+            raise ValueError(f"prob must be in (0, 1), got {prob}")
+        lo, hi = np.quantile(self._samples, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
+        return (float(lo[0]), float(hi[0])) if len(self.targets) == 1 else (lo, hi)
+
+    def log_prob(self, y) -> float:
+        """Exact log predictive density of a realized value ``y`` (data units)."""
+        return float(self.mixture.log_prob(np.reshape(y, (1, -1)))[0])
+
+    def to_frame(self, qs=(0.05, 0.25, 0.5, 0.75, 0.95)) -> pd.DataFrame:
+        """One row per target: mean, std and quantiles."""
+        quant = np.quantile(self._samples, qs, axis=0)
+        mean = np.atleast_1d(self.mixture.mean[0])
+        std = np.atleast_1d(np.sqrt(self.mixture.variance[0]))
+        data = {"mean": mean, "std": std}
+        data.update({f"q{q:g}": quant[i] for i, q in enumerate(qs)})
+        frame = pd.DataFrame(data, index=pd.Index(self.targets, name="target"))
+        frame.insert(0, "horizon", self.horizon)
+        frame.insert(0, "origin_date", self.origin_date)
+        return frame
+
+    def __repr__(self) -> str:
+        lo, hi = self.interval(0.9)
+        return (
+            f"Forecast(origin={self.origin_date.date()}, horizon={self.horizon}, "
+            f"mean={np.round(self.mean, 4)}, 90% interval=({np.round(lo, 3)}, {np.round(hi, 3)}))"
+        )

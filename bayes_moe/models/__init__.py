@@ -1,0 +1,1 @@
+"""Models: experts, the Markov gate and the mixture."""

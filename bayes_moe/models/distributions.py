@@ -1,0 +1,69 @@
+"""Helpers on the predictive families experts return.
+
+Experts return ``Independent(Normal | StudentT, 1)``, ``MultivariateNormal`` or
+``MultivariateStudentT`` with batch ``S + (N,)`` and event ``(d_y,)``. The mixture
+needs to select origins or draws from such a distribution and to join chunks of
+draws, which torch does not offer; :func:`index_batch` and :func:`cat_batch` do it
+for exactly these families by taking the distribution apart into parameter
+tensors of full batch shape and building it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pyro.distributions as dist
+import torch
+
+Builder = Callable[..., dist.Distribution]
+
+
+def decompose(d: dist.Distribution) -> tuple[Builder, list[torch.Tensor]]:
+    """Split ``d`` into a builder and its parameters, each expanded to ``batch + ...``.
+
+    ``builder(*params)`` gives back an equal distribution; every parameter tensor
+    starts with the full batch shape of ``d``, so indexing or concatenating all of
+    them along a batch dimension and rebuilding is valid.
+    """
+    shape = d.batch_shape
+    if isinstance(d, dist.Independent):
+        n = d.reinterpreted_batch_ndims
+        build, params = decompose(d.base_dist)
+        return (lambda *p: build(*p).to_event(n)), params
+    if isinstance(d, dist.Normal):
+        return dist.Normal, list(torch.broadcast_tensors(d.loc, d.scale))
+    if isinstance(d, dist.StudentT):
+        return dist.StudentT, list(torch.broadcast_tensors(d.df, d.loc, d.scale))
+    event = d.event_shape
+    if isinstance(d, dist.MultivariateNormal):
+        loc = d.loc.expand(shape + event)
+        tril = d.scale_tril.expand(shape + event + event)
+        return (lambda loc, tril: dist.MultivariateNormal(loc, scale_tril=tril)), [loc, tril]
+    if isinstance(d, dist.MultivariateStudentT):
+        params = [
+            d.df.expand(shape),
+            d.loc.expand(shape + event),
+            d.scale_tril.expand(shape + event + event),
+        ]
+        return dist.MultivariateStudentT, params
+    raise TypeError(f"unsupported predictive family {type(d).__name__}")
+
+
+def index_batch(d: dist.Distribution, index: tuple) -> dist.Distribution:
+    """Apply ``index`` (a tuple over the leading batch dimensions) to ``d``."""
+    build, params = decompose(d)
+    return build(*[p[index] for p in params])
+
+
+def cat_batch(dists: Sequence[dist.Distribution], dim: int = 0) -> dist.Distribution:
+    """Concatenate distributions of one family along batch dimension ``dim >= 0``."""
+    parts = [decompose(d) for d in dists]
+    build = parts[0][0]
+    columns = zip(*[params for _, params in parts])
+    return build(*[torch.cat(list(col), dim=dim) for col in columns])
+
+
+def mean_and_variance(d: dist.Distribution) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and marginal variance, each of shape ``batch + (d_y,)``."""
+    shape = d.batch_shape + d.event_shape
+    return d.mean.expand(shape), d.variance.expand(shape)

@@ -1,0 +1,112 @@
+r"""The expert interface: a Pyro model whose output is a predictive distribution.
+
+An expert maps the history available at each forecast origin to a predictive
+distribution of the response :math:`y_{t+h}`,
+
+.. math:: p_m(y_{t+h} \mid \mathcal{F}_t;\ \theta_m), \qquad \theta_m \sim p(\theta_m),
+
+never a point forecast. Its parameters are sampled with ``pyro.sample`` inside
+:meth:`Expert.model`, so the expert is a Pyro model; the mixture scopes its sites
+under the expert's label (``"ar/coef"``).
+
+Batch convention: during SVI every parameter has its prior's shape; when the
+mixture evaluates posterior draws the parameters carry extra leading batch
+dimensions ``S`` (they are substituted by :func:`pyro.poutine.condition`). Expert
+code must therefore index parameters from the right (``coef[..., i]``) and return
+a distribution of batch shape ``S + (N,)`` and event shape ``(d_y,)``, one of
+``Independent(Normal | StudentT, 1)``, ``MultivariateNormal`` or
+``MultivariateStudentT`` (the families :mod:`bayes_moe.models.distributions`
+knows how to index and mix). See :mod:`bayes_moe.data.windows` for the shape table.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from bayes_moe.data.windows import ExpertInputs
+
+#: Horizon groups an expert may declare (the gate prior uses them).
+HORIZON_GROUPS: tuple[str, ...] = ("short", "medium", "long", "linear", "feature")
+#: Capacity (cost) classes: 0 light (AR, TCN), 1 medium, 2 heavy (attention, SSM).
+CAPACITY_CLASSES: tuple[int, ...] = (0, 1, 2)
+
+Family = Literal["normal", "studentt"]
+
+
+class Expert(nn.Module, ABC):
+    """Base class of every expert.
+
+    Subclasses declare three class attributes and implement :meth:`model`.
+
+    Attributes
+    ----------
+    name : str
+        Registry key (``bm.list_experts()``).
+    group : str
+        Horizon group, one of :data:`HORIZON_GROUPS`.
+    capacity : int
+        Cost class, one of :data:`CAPACITY_CLASSES`; the energy gate tilts weights
+        toward high capacity when the market is uncertain.
+    param_dims : dict of str to tuple of str
+        Optional dimension names of each parameter site (for ArviZ), e.g.
+        ``{"coef": ("target", "lag")}``.
+
+    Notes
+    -----
+    Deterministic weights (for neural experts) are ordinary ``nn.Module``
+    parameters: the mixture is an ``nn.Module`` and SVI optimizes them with the
+    guide. The model object itself is never fitted in place: fitting works on a copy.
+    """
+
+    name: ClassVar[str]
+    group: ClassVar[str]
+    capacity: ClassVar[int]
+    param_dims: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "__abstractmethods__", None):
+            return
+        if getattr(cls, "group", None) not in HORIZON_GROUPS:
+            raise TypeError(f"{cls.__name__}.group must be one of {HORIZON_GROUPS}")
+        if getattr(cls, "capacity", None) not in CAPACITY_CLASSES:
+            raise TypeError(f"{cls.__name__}.capacity must be one of {CAPACITY_CLASSES}")
+
+    def reads(self, inputs: ExpertInputs) -> tuple[str, ...]:
+        """Columns this expert reads (for documentation and validation).
+
+        The default is the targets alone; experts that read covariates override it.
+        """
+        return inputs.targets
+
+    @abstractmethod
+    def model(self, inputs: ExpertInputs) -> torch.distributions.Distribution:
+        """Sample the parameters from their priors and return the predictive.
+
+        Contract: call ``pyro.sample`` once per parameter site (site names are
+        local, e.g. ``"coef"``; the mixture adds the expert's label), read only rows
+        ``<= t`` of ``inputs.series`` for origin ``t``, and return a distribution of
+        batch shape ``S + (N,)``, event shape ``(d_y,)`` over the standardized
+        response, where ``S`` are the leading batch dimensions the parameters carry.
+
+        Parameters
+        ----------
+        inputs : ExpertInputs
+            History and origins.
+
+        Returns
+        -------
+        Distribution
+            ``p_m(y_{t+h} | F_t)`` for every origin.
+        """
+
+    def config(self) -> dict:
+        """Constructor arguments, JSON-serializable (used by checkpoints)."""
+        return {}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config().items())

@@ -1,0 +1,171 @@
+r"""Kalman expert: a latent AR(k) signal observed in heteroscedastic noise.
+
+For each target, a linear-Gaussian state-space model with state
+:math:`x_t = (\mu_t, \mu_{t-1}, \dots, \mu_{t-k+1})`,
+
+.. math::
+
+    \mu_t = \sum_{i=1}^{k} \phi_i \mu_{t-i} + \eta_t, \quad \eta_t \sim \mathcal N(0, q^2),
+    \qquad
+    y_t = d + \mu_t + v_t, \quad v_t \sim \mathcal N(0, s_{t-1}^2),
+
+a persistent component of expected returns buried in noise (for ``k = 1`` the
+ARMA(1,1) model of returns). The observation noise scale :math:`s_{t-1}` comes from
+the shared scale model evaluated at the previous close, so the filter stays causal
+and conditionally heteroscedastic. The filter runs over the whole history
+(:func:`bayes_moe.inference.kalman.kalman_filter`, a parallel scan), and the
+predictive of origin ``t`` is the exact distribution of
+:math:`y_{t+1} + \dots + y_{t+h}` given the filtered state at ``t``. The state is
+initialized at its stationary distribution.
+
+Priors: the AR coefficients come from partial autocorrelations
+:math:`r_i \sim \mathcal U(-1, 1)` (Monahan 1984), so the signal is stationary;
+:math:`q \sim \mathrm{LogNormal}(-2, 1)`, :math:`d \sim \mathcal N(0, 1)`.
+
+References
+----------
+J. F. Monahan, "A note on enforcing stationarity in autoregressive-moving average
+models", Biometrika 71(2), 1984.
+J. Durbin and S. J. Koopman, *Time Series Analysis by State Space Methods*, 2012.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from bayes_moe.data.windows import ExpertInputs
+from bayes_moe.inference.kalman import aggregated_observation_forecast, kalman_filter
+from bayes_moe.models.experts.base import Expert
+from bayes_moe.models.experts.noise import NoiseModel
+
+
+def pacf_to_ar(pacf: torch.Tensor) -> torch.Tensor:
+    r"""Map partial autocorrelations in (-1, 1) to stationary AR coefficients.
+
+    Durbin-Levinson recursion: :math:`\phi^{(m)}_m = r_m`,
+    :math:`\phi^{(m)}_j = \phi^{(m-1)}_j - r_m \phi^{(m-1)}_{m-j}` for ``j < m``.
+
+    Parameters
+    ----------
+    pacf : Tensor, shape ``(..., k)``
+
+    Returns
+    -------
+    Tensor, shape ``(..., k)``
+    """
+    k = pacf.shape[-1]
+    phi = pacf[..., :1]
+    for m in range(1, k):
+        r = pacf[..., m : m + 1]
+        phi = torch.cat([phi - r * phi.flip(-1), r], dim=-1)
+    return phi
+
+
+def companion(phi: torch.Tensor) -> torch.Tensor:
+    """Companion matrix of AR coefficients ``(..., k) -> (..., k, k)``."""
+    k = phi.shape[-1]
+    shift = torch.eye(k, dtype=phi.dtype)[:-1]  # (k-1, k)
+    return torch.cat([phi.unsqueeze(-2), shift.expand(phi.shape[:-1] + (k - 1, k))], dim=-2)
+
+
+def stationary_covariance(F: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    r"""Solve the discrete Lyapunov equation :math:`P = F P F^\top + Q`.
+
+    Uses :math:`\mathrm{vec}(P) = (I - F \otimes F)^{-1} \mathrm{vec}(Q)`; fine for the
+    small state dimensions used here. Shapes ``(..., k, k)``.
+    """
+    k = F.shape[-1]
+    kron = (F.unsqueeze(-1).unsqueeze(-3) * F.unsqueeze(-2).unsqueeze(-4)).reshape(
+        F.shape[:-2] + (k * k, k * k)
+    )
+    eye = torch.eye(k * k, dtype=F.dtype)
+    vec = torch.linalg.solve(eye - kron, Q.reshape(Q.shape[:-2] + (k * k, 1)))
+    P = vec.reshape(Q.shape[:-2] + (k, k))
+    return 0.5 * (P + P.transpose(-1, -2))
+
+
+class Kalman(Expert):
+    """Latent AR(k) signal plus heteroscedastic noise, filtered exactly.
+
+    Parameters
+    ----------
+    state_dim : int
+        Order ``k`` of the latent signal.
+    family : {"studentt", "normal"}
+        ``"studentt"`` keeps the Gaussian filter and gives its predictive Student-t
+        tails with the same variance.
+    heteroscedastic : bool
+    """
+
+    name = "kalman"
+    group = "linear"
+    capacity = 0
+    param_dims = {
+        "pacf": ("target", "state"),
+        "state_scale": ("target",),
+        "obs_intercept": ("target",),
+        "scale": ("target",),
+        "vol_coef": ("target", "vol_span"),
+        "df": ("target",),
+    }
+
+    def __init__(
+        self, state_dim: int = 1, *, family: str = "studentt", heteroscedastic: bool = True
+    ):
+        super().__init__()
+        if state_dim < 1:
+            raise ValueError(f"state_dim must be >= 1, got {state_dim}")
+        self.state_dim = state_dim
+        self.noise = NoiseModel(family, heteroscedastic)
+
+    def config(self) -> dict:
+        return {"state_dim": self.state_dim, **self.noise.config()}
+
+    def model(self, inputs: ExpertInputs) -> dist.Distribution:
+        dtype = inputs.series.dtype
+        d_y, k = inputs.n_targets, self.state_dim
+        one = torch.ones((), dtype=dtype)
+        pacf = pyro.sample("pacf", dist.Uniform(-one, one).expand([d_y, k]).to_event(2))
+        q = pyro.sample("state_scale", dist.LogNormal(-2 * one, one).expand([d_y]).to_event(1))
+        d = pyro.sample("obs_intercept", dist.Normal(0 * one, one).expand([d_y]).to_event(1))
+
+        # Noise scale of day t's observation uses the summaries at the previous close.
+        vol = inputs.vol
+        vol_prev = torch.cat([torch.zeros_like(vol[:1]), vol[:-1]], dim=0)  # (T, d_y, V)
+        n_rows = vol.shape[0]
+        rows_and_origins = torch.cat([vol_prev, inputs.origin_vol], dim=0)
+        scale = self.noise.sample_scale(rows_and_origins, dtype=dtype)  # S + (T + N, d_y)
+        obs_var = scale.square().transpose(-1, -2)  # S + (d_y, T + N)
+        df = self.noise.sample_df(d_y, dtype=dtype)
+
+        F = companion(pacf_to_ar(pacf))  # S + (d_y, k, k)
+        Q = torch.zeros(F.shape, dtype=dtype)
+        Q[..., 0, 0] = q.square()
+        c = torch.zeros(F.shape[:-1], dtype=dtype)
+        H = torch.zeros(k, dtype=dtype)
+        H[0] = 1.0
+        H = H.expand(F.shape[:-2] + (1, k))
+        dvec = d.unsqueeze(-1)  # S + (d_y, 1)
+        init_cov = stationary_covariance(F, Q)
+
+        y = inputs.series[:, :d_y].transpose(0, 1).unsqueeze(-1)  # (d_y, T, 1)
+        R_rows = obs_var[..., :n_rows, None, None]  # S + (d_y, T, 1, 1)
+        result = kalman_filter(y, F, c, H, dvec, Q, R_rows, torch.zeros_like(c), init_cov)
+
+        origins = inputs.origins
+        mean, cov = aggregated_observation_forecast(
+            result.filtered_mean[..., origins, :],
+            result.filtered_cov[..., origins, :, :],
+            F.unsqueeze(-3),  # broadcast over the origin axis
+            c.unsqueeze(-2),
+            H.unsqueeze(-3),
+            dvec.unsqueeze(-2),
+            Q.unsqueeze(-3),
+            obs_var[..., n_rows:, None, None],
+            inputs.horizon,
+        )  # S + (d_y, N, 1), S + (d_y, N, 1, 1)
+        loc = mean[..., 0].transpose(-1, -2)  # S + (N, d_y)
+        variance = cov[..., 0, 0].transpose(-1, -2)
+        return self.noise.predictive_from_variance(loc, variance, df)

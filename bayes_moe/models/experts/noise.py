@@ -1,0 +1,138 @@
+r"""Shared pieces of an expert's predictive: its scale model and noise family.
+
+Every expert forecasts with a location it computes itself and a scale that depends
+on the input (heteroscedastic),
+
+.. math::
+
+    \log s_{t} = \log \sigma + \sum_{w} \gamma_w f_{t,w},
+    \qquad f_{t,w} = \log\Big(\tfrac1w \sum_{j<w} z_{t-j}^2 + \epsilon\Big) - \bar f_w,
+
+a HAR-type regression of the log scale on centered log realized variances over
+``w in VOL_SPANS`` days (Corsi 2009), with a Normal or Student-t noise family. With
+``heteroscedastic=False`` the scale is the constant :math:`\sigma`.
+
+Priors (standardized units): :math:`\sigma \sim \mathrm{LogNormal}(0, 1)`,
+:math:`\gamma_w \sim \mathcal N(0, 0.5^2)`, and for Student-t
+:math:`\nu - 2 \sim \mathrm{Gamma}(2, 0.1)` (Juárez & Steel 2010, shifted so the
+variance exists).
+
+References
+----------
+F. Corsi, "A simple approximate long-memory model of realized volatility",
+J. Financial Econometrics 7(2), 2009.
+M. A. Juárez and M. F. J. Steel, "Model-based clustering of non-Gaussian panel
+data based on skew-t distributions", JBES 28(1), 2010.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch.distributions import constraints
+from torch.distributions.transforms import AffineTransform
+
+from bayes_moe.data.windows import VOL_SPANS
+
+
+class ShiftedGamma(dist.TransformedDistribution):
+    r""":math:`\nu = 2 + G,\ G \sim \mathrm{Gamma}(\alpha, \beta)`: a prior for Student-t df."""
+
+    arg_constraints = {}
+    support = constraints.greater_than(2.0)
+
+    def __init__(self, concentration: torch.Tensor, rate: torch.Tensor, validate_args=None):
+        super().__init__(
+            dist.Gamma(concentration, rate),
+            [AffineTransform(2.0, 1.0)],
+            validate_args=validate_args,
+        )
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(ShiftedGamma, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Scale model and noise family of an expert's predictive.
+
+    Parameters
+    ----------
+    family : {"studentt", "normal"}
+        Predictive family.
+    heteroscedastic : bool
+        Regress the log scale on the volatility summaries (else constant scale).
+    """
+
+    family: str = "studentt"
+    heteroscedastic: bool = True
+
+    def __post_init__(self):
+        if self.family not in ("studentt", "normal"):
+            raise ValueError(f"family must be 'studentt' or 'normal', got {self.family!r}")
+
+    def config(self) -> dict:
+        """JSON-serializable constructor arguments."""
+        return asdict(self)
+
+    def sample_scale(self, vol: torch.Tensor, *, dtype: torch.dtype) -> torch.Tensor:
+        r"""Sample ``scale`` (and ``vol_coef``) and return :math:`s_t`.
+
+        Parameters
+        ----------
+        vol : Tensor, shape ``(n, d_y, V)``
+            Volatility summaries at the days the scale applies to.
+
+        Returns
+        -------
+        Tensor, shape ``S + (n, d_y)``
+        """
+        d_y = vol.shape[-2]
+        one = torch.ones((), dtype=dtype)
+        sigma = pyro.sample("scale", dist.LogNormal(0 * one, one).expand([d_y]).to_event(1))
+        log_scale = sigma.log().unsqueeze(-2)  # S + (1, d_y)
+        if self.heteroscedastic:
+            coef = pyro.sample(
+                "vol_coef",
+                dist.Normal(0 * one, 0.5 * one).expand([d_y, len(VOL_SPANS)]).to_event(2),
+            )  # S + (d_y, V)
+            log_scale = log_scale + (vol * coef.unsqueeze(-3)).sum(-1)
+        return log_scale.exp()
+
+    def sample_df(self, d_y: int, *, dtype: torch.dtype) -> torch.Tensor | None:
+        """Sample the Student-t degrees of freedom ``df``: shape ``S + (d_y,)`` (None if Normal)."""
+        if self.family != "studentt":
+            return None
+        prior = ShiftedGamma(torch.tensor(2.0, dtype=dtype), torch.tensor(0.1, dtype=dtype))
+        return pyro.sample("df", prior.expand([d_y]).to_event(1))
+
+    def predictive(
+        self, loc: torch.Tensor, scale: torch.Tensor, df: torch.Tensor | None
+    ) -> dist.Distribution:
+        """``Independent(Normal | StudentT, 1)`` with batch ``S + (N,)``, event ``(d_y,)``.
+
+        Parameters
+        ----------
+        loc, scale : Tensor, shape ``S + (N, d_y)``
+        df : Tensor, shape ``S + (d_y,)``, or None
+        """
+        if df is None:
+            return dist.Normal(loc, scale).to_event(1)
+        return dist.StudentT(df.unsqueeze(-2), loc, scale).to_event(1)
+
+    def predictive_from_variance(
+        self, loc: torch.Tensor, variance: torch.Tensor, df: torch.Tensor | None
+    ) -> dist.Distribution:
+        r"""Like :meth:`predictive` but matching a given variance.
+
+        For Student-t the scale is :math:`\sqrt{v (\nu - 2) / \nu}` so that the
+        predictive variance equals ``variance`` (a Gaussian filter with t tails).
+        """
+        if df is None:
+            return self.predictive(loc, variance.sqrt(), None)
+        nu = df.unsqueeze(-2)
+        return self.predictive(loc, (variance * (nu - 2) / nu).sqrt(), df)

@@ -1,0 +1,255 @@
+r"""The Bayesian mixture of experts with a Markov-switching gate.
+
+.. math::
+
+    p(y_{1:N} \mid \theta) = \sum_{z_{1:N}} \pi_{z_1} \prod_{n} \Pi_{z_{n-1} z_n}
+    \sum_{m=1}^{M} g_{n, z_n, m}\, p_m(y_n \mid X_n; \theta_m),
+
+with the regime path marginalised exactly by the forward algorithm in log space
+(:func:`bayes_moe.inference.hmm.hmm_log_evidence`, a parallel scan over time),
+entering the Pyro model as one ``pyro.factor``. :class:`BayesianMoE` is the model
+specification (experts, gate, window); fitting returns a separate results object
+and leaves the specification unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import pyro
+from pyro.contrib.autoname import scope
+import torch
+from torch import nn
+
+from bayes_moe.data.windows import ExpertInputs, ModelData, prepare
+from bayes_moe.inference.hmm import hmm_log_evidence
+from bayes_moe.models.experts import Expert, expert_spec, make_expert
+from bayes_moe.models.gate import GateOutput, MarkovGate
+
+if TYPE_CHECKING:
+    from bayes_moe.inference.results import MoEFit
+
+
+@dataclass(frozen=True)
+class MixtureComponents:
+    """Everything the mixture computes for one set of parameters (or a batch ``S``).
+
+    Attributes
+    ----------
+    experts : list of Distribution
+        Predictive of each expert, batch ``S + (N,)``, event ``(d_y,)``.
+    gate : GateOutput
+    """
+
+    experts: list
+    gate: GateOutput
+
+    def expert_log_probs(self, response: torch.Tensor) -> torch.Tensor:
+        """``log p_m(y_n)``: shape ``S + (N, M)``; ``response`` ``(N, d_y)`` must be finite."""
+        return torch.stack([d.log_prob(response) for d in self.experts], dim=-1)
+
+    def log_emission(self, response: torch.Tensor) -> torch.Tensor:
+        r"""Regime emissions :math:`\log \sum_m g_{n,k,m} p_m(y_n)`: shape ``S + (N, K)``."""
+        log_p = self.expert_log_probs(response).unsqueeze(-2)  # S + (N, 1, M)
+        return torch.logsumexp(self.gate.log_weights + log_p, dim=-1)
+
+
+def expert_labels(experts: Sequence[Expert]) -> list[str]:
+    """Unique labels: the expert name, numbered when a name repeats (``ar_1``, ``ar_2``)."""
+    names = [e.name for e in experts]
+    labels, seen = [], {}
+    for name in names:
+        if names.count(name) == 1:
+            labels.append(name)
+        else:
+            seen[name] = seen.get(name, 0) + 1
+            labels.append(f"{name}_{seen[name]}")
+    return labels
+
+
+class MoEProgram(nn.Module):
+    """The Pyro model of the mixture (an ``nn.Module`` so SVI sees expert weights).
+
+    Parameters
+    ----------
+    experts : sequence of Expert
+    gate : MarkovGate
+    expert_dropout : float
+        Probability of dropping each expert from the mixture at a training step
+        (weights renormalised over the kept experts; at least one is kept).
+    """
+
+    def __init__(self, experts: Sequence[Expert], gate: MarkovGate, expert_dropout: float = 0.0):
+        super().__init__()
+        self.experts = nn.ModuleList(experts)
+        self.labels = expert_labels(experts)
+        self.groups = [e.group for e in experts]
+        self.gate = gate
+        self.expert_dropout = float(expert_dropout)
+
+    def components(self, inputs: ExpertInputs) -> MixtureComponents:
+        """Sample every parameter (sites ``"<label>/<param>"``, ``"gate/<param>"``)."""
+        dists = []
+        for label, expert in zip(self.labels, self.experts):
+            with scope(prefix=label, inner=False):
+                dists.append(expert.model(inputs))
+        with scope(prefix="gate", inner=False):
+            gate = self.gate.model(inputs, self.groups)
+        return MixtureComponents(dists, gate)
+
+    def forward(self, inputs: ExpertInputs, response: torch.Tensor) -> torch.Tensor:
+        """The model: ``pyro.factor`` of the exact marginal likelihood of ``response``.
+
+        Parameters
+        ----------
+        inputs : ExpertInputs
+            Origins whose response is observed.
+        response : Tensor, shape ``(N, d_y)``
+        """
+        comps = self.components(inputs)
+        gate = comps.gate
+        if self.training and self.expert_dropout > 0:
+            gate = GateOutput(gate.log_init, gate.log_trans, self._drop(gate.log_weights))
+            comps = MixtureComponents(comps.experts, gate)
+        log_emit = comps.log_emission(response)
+        log_evidence = hmm_log_evidence(gate.log_init, gate.log_trans, log_emit)
+        pyro.factor("log_evidence", log_evidence)
+        return log_evidence
+
+    def _drop(self, log_weights: torch.Tensor) -> torch.Tensor:
+        M = log_weights.shape[-1]
+        keep = torch.rand(M) >= self.expert_dropout
+        if not keep.any():
+            keep[torch.randint(M, ())] = True
+        masked = log_weights.masked_fill(~keep, float("-inf"))
+        return masked - torch.logsumexp(masked, dim=-1, keepdim=True)
+
+
+class BayesianMoE:
+    """Bayesian mixture of experts with a Markov-switching gate (model specification).
+
+    Parameters
+    ----------
+    experts : sequence of str, mapping or Expert
+        Expert names (``bm.list_experts()``), config mappings
+        (``{"name": "ar", "order": 0}``) or instances.
+    n_regimes : int
+        Number of regimes ``K`` (ignored when ``gate`` is given).
+    window : int
+        Context window ``L``.
+    gate : MarkovGate, optional
+        Custom gate (e.g. with a fixed assignment); default ``MarkovGate(n_regimes)``.
+    expert_dropout : float
+        See :class:`MoEProgram`.
+
+    Examples
+    --------
+    >>> import bayes_moe as bm
+    >>> model = bm.BayesianMoE(experts=["ar", "var", "kalman"], n_regimes=3, window=64)
+    >>> fit = model.fit(bm.data.load_sp500(), target="ret", num_steps=1500, seed=0)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        experts: Sequence[str | Mapping | Expert] = ("ar", "var", "kalman"),
+        n_regimes: int = 3,
+        window: int = 64,
+        *,
+        gate: MarkovGate | None = None,
+        expert_dropout: float = 0.0,
+    ):
+        self.experts = [make_expert(e) for e in experts]
+        if not self.experts:
+            raise ValueError("a mixture needs at least one expert")
+        self.gate = gate if gate is not None else MarkovGate(n_regimes)
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = int(window)
+        if not 0.0 <= expert_dropout < 1.0:
+            raise ValueError(f"expert_dropout must be in [0, 1), got {expert_dropout}")
+        self.expert_dropout = float(expert_dropout)
+        longest = max((getattr(e, "order", 0) for e in self.experts), default=0)
+        if longest > self.window:
+            raise ValueError(f"an expert needs {longest} lags but the window is {self.window}")
+
+    @property
+    def n_regimes(self) -> int:
+        """``K``."""
+        return self.gate.n_regimes
+
+    @property
+    def labels(self) -> list[str]:
+        """Labels of the experts, in order (parameter sites are ``"<label>/<param>"``)."""
+        return expert_labels(self.experts)
+
+    def config(self) -> dict:
+        """JSON-serializable specification (used by checkpoints)."""
+        return {
+            "experts": [expert_spec(e) for e in self.experts],
+            "gate": self.gate.config(),
+            "window": self.window,
+            "expert_dropout": self.expert_dropout,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> BayesianMoE:
+        """Inverse of :meth:`config`."""
+        return cls(
+            experts=config["experts"],
+            window=config["window"],
+            gate=MarkovGate(**config["gate"]),
+            expert_dropout=config.get("expert_dropout", 0.0),
+        )
+
+    def program(self) -> MoEProgram:
+        """A fresh Pyro program with copies of the experts (the spec stays untouched)."""
+        return MoEProgram(copy.deepcopy(self.experts), self.gate, self.expert_dropout)
+
+    def prepare(
+        self,
+        frame: pd.DataFrame,
+        target: str | Sequence[str] = "ret",
+        *,
+        covariates: Sequence[str] | None = None,
+        horizon: int = 1,
+    ) -> ModelData:
+        """Validate ``frame`` and build the model's tensors (see :func:`prepare`)."""
+        targets = [target] if isinstance(target, str) else list(target)
+        return prepare(
+            frame, targets=targets, covariates=covariates, window=self.window, horizon=horizon
+        )
+
+    def fit(
+        self,
+        frame: pd.DataFrame,
+        target: str | Sequence[str] = "ret",
+        *,
+        covariates: Sequence[str] | None = None,
+        horizon: int = 1,
+        **svi_options,
+    ) -> MoEFit:
+        """Fit by SVI; see :func:`bayes_moe.inference.svi.fit_svi` for the options.
+
+        Parameters
+        ----------
+        frame : DataFrame
+            Date-indexed frame (e.g. ``bm.data.load_sp500()``).
+        target : str or sequence of str
+            Column(s) to forecast.
+        covariates : sequence of str, optional
+            Columns experts may read; default every other column.
+        horizon : int
+            Forecast horizon ``h`` in rows (days); the response is the ``h``-day sum.
+
+        Returns
+        -------
+        MoEFit
+        """
+        from bayes_moe.inference.svi import fit_svi
+
+        data = self.prepare(frame, target, covariates=covariates, horizon=horizon)
+        return fit_svi(self, data, **svi_options)

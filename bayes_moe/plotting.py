@@ -1,0 +1,167 @@
+"""Plots of a fit, written to PNG files (matplotlib, Agg backend).
+
+Numerics never import this module; it reads a fitted :class:`~bayes_moe.MoEFit`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+REGIME_COLORS = ["#4c9a2a", "#e0a526", "#c0392b", "#6c3483", "#1f618d", "#7f8c8d"]
+BANDS = ((0.05, 0.95), (0.25, 0.75))
+
+
+def _regime_color(k: int) -> str:
+    return REGIME_COLORS[k % len(REGIME_COLORS)]
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_fan_chart(fit, forecast, path, *, days: int = 250, num_samples: int = 2000) -> Path:
+    """Realized returns of the last ``days`` days with their one-step predictive bands.
+
+    The bands at each day come from the causal predictive made at the previous
+    close (filtered regimes, fitted draws); the last band is the forecast.
+    """
+    target = fit.targets[0]
+    origins = fit.data.origin_dates[: fit.data.n_observed][-days:]
+    mixture = fit.predictive(start=origins[0], end=origins[-1])
+    samples = mixture.sample(num_samples, seed=0)[..., 0]  # (num_samples, days)
+    realized_dates = fit.data.response_dates[-len(origins) :]
+    realized = fit.data.unstandardize(fit.data.observed_response.numpy())[-len(origins) :, 0]
+    next_day = realized_dates[-1] + pd.tseries.offsets.BDay(fit.horizon)
+
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    for (lo, hi), alpha in zip(BANDS, (0.25, 0.45)):
+        q_lo, q_hi = np.quantile(samples, [lo, hi], axis=0)
+        ax.fill_between(
+            realized_dates,
+            q_lo,
+            q_hi,
+            color="#1f77b4",
+            alpha=alpha,
+            lw=0,
+            label=f"{int(100 * (hi - lo))}% one-step predictive interval",
+        )
+        f_lo, f_hi = np.quantile(forecast.samples, [lo, hi])
+        ax.fill_between(
+            [realized_dates[-1], next_day],
+            [q_lo[-1], f_lo],
+            [q_hi[-1], f_hi],
+            color="#ff7f0e",
+            alpha=alpha,
+            lw=0,
+        )
+    ax.plot(realized_dates, realized, color="black", lw=0.7, label=f"realized {target}")
+    ax.errorbar(
+        [next_day],
+        [np.median(forecast.samples)],
+        yerr=[
+            [np.median(forecast.samples) - np.quantile(forecast.samples, 0.05)],
+            [np.quantile(forecast.samples, 0.95) - np.median(forecast.samples)],
+        ],
+        fmt="o",
+        color="#ff7f0e",
+        label=f"forecast for {next_day.date()} (median, 90%)",
+    )
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_title(
+        f"{target}: one-step posterior predictive, last {len(origins)} days, and the forecast"
+    )
+    ax.set_ylabel(f"{target} (data units)")
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_regimes(fit, regimes, path, *, price: pd.Series | None = None) -> Path:
+    """Price (or cumulative return) with filtered and smoothed regime probabilities."""
+    dates = regimes.dates
+    if price is None:
+        cum = np.cumsum(fit.data.unstandardize(fit.data.observed_response.numpy())[:, 0])
+        price = pd.Series(cum, index=dates, name=f"cumulative {fit.targets[0]}")
+    price = price.reindex(dates)
+    filtered, smoothed = regimes.filtered, regimes.smoothed
+    K = regimes.n_regimes
+
+    fig, axes = plt.subplots(
+        3, 1, figsize=(12, 8), sharex=True, gridspec_kw={"height_ratios": [2, 1, 1]}
+    )
+    ax = axes[0]
+    ax.plot(dates, price.to_numpy(), color="black", lw=0.7)
+    current = filtered.to_numpy().argmax(axis=1)
+    for k in range(K):
+        ax.fill_between(
+            dates,
+            price.min(),
+            price.max(),
+            where=current == k,
+            step="mid",
+            color=_regime_color(k),
+            alpha=0.18,
+            lw=0,
+            label=f"regime {k}",
+        )
+    ax.set_ylabel(price.name or "price")
+    ax.set_title("Most probable regime by filtered probability (causal), calm = 0")
+    ax.legend(loc="upper left", fontsize=8, ncol=K)
+    for ax, probs, title in (
+        (axes[1], filtered, "filtered P(z_t = k | y_1..t)  (causal: usable for trading)"),
+        (axes[2], smoothed, "smoothed P(z_t = k | y_1..T)  (uses the whole sample: look-ahead)"),
+    ):
+        ax.stackplot(
+            dates, probs.to_numpy().T, colors=[_regime_color(k) for k in range(K)], alpha=0.85, lw=0
+        )
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("probability")
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_expert_weights(regimes, path) -> Path:
+    """Heatmap of the posterior mean gate weight of each expert within each regime."""
+    weights = regimes.expert_weights
+    fig, ax = plt.subplots(figsize=(1.2 * weights.shape[1] + 2, 0.6 * weights.shape[0] + 1.5))
+    image = ax.imshow(weights.to_numpy(), cmap="Blues", vmin=0, vmax=1)
+    for (k, m), value in np.ndenumerate(weights.to_numpy()):
+        ax.text(
+            m,
+            k,
+            f"{value:.2f}",
+            ha="center",
+            va="center",
+            color="white" if value > 0.6 else "black",
+        )
+    ax.set_xticks(range(weights.shape[1]), weights.columns)
+    ax.set_yticks(range(weights.shape[0]), [f"regime {k}" for k in weights.index])
+    ax.set_title("Expert weight within each regime (posterior mean)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def plot_elbo(diagnostics, path) -> Path:
+    """Negative ELBO per observation over the SVI steps."""
+    losses = diagnostics.losses / diagnostics.n_observations
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(losses, lw=0.6, color="grey")
+    window = max(1, len(losses) // 50)
+    smooth = pd.Series(losses).rolling(window, min_periods=1).mean()
+    ax.plot(smooth, color="black", lw=1.2)
+    ax.set_xlabel("SVI step")
+    ax.set_ylabel("-ELBO / observation (nats)")
+    lo, hi = np.quantile(losses, [0.0, 0.9])
+    ax.set_ylim(lo - 0.02 * abs(lo), hi)
+    ax.set_title("SVI convergence")
+    return _save(fig, path)

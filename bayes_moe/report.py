@@ -1,0 +1,118 @@
+"""The report folder of a fit: forecast, regimes, plots, InferenceData, metrics.
+
+Used by ``bayes-moe demo`` and ``bayes-moe fit``. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pandas as pd
+
+from bayes_moe import plotting
+from bayes_moe.io import atomic_path, write_csv, write_json
+
+COVERAGE_LEVELS = (0.5, 0.9)
+
+
+def in_sample_calibration(fit, *, num_samples: int = 1000) -> dict:
+    """Mean one-step log score and empirical coverage of central intervals, in sample.
+
+    Each day is scored under the causal predictive from the previous close with the
+    fitted posterior draws (regimes filtered, not smoothed). It is in-sample: the
+    parameters saw these days; out-of-sample scores come from backtests.
+    """
+    data = fit.data
+    realized = data.unstandardize(data.observed_response.numpy())[:, 0]
+    log_lik = fit.pointwise_log_likelihood().to_numpy()  # (N_obs, S)
+    log_score = np.logaddexp.reduce(log_lik, axis=1) - np.log(log_lik.shape[1])
+    mixture = fit.predictive(end=data.origin_dates[data.n_observed - 1])
+    samples = mixture.sample(num_samples, seed=1)[..., 0]  # (num_samples, N_obs)
+    out = {"mean_log_score": float(log_score.mean()), "n_days": int(len(realized))}
+    for level in COVERAGE_LEVELS:
+        lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        out[f"coverage_{int(level * 100)}"] = float(np.mean((realized >= lo) & (realized <= hi)))
+    return out
+
+
+def summary(fit, forecast, regimes) -> dict:
+    """A JSON-serializable summary of the fit: data, diagnostics, regime now, forecast."""
+    data = fit.data
+    current = regimes.current()
+    quantiles = forecast.quantiles((0.05, 0.25, 0.5, 0.75, 0.95))
+    return {
+        "data": {
+            "targets": list(fit.targets),
+            "first_date": str(data.dates[0].date()),
+            "last_date": str(data.dates[-1].date()),
+            "n_days_fitted": data.n_observed,
+        },
+        "model": fit.model.config(),
+        "fit": fit.diagnostics.to_dict(),
+        "regime_now": {
+            "date": str(current["date"].date()),
+            "regime": current["regime"],
+            "filtered_probability": current["probability"],
+            "filtered_probability_sd": current["probability_sd"],
+            "volatility": float(regimes.volatility["mean"].iloc[current["regime"]]),
+        },
+        "transition_mean": regimes.transition.to_numpy().tolist(),
+        "expected_duration_days": regimes.expected_duration["mean"].tolist(),
+        "forecast": {
+            "origin_date": str(forecast.origin_date.date()),
+            "horizon": forecast.horizon,
+            "mean": forecast.mean,
+            "std": forecast.std,
+            "quantiles": {f"{q:g}": float(v) for q, v in quantiles.items()},
+            "regime_probabilities": forecast.regime_probs["mean"].tolist(),
+            "expert_weights": forecast.expert_weights.to_dict(),
+        },
+    }
+
+
+def write_report(fit, out, *, price: pd.Series | None = None, num_samples: int = 2000) -> dict:
+    """Write the report folder ``out`` and return the metrics dictionary.
+
+    Files: ``forecast.json``, ``forecast.csv``, ``fan_chart.png``, ``regimes.png``,
+    ``expert_weights.png``, ``elbo.png``, ``regimes_filtered.csv``,
+    ``regimes_smoothed.csv``, ``regimes_viterbi.csv``, ``inference_data.nc``,
+    ``fit.safetensors`` (checkpoint) and ``metrics.json``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    forecast = fit.forecast(num_samples=num_samples, seed=0)
+    regimes = fit.regimes()
+    metrics = summary(fit, forecast, regimes)
+    metrics["in_sample"] = in_sample_calibration(fit)
+
+    idata = fit.to_inference_data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pareto-k warnings are reported in the numbers
+        loo = az.loo(idata)
+    metrics["in_sample"].update(
+        elpd_loo=float(loo["elpd_loo"]),
+        p_loo=float(loo["p_loo"]),
+        pareto_k_above_0_7=int(np.sum(np.asarray(loo["pareto_k"]) > 0.7)),
+    )
+    with atomic_path(out / "inference_data.nc") as tmp:
+        idata.to_netcdf(str(tmp), engine="h5netcdf")
+    fit.save(out / "fit.safetensors")
+
+    write_json(metrics["forecast"], out / "forecast.json")
+    write_csv(forecast.to_frame(), out / "forecast.csv")
+    write_csv(regimes.filtered, out / "regimes_filtered.csv")
+    write_csv(regimes.smoothed, out / "regimes_smoothed.csv")
+    write_csv(regimes.viterbi, out / "regimes_viterbi.csv")
+    for name, draw in (
+        ("fan_chart.png", lambda p: plotting.plot_fan_chart(fit, forecast, p)),
+        ("regimes.png", lambda p: plotting.plot_regimes(fit, regimes, p, price=price)),
+        ("expert_weights.png", lambda p: plotting.plot_expert_weights(regimes, p)),
+        ("elbo.png", lambda p: plotting.plot_elbo(fit.diagnostics, p)),
+    ):
+        with atomic_path(out / name) as tmp:
+            draw(tmp)
+    write_json(metrics, out / "metrics.json")
+    return metrics
