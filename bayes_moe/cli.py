@@ -82,7 +82,8 @@ def _print_summary(metrics: dict, elapsed: float, out: Path) -> None:
         f"sd {fc['std']:.4f}; {quantiles}\n"
         f"in-sample one-step: log score {ins['mean_log_score']:.4f} nats/day, "
         f"90% coverage {ins['coverage_90']:.3f}, elpd_loo {ins['elpd_loo']:.1f}\n"
-        f"SVI: {metrics['fit']['num_steps']} steps, {metrics['fit']['step_time_s'] * 1e3:.1f} ms/step; "
+        f"SVI: {metrics['fit']['num_steps']} steps, "
+        f"{metrics['fit']['step_time_s'] * 1e3:.1f} ms/step; "
         f"elapsed {elapsed:.1f} s\n"
         f"report written to {out}/"
     )

@@ -42,7 +42,7 @@ def plot_fan_chart(fit, forecast, path, *, days: int = 250, num_samples: int = 2
     samples = mixture.sample(num_samples, seed=0)[..., 0]  # (num_samples, days)
     realized_dates = fit.data.response_dates[-len(origins) :]
     realized = fit.data.unstandardize(fit.data.observed_response.numpy())[-len(origins) :, 0]
-    next_day = realized_dates[-1] + pd.tseries.offsets.BDay(fit.horizon)
+    next_day = realized_dates[-1] + pd.tseries.offsets.BDay(fit.horizon)  # plotting position only
 
     fig, ax = plt.subplots(figsize=(11, 4.5))
     for (lo, hi), alpha in zip(BANDS, (0.25, 0.45)):
@@ -54,7 +54,7 @@ def plot_fan_chart(fit, forecast, path, *, days: int = 250, num_samples: int = 2
             color="#1f77b4",
             alpha=alpha,
             lw=0,
-            label=f"{int(100 * (hi - lo))}% one-step predictive interval",
+            label=f"{round(100 * (hi - lo))}% one-step predictive interval",
         )
         f_lo, f_hi = np.quantile(forecast.samples, [lo, hi])
         ax.fill_between(
@@ -75,7 +75,9 @@ def plot_fan_chart(fit, forecast, path, *, days: int = 250, num_samples: int = 2
         ],
         fmt="o",
         color="#ff7f0e",
-        label=f"forecast for {next_day.date()} (median, 90%)",
+        label=(
+            f"forecast from the {forecast.origin_date.date()} close, h={fit.horizon} (median, 90%)"
+        ),
     )
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_title(

@@ -59,15 +59,15 @@ class Preprocessor:
         Target columns (a prefix of ``columns``).
     loc, scale : tuple of float
         Per-column mean and standard deviation on the training sample.
-    vol_center : tuple of float
-        Training mean of each volatility summary (``VOL_SPANS``), pooled over targets.
+    vol_center : tuple of tuple of float
+        Training mean of each target's volatility summaries, ``(d_y, V)``.
     """
 
     columns: tuple[str, ...]
     targets: tuple[str, ...]
     loc: tuple[float, ...]
     scale: tuple[float, ...]
-    vol_center: tuple[float, ...]
+    vol_center: tuple[tuple[float, ...], ...]
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, targets: Sequence[str], covariates: Sequence[str]):
@@ -85,7 +85,7 @@ class Preprocessor:
             targets=tuple(targets),
             loc=tuple(float(x) for x in loc),
             scale=tuple(float(x) for x in scale),
-            vol_center=tuple(float(x) for x in vol.mean(axis=(0, 1))),
+            vol_center=tuple(tuple(float(x) for x in row) for row in vol.mean(axis=0)),
         )
 
     def to_json(self) -> str:
@@ -96,7 +96,9 @@ class Preprocessor:
     def from_json(cls, text: str) -> Preprocessor:
         """Inverse of :meth:`to_json`."""
         raw = json.loads(text)
-        return cls(**{k: tuple(v) for k, v in raw.items()})
+        fields = {k: tuple(v) for k, v in raw.items()}
+        fields["vol_center"] = tuple(tuple(row) for row in raw["vol_center"])
+        return cls(**fields)
 
     @property
     def target_loc(self) -> np.ndarray:

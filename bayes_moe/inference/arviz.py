@@ -1,4 +1,4 @@
-"""Conversion of a fit to ArviZ ``InferenceData``.
+r"""Conversion of a fit to ArviZ ``InferenceData``.
 
 ArviZ has no converter for Pyro SVI, so the groups are built with
 :func:`arviz.from_dict` from the guide's draws, which go in as one chain:
@@ -13,7 +13,7 @@ posterior              every latent site (``"ar.coef"``, ``"gate.transition"``..
 posterior_predictive   ``y``: one draw of each day's one-step predictive per draw
 observed_data          ``y``: the observed responses (data units)
 log_likelihood         ``y``: the one-step predictive log density of each day,
-                       :math:`\\log p(y_t \\mid \\mathcal F_{t-1}, \\theta)`, in data units
+                       :math:`\log p(y_t \mid \mathcal F_{t-1}, \theta)`, in data units
 regime_posterior       ``filtered``, ``smoothed`` probabilities and ``viterbi`` paths
 =====================  ==========================================================
 
@@ -53,6 +53,15 @@ def _site_dims(fit, site: str, ndim: int) -> list[str] | None:
     if dims is None or len(dims) != ndim:
         return None
     return [d if d in SHARED_DIMS else f"{label}.{d}" for d in dims]
+
+
+def _expert_coords(fit) -> dict[str, list]:
+    """Coordinates of the label-prefixed dimensions of expert parameters."""
+    coords = {}
+    for label, expert in zip(fit.program.labels, fit.program.experts):
+        for dim, values in expert.param_coords(fit.data.inputs).items():
+            coords[f"{label}.{dim}"] = values
+    return coords
 
 
 def _relabelled_draws(fit) -> dict[str, np.ndarray]:
@@ -114,6 +123,7 @@ def to_inference_data(fit) -> az.InferenceData:
         "target": targets,
         "vol_span": [1, 5, 22],
         "date": dates.values,
+        **_expert_coords(fit),
     }
     idata = az.from_dict(
         posterior=posterior,

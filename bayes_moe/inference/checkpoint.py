@@ -30,7 +30,6 @@ class CheckpointError(ValueError):
 
 def save_fit(fit, path) -> None:
     """Write ``fit`` to ``path`` atomically (see the module docstring)."""
-
     path = Path(path)
     frame = fit.data.frame.loc[:, list(fit.data.preprocessor.columns)]
     tensors = {f"draws/{k}": v.detach().contiguous() for k, v in fit.draws.items()}

@@ -225,7 +225,12 @@ def _combine_sum_product(
     float32. The dropped constant only rescales the product, so the operator stays
     associative on the projective classes the filter and smoother need.
     """
-    product = log_matmul_exp(a[0], b[0])
+    # Elements carry their largest entry at zero, so exp() of them lies in [0, 1] and
+    # one batched matmul replaces the (..., K, K, K) log-sum-exp. Entries more than
+    # ~700 nats (float64; ~87 in float32) below the largest underflow and are floored
+    # at log(tiny): they are negligible next to the dominant path by that very margin.
+    tiny = torch.finfo(a[0].dtype).tiny
+    product = (a[0].exp() @ b[0].exp()).clamp_min(tiny).log()
     return (product - _matrix_shift(product),)
 
 
@@ -298,7 +303,8 @@ def _forward_scan(
     alpha_1 = log_init + log_emit[..., 0, :]
     first = alpha_1.unsqueeze(-2).expand(alpha_1.shape[:-1] + (num_states, num_states))
     rest = _transition_elements(log_trans, log_emit)
-    elems = torch.cat([first.unsqueeze(-3), rest], dim=-3).movedim(-3, 0)
+    elems = torch.cat([first.unsqueeze(-3), rest], dim=-3)
+    elems = (elems - _matrix_shift(elems)).movedim(-3, 0)  # projective: rows only matter
     (prefix,) = associative_scan(combine, (elems,))
     return prefix[..., 0, :].movedim(0, -2), rest
 
@@ -481,6 +487,7 @@ def hmm_smoother(
     log_beta = torch.zeros_like(log_alpha)
     if log_emit.shape[-2] > 1:
         # suffix[t] = A_{t+2} ... A_T (0-based t = 0..T-2), so beta_t is its row sum.
+        rest = rest - _matrix_shift(rest)
         (suffix,) = associative_scan(_combine_sum_product, (rest.movedim(-3, 0),), reverse=True)
         log_beta_head = _logsumexp(suffix, -1).movedim(0, -2)
         log_beta = torch.cat([log_beta_head, log_beta[..., -1:, :]], dim=-2)

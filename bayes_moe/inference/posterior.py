@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import pyro
 import torch
+from tqdm.auto import tqdm
 
 from bayes_moe._runtime import torch_threads
 from bayes_moe.data.windows import ModelData
@@ -114,10 +115,13 @@ def evaluate_posterior(
 ) -> PosteriorEvaluation:
     """Evaluate every draw (in chunks of ``chunk_size`` to bound memory)."""
     n_draws = next(iter(draws.values())).shape[0]
+    starts = range(0, n_draws, chunk_size)
+    # disable=None: a bar on a terminal, silence in logs and captured output.
+    bar = tqdm(starts, desc="posterior draws", unit="chunk", disable=None, leave=False)
     with torch_threads(num_threads):
         parts = [
             _evaluate_chunk(program, {k: v[i : i + chunk_size] for k, v in draws.items()}, data)
-            for i in range(0, n_draws, chunk_size)
+            for i in bar
         ]
     fields = {}
     for name in PosteriorEvaluation.__dataclass_fields__:

@@ -106,7 +106,10 @@ class RegimePosterior:
 
     @property
     def expected_duration(self) -> pd.DataFrame:
-        r"""Expected stay in each regime, :math:`1 / (1 - \Pi_{kk})` days: mean, sd, 94% interval."""
+        r"""Expected stay in each regime, :math:`1 / (1 - \Pi_{kk})` days.
+
+        Returns mean, sd and the 94% interval over posterior draws.
+        """
         stay = np.diagonal(self.transition_draws, axis1=1, axis2=2)
         duration = 1.0 / np.clip(1.0 - stay, 1e-12, None)
         return _summarize(duration, self.regime_index)

@@ -212,7 +212,7 @@ class MoEFit:
         return to_inference_data(self)
 
     def save(self, path) -> None:
-        """Write a checkpoint (safetensors + JSON metadata; see :mod:`~bayes_moe.inference.checkpoint`)."""
+        """Write a checkpoint: safetensors + JSON (:mod:`~bayes_moe.inference.checkpoint`)."""
         from bayes_moe.inference.checkpoint import save_fit
 
         save_fit(self, path)
@@ -229,5 +229,6 @@ class MoEFit:
         return (
             f"MoEFit(experts={self.program.labels}, regimes={self.model.n_regimes}, "
             f"window={self.model.window}, horizon={self.horizon}, days={self.data.n_observed}, "
-            f"draws={self.n_draws}, steps={d.num_steps}, loss/obs={d.final_loss / d.n_observations:.4f})"
+            f"draws={self.n_draws}, steps={d.num_steps}, "
+            f"loss/obs={d.final_loss / d.n_observations:.4f})"
         )

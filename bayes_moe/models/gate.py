@@ -69,22 +69,22 @@ def horizon_preference(groups: Sequence[str], horizon: int, strength: float) -> 
 
 
 class MarkovGate:
-    """Regime-switching gate with a sticky Dirichlet prior on the transition rows.
+    r"""Regime-switching gate with a sticky Dirichlet prior on the transition rows.
 
     Parameters
     ----------
     n_regimes : int
         ``K``.
     stickiness : float
-        :math:`\\kappa`, extra prior pseudo-counts on staying in the same regime.
+        :math:`\kappa`, extra prior pseudo-counts on staying in the same regime.
     concentration : float
-        :math:`\\alpha`, pseudo-counts on every transition.
+        :math:`\alpha`, pseudo-counts on every transition.
     input_dependent : bool
         Include :math:`u(X_t)`.
     assignment : sequence of int, optional
         Fix regime ``k`` to expert ``assignment[k]`` (no learned weights).
     horizon_strength : float
-        :math:`\\lambda` of the horizon-group prior.
+        :math:`\lambda` of the horizon-group prior.
     """
 
     def __init__(

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyro
-from pyro.contrib.autoname import scope
 import torch
+from pyro.contrib.autoname import scope
 from torch import nn
 
 from bayes_moe.data.windows import ExpertInputs, ModelData, prepare
@@ -150,7 +150,8 @@ class BayesianMoE:
     --------
     >>> import bayes_moe as bm
     >>> model = bm.BayesianMoE(experts=["ar", "var", "kalman"], n_regimes=3, window=64)
-    >>> fit = model.fit(bm.data.load_sp500(), target="ret", num_steps=1500, seed=0)  # doctest: +SKIP
+    >>> frame = bm.data.load_sp500()
+    >>> fit = model.fit(frame, target="ret", num_steps=1500, seed=0)  # doctest: +SKIP
     """
 
     def __init__(

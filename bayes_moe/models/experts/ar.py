@@ -56,9 +56,15 @@ class AR(Expert):
         self.noise = NoiseModel(family, heteroscedastic)
 
     def config(self) -> dict:
+        """Constructor arguments."""
         return {"order": self.order, **self.noise.config()}
 
+    def param_coords(self, inputs: ExpertInputs) -> dict[str, list]:
+        """Lags are numbered from 1."""
+        return {"lag": list(range(1, self.order + 1))}
+
     def model(self, inputs: ExpertInputs) -> dist.Distribution:
+        """Sample the AR parameters and return the predictive (see :meth:`Expert.model`)."""
         dtype = inputs.series.dtype
         d_y = inputs.n_targets
         one = torch.ones((), dtype=dtype)

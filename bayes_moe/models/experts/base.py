@@ -108,5 +108,14 @@ class Expert(nn.Module, ABC):
         """Constructor arguments, JSON-serializable (used by checkpoints)."""
         return {}
 
+    def param_coords(self, inputs: ExpertInputs) -> dict[str, list]:
+        """Coordinate values of the dimensions in :attr:`param_dims` (for ArviZ).
+
+        Dimensions not listed get integer coordinates; ``target`` and ``vol_span``
+        are filled in by the mixture.
+        """
+        return {}
+
     def extra_repr(self) -> str:
+        """Constructor arguments in ``repr``."""
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items())

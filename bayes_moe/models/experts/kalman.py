@@ -121,9 +121,11 @@ class Kalman(Expert):
         self.noise = NoiseModel(family, heteroscedastic)
 
     def config(self) -> dict:
+        """Constructor arguments."""
         return {"state_dim": self.state_dim, **self.noise.config()}
 
     def model(self, inputs: ExpertInputs) -> dist.Distribution:
+        """Filter the history and return the predictive (see :meth:`Expert.model`)."""
         dtype = inputs.series.dtype
         d_y, k = inputs.n_targets, self.state_dim
         one = torch.ones((), dtype=dtype)

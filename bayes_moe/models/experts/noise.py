@@ -52,6 +52,7 @@ class ShiftedGamma(dist.TransformedDistribution):
         )
 
     def expand(self, batch_shape, _instance=None):
+        """Expand the batch shape (needed because ``__init__`` is custom)."""
         new = self._get_checked_instance(ShiftedGamma, _instance)
         return super().expand(batch_shape, _instance=new)
 
@@ -101,7 +102,8 @@ class NoiseModel:
                 dist.Normal(0 * one, 0.5 * one).expand([d_y, len(VOL_SPANS)]).to_event(2),
             )  # S + (d_y, V)
             log_scale = log_scale + (vol * coef.unsqueeze(-3)).sum(-1)
-        return log_scale.exp()
+        # Expanded so that a constant scale also has one row per day, as documented.
+        return log_scale.exp().expand(log_scale.shape[:-2] + vol.shape[-3:-1])
 
     def sample_df(self, d_y: int, *, dtype: torch.dtype) -> torch.Tensor | None:
         """Sample the Student-t degrees of freedom ``df``: shape ``S + (d_y,)`` (None if Normal)."""

@@ -43,7 +43,7 @@ RETURN_PREFIX = "ret_"
 
 
 class VAR(Expert):
-    """VAR(p) expert over the targets and the other return series.
+    r"""VAR(p) expert over the targets and the other return series.
 
     Parameters
     ----------
@@ -55,7 +55,7 @@ class VAR(Expert):
     family : {"studentt", "normal"}
     heteroscedastic : bool
     tightness, cross_tightness : float
-        Minnesota :math:`\\lambda` and :math:`\\theta`.
+        Minnesota :math:`\lambda` and :math:`\theta`.
     """
 
     name = "var"
@@ -90,6 +90,7 @@ class VAR(Expert):
         self.cross_tightness = cross_tightness
 
     def config(self) -> dict:
+        """Constructor arguments."""
         return {
             "order": self.order,
             "columns": None if self.columns is None else list(self.columns),
@@ -105,6 +106,10 @@ class VAR(Expert):
             others = tuple(c for c in inputs.columns if c.startswith(RETURN_PREFIX))
         return inputs.targets + tuple(c for c in others if c not in inputs.targets)
 
+    def param_coords(self, inputs: ExpertInputs) -> dict[str, list]:
+        """Lags numbered from 1; series named by their columns."""
+        return {"lag": list(range(1, self.order + 1)), "series": list(self.reads(inputs))}
+
     def prior_scale(self, d_y: int, n_series: int, dtype: torch.dtype) -> torch.Tensor:
         """Minnesota prior standard deviations, shape ``(d_y, p, D)``."""
         lags = torch.arange(1, self.order + 1, dtype=dtype).view(1, -1, 1)
@@ -114,6 +119,7 @@ class VAR(Expert):
         return self.tightness * ratio / lags
 
     def model(self, inputs: ExpertInputs) -> dist.Distribution:
+        """Sample the VAR parameters and return the predictive (see :meth:`Expert.model`)."""
         dtype = inputs.series.dtype
         d_y = inputs.n_targets
         system = self.reads(inputs)

@@ -1,0 +1,103 @@
+"""Checkpoints: exact round trip, clear errors for bad files, atomic writes, no pickle."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import bayes_moe as bm
+from bayes_moe.inference import checkpoint
+
+
+@pytest.fixture(scope="module")
+def saved(small_fit, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "fit.safetensors"
+    small_fit.save(path)
+    return path
+
+
+def test_round_trip_reproduces_forecasts_and_regimes(small_fit, saved):
+    loaded = bm.load_fit(saved)
+    assert loaded.model.config() == small_fit.model.config()
+    for name, value in small_fit.draws.items():
+        torch.testing.assert_close(loaded.draws[name], value, rtol=0, atol=0)
+    a, b = small_fit.forecast(num_samples=500, seed=3), loaded.forecast(num_samples=500, seed=3)
+    np.testing.assert_array_equal(a.samples, b.samples)
+    assert a.log_prob(0.5) == pytest.approx(b.log_prob(0.5), rel=1e-12)
+    np.testing.assert_allclose(
+        small_fit.regimes().filtered.to_numpy(), loaded.regimes().filtered.to_numpy(), rtol=1e-12
+    )
+    np.testing.assert_array_equal(small_fit.diagnostics.losses, loaded.diagnostics.losses)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(bm.CheckpointError, match="does not exist"):
+        bm.load_fit(tmp_path / "nothing.safetensors")
+
+
+def test_malformed_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(b"\x00\x01 this is not a safetensors file at all")
+    with pytest.raises(bm.CheckpointError, match="not a bayes-moe checkpoint"):
+        bm.load_fit(path)
+
+
+def test_pickle_file_is_rejected_without_unpickling(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(3)}, path)  # a pickle-based torch file
+    with pytest.raises(bm.CheckpointError, match="not a bayes-moe checkpoint"):
+        bm.load_fit(path)
+
+
+def test_foreign_safetensors_file(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "pt"})
+    with pytest.raises(bm.CheckpointError, match="not a bayes-moe checkpoint.*'pt'"):
+        bm.load_fit(path)
+
+
+def _rewrite(saved, tmp_path, *, metadata=None, drop=()):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(saved), framework="pt") as handle:
+        meta = dict(handle.metadata())
+    tensors = {k: v for k, v in load_file(str(saved)).items() if k not in drop}
+    meta.update(metadata or {})
+    path = tmp_path / "edited.safetensors"
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def test_unsupported_version(saved, tmp_path):
+    path = _rewrite(saved, tmp_path, metadata={"format_version": "99"})
+    with pytest.raises(bm.CheckpointError, match="version 99"):
+        bm.load_fit(path)
+
+
+def test_missing_pieces_are_named(saved, tmp_path):
+    path = _rewrite(saved, tmp_path, drop=("data/values",))
+    with pytest.raises(bm.CheckpointError, match="malformed.*data/values"):
+        bm.load_fit(path)
+    path = _rewrite(saved, tmp_path, metadata={"model": json.dumps({"experts": 3})})
+    with pytest.raises(bm.CheckpointError, match="malformed"):
+        bm.load_fit(path)
+
+
+def test_failed_write_leaves_the_old_file_intact(small_fit, saved, tmp_path, monkeypatch):
+    path = tmp_path / "fit.safetensors"
+    path.write_bytes(saved.read_bytes())
+    before = path.read_bytes()
+
+    def broken_save(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        small_fit.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.safetensors"]

@@ -1,0 +1,144 @@
+"""index_batch / cat_batch / decompose on the four predictive families experts return.
+
+Oracle: the distribution itself. Selecting origins or draws with :func:`index_batch`
+and then scoring must equal scoring first and indexing the result; joining halves
+with :func:`cat_batch` must give back the whole. Parameters are given with partly
+broadcast shapes (a df per draw, one scale matrix for all), the case where naive
+indexing of the raw parameters goes wrong.
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import pytest
+import torch
+
+from bayes_moe.models.distributions import cat_batch, decompose, index_batch, mean_and_variance
+
+DT = torch.float64
+S, N, D = 3, 6, 2
+
+
+def _tril(gen: torch.Generator, *shape: int) -> torch.Tensor:
+    a = torch.randn(*shape, D, D, generator=gen, dtype=DT)
+    return torch.linalg.cholesky(a @ a.mT + 0.5 * torch.eye(D, dtype=DT))
+
+
+def _make(family: str) -> dist.Distribution:
+    gen = torch.Generator().manual_seed(0)
+    loc = torch.randn(S, N, D, generator=gen, dtype=DT)
+    if family == "normal":
+        scale = torch.rand(1, N, D, generator=gen, dtype=DT) + 0.5  # shared across draws
+        return dist.Normal(loc, scale).to_event(1)
+    if family == "studentt":
+        df = 2.5 + 10 * torch.rand(S, 1, D, generator=gen, dtype=DT)  # per draw and target
+        scale = torch.rand(N, D, generator=gen, dtype=DT) + 0.5
+        return dist.StudentT(df, loc, scale).to_event(1)
+    if family == "mvn":
+        return dist.MultivariateNormal(loc, scale_tril=_tril(gen, N))  # tril shared over S
+    if family == "mvt":
+        df = 2.5 + 10 * torch.rand(S, 1, generator=gen, dtype=DT)
+        return dist.MultivariateStudentT(df, loc, _tril(gen, S, N))
+    raise AssertionError(family)
+
+
+FAMILIES = ["normal", "studentt", "mvn", "mvt"]
+INDICES = {
+    "draw": (1,),
+    "draws-slice": (slice(0, 2),),
+    "origins": (slice(None), torch.tensor([0, 2, 5])),
+    "one-origin": (slice(None), torch.tensor([4])),
+    "draw-and-origin": (2, 3),
+    "paired": (torch.tensor([0, 2]), torch.tensor([5, 1])),
+}
+
+
+def _value() -> torch.Tensor:
+    return torch.randn(S, N, D, generator=torch.Generator().manual_seed(1), dtype=DT)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("index", list(INDICES.values()), ids=list(INDICES))
+def test_index_then_log_prob_equals_log_prob_then_index(family, index):
+    d = _make(family)
+    value = _value()
+    picked = index_batch(d, index)
+    assert type(picked) is type(d)
+    assert picked.event_shape == d.event_shape
+    expected = d.log_prob(value)[index]
+    assert picked.batch_shape == expected.shape
+    torch.testing.assert_close(picked.log_prob(value[index]), expected, rtol=1e-14, atol=0)
+    torch.testing.assert_close(picked.mean, d.mean.expand(S, N, D)[index], rtol=0, atol=0)
+    torch.testing.assert_close(
+        picked.variance, d.variance.expand(S, N, D)[index], rtol=1e-14, atol=0
+    )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dim", [0, 1])
+def test_cat_of_two_halves_equals_the_whole(family, dim):
+    d = _make(family)
+    value = _value()
+    cut = 1 if dim == 0 else 4
+    first = index_batch(d, (slice(0, cut),) if dim == 0 else (slice(None), slice(0, cut)))
+    second = index_batch(d, (slice(cut, None),) if dim == 0 else (slice(None), slice(cut, None)))
+    whole = cat_batch([first, second], dim=dim)
+    assert type(whole) is type(d)
+    assert whole.batch_shape == d.batch_shape and whole.event_shape == d.event_shape
+    torch.testing.assert_close(whole.log_prob(value), d.log_prob(value), rtol=1e-14, atol=0)
+    torch.testing.assert_close(whole.mean, d.mean.expand(S, N, D), rtol=0, atol=0)
+    # Single draws joined back in order (how posterior chunks are put together).
+    if dim == 0:
+        joined = cat_batch([index_batch(d, (slice(i, i + 1),)) for i in range(S)], dim=0)
+        torch.testing.assert_close(joined.log_prob(value), d.log_prob(value), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_decompose_rebuilds_an_equal_distribution_with_full_batch_params(family):
+    d = _make(family)
+    build, params = decompose(d)
+    for p in params:
+        assert p.shape[:2] == d.batch_shape  # every parameter carries the full batch shape
+    rebuilt = build(*params)
+    assert type(rebuilt) is type(d)
+    value = _value()
+    torch.testing.assert_close(rebuilt.log_prob(value), d.log_prob(value), rtol=1e-14, atol=0)
+    torch.testing.assert_close(rebuilt.variance, d.variance.expand(S, N, D), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mean_and_variance_closed_forms(family):
+    # Reference: Normal sigma^2; Student-t sigma^2 nu / (nu - 2); MVN diag(L L');
+    # MVT diag(L L') nu / (nu - 2).
+    d = _make(family)
+    mean, variance = mean_and_variance(d)
+    assert mean.shape == variance.shape == (S, N, D)
+    torch.testing.assert_close(mean, d.mean.expand(S, N, D), rtol=0, atol=0)
+    if family in ("normal", "studentt"):
+        base = d.base_dist
+        expected = base.scale.square().expand(S, N, D)
+        if family == "studentt":
+            expected = expected * base.df / (base.df - 2)
+    else:
+        expected = d.scale_tril.square().sum(-1).expand(S, N, D)
+        if family == "mvt":
+            expected = expected * (d.df / (d.df - 2)).unsqueeze(-1)
+    torch.testing.assert_close(variance, expected, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize(
+    "d",
+    [
+        dist.Laplace(torch.zeros(3, 2), torch.ones(3, 2)).to_event(1),
+        dist.Gamma(torch.ones(3), torch.ones(3)),
+        dist.LowRankMultivariateNormal(torch.zeros(3, 2), torch.ones(3, 2, 1), torch.ones(3, 2)),
+    ],
+    ids=["laplace", "gamma", "lowrank-mvn"],
+)
+def test_unsupported_family_raises_type_error(d):
+    with pytest.raises(TypeError, match="unsupported predictive family"):
+        decompose(d)
+    with pytest.raises(TypeError, match="unsupported predictive family"):
+        index_batch(d, (0,))
+    with pytest.raises(TypeError, match="unsupported predictive family"):
+        cat_batch([d, d])

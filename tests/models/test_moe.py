@@ -1,0 +1,154 @@
+"""The mixture's likelihood against brute-force enumeration and an unrolled Pyro model."""
+
+import itertools
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import TraceEnum_ELBO, config_enumerate
+
+import bayes_moe as bm
+from bayes_moe.data.windows import prepare
+from bayes_moe.inference.posterior import conditioned_components
+
+
+def _prior_draw(program, inputs, response, seed):
+    pyro.set_rng_seed(seed)
+    trace = poutine.trace(program).get_trace(inputs, response)
+    return {
+        name: site["value"].detach()
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    }
+
+
+def _setup(sp500, rows, experts=("ar", "var", "kalman"), n_regimes=3, seed=0):
+    frame = sp500.iloc[:rows]
+    data = prepare(frame, targets=["ret"], window=3, horizon=1, min_observations=1)
+    model = bm.BayesianMoE(experts=list(experts), n_regimes=n_regimes, window=3)
+    program = model.program().eval()
+    inputs = data.inputs.at(data.inputs.origins[: data.n_observed])
+    response = data.observed_response
+    params = _prior_draw(program, inputs, response, seed)
+    return program, inputs, response, params
+
+
+def _model_log_evidence(program, inputs, response, params):
+    with torch.no_grad():
+        return poutine.condition(program, data=params)(inputs, response)
+
+
+def test_log_evidence_equals_enumeration_over_all_regime_paths(sp500):
+    # Oracle: sum over all K^T regime paths of p(z_{1:T}) prod_t sum_m g p_m(y_t).
+    program, inputs, response, params = _setup(sp500, rows=8)
+    comps = conditioned_components(program, params, inputs)
+    log_p = comps.expert_log_probs(response)  # (T, M)
+    log_w = comps.gate.log_weights  # (T, K, M)
+    emission = torch.logsumexp(log_w + log_p.unsqueeze(-2), dim=-1).numpy()  # (T, K)
+    init = comps.gate.log_init.numpy()
+    trans = comps.gate.log_trans.numpy()
+    T, K = emission.shape
+    assert T == 5
+    path_scores = []
+    for path in itertools.product(range(K), repeat=T):
+        score = init[path[0]] + emission[0, path[0]]
+        for t in range(1, T):
+            score += trans[path[t - 1], path[t]] + emission[t, path[t]]
+        path_scores.append(score)
+    expected = np.logaddexp.reduce(path_scores)
+    actual = _model_log_evidence(program, inputs, response, params).item()
+    assert actual == pytest.approx(expected, rel=1e-12, abs=1e-10)
+
+
+def test_log_evidence_equals_unrolled_pyro_model_under_traceenum(sp500):
+    # Oracle: an unrolled Pyro model with one discrete z_t per day, marginalized by
+    # TraceEnum_ELBO (variable elimination), on 60 days of real returns.
+    program, inputs, response, params = _setup(sp500, rows=64, n_regimes=2, seed=3)
+    comps = conditioned_components(program, params, inputs)
+    trans = comps.gate.log_trans.exp()
+    init = comps.gate.log_init.exp()
+    weights = comps.gate.log_weights.exp()  # (T, K, M)
+    expert_dists = comps.experts
+
+    @config_enumerate
+    def unrolled():
+        z = pyro.sample("z_0", dist.Categorical(init))
+        for t in pyro.markov(range(response.shape[0])):
+            if t > 0:
+                z = pyro.sample(f"z_{t}", dist.Categorical(trans[z]))
+            log_p = torch.stack([d.log_prob(response)[t] for d in expert_dists], dim=-1)  # (M,)
+            density = torch.logsumexp(weights[t][z].log() + log_p, dim=-1)
+            pyro.factor(f"y_{t}", density)
+
+    def empty_guide():
+        pass
+
+    oracle = -TraceEnum_ELBO(max_plate_nesting=0).loss(unrolled, empty_guide)
+    actual = _model_log_evidence(program, inputs, response, params).item()
+    assert actual == pytest.approx(oracle, rel=1e-10)
+
+
+def test_fixed_assignment_reduces_to_one_expert_per_regime(sp500):
+    expert = {"name": "ar", "order": 0, "family": "normal", "heteroscedastic": False}
+    frame = sp500.iloc[:80]
+    data = prepare(frame, targets=["ret"], window=1, horizon=1)
+    model = bm.BayesianMoE(
+        experts=[expert, expert], window=1, gate=bm.MarkovGate(2, assignment=[1, 0])
+    )
+    program = model.program()
+    inputs = data.inputs.at(data.inputs.origins[: data.n_observed])
+    params = _prior_draw(program, inputs, data.observed_response, seed=1)
+    comps = conditioned_components(program, params, inputs)
+    weights = comps.gate.log_weights.exp()
+    # Regime 0 uses expert 1 alone and regime 1 uses expert 0 alone.
+    assert torch.equal(weights[:, 0], torch.tensor([0.0, 1.0]).expand_as(weights[:, 0]))
+    assert torch.equal(weights[:, 1], torch.tensor([1.0, 0.0]).expand_as(weights[:, 1]))
+    assert "gate/bias" not in params
+
+
+def test_expert_dropout_renormalizes_over_kept_experts(sp500):
+    model = bm.BayesianMoE(
+        experts=["ar", "var", "kalman"], n_regimes=2, window=8, expert_dropout=0.5
+    )
+    program = model.program().train()
+    log_w = torch.log_softmax(torch.randn(30, 2, 3, dtype=torch.float64), dim=-1)
+    torch.manual_seed(0)
+    kept_patterns = set()
+    for _ in range(40):
+        dropped = program._drop(log_w)
+        kept = torch.isfinite(dropped[0, 0])
+        kept_patterns.add(tuple(kept.tolist()))
+        assert kept.any()
+        torch.testing.assert_close(dropped.exp().sum(-1), torch.ones(30, 2, dtype=torch.float64))
+        # Kept experts keep their relative weights.
+        ratio = (dropped - log_w)[..., kept]
+        torch.testing.assert_close(ratio, ratio[..., :1].expand_as(ratio))
+    assert len(kept_patterns) > 3  # the mask really is random
+
+
+def test_fitting_does_not_modify_the_specification(sp500):
+    model = bm.BayesianMoE(experts=["ar", "kalman"], n_regimes=2, window=16)
+    config_before = model.config()
+    state_before = {k: v.clone() for e in model.experts for k, v in e.state_dict().items()}
+    fit = model.fit(sp500.iloc[-300:], num_steps=5, num_draws=4, progress=False)
+    assert model.config() == config_before
+    state_after = {k: v for e in model.experts for k, v in e.state_dict().items()}
+    assert state_before.keys() == state_after.keys()
+    assert fit.model is model and fit.program.experts[0] is not model.experts[0]
+
+
+def test_bad_input_is_rejected_before_fitting(sp500):
+    frame = sp500.iloc[-300:].copy()
+    frame.iloc[100, frame.columns.get_loc("ret")] = np.nan
+    model = bm.BayesianMoE(experts=["ar"], n_regimes=2, window=16)
+    with pytest.raises(bm.data.DataError, match="ret"):
+        model.fit(frame, num_steps=10_000, progress=False)  # would take minutes if it ran
+    with pytest.raises(bm.data.DataError, match="missing"):
+        model.fit(frame, target="close_price", num_steps=10_000, progress=False)
+    with pytest.raises(ValueError, match="window"):
+        bm.BayesianMoE(experts=[{"name": "ar", "order": 10}], window=5)
+    with pytest.raises(ValueError, match="unknown expert"):
+        bm.BayesianMoE(experts=["no_such_expert"])

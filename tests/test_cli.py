@@ -1,0 +1,153 @@
+"""The bayes-moe command on real data: demo, fit on a user file, forecast, regimes, errors."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayes_moe as bm
+from bayes_moe.cli import main
+
+TINY = ["--num-steps", "8", "--num-draws", "6", "--window", "16", "--regimes", "2"]
+
+
+@pytest.fixture(scope="module")
+def price_file(sp500, tmp_path_factory):
+    """The last 700 days of real S&P 500 prices as a user would export them."""
+    raw = sp500.iloc[-700:][["open", "high", "low", "adj_close"]]
+    frame = raw.rename(columns={"open": "Open", "high": "High", "low": "Low", "adj_close": "Close"})
+    path = tmp_path_factory.mktemp("user") / "spx.csv"
+    frame.rename_axis("Date").to_csv(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(price_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fit") / "run"
+    code = main(
+        [
+            "fit",
+            "--data",
+            str(price_file),
+            "--date-col",
+            "Date",
+            "--price-col",
+            "Close",
+            "--high-col",
+            "High",
+            "--low-col",
+            "Low",
+            "--open-col",
+            "Open",
+            "--close-col",
+            "Close",
+            "--experts",
+            "ar,kalman",
+            "--out",
+            str(out),
+            *TINY,
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_fit_on_a_user_csv_writes_the_report(fitted, price_file):
+    names = {p.name for p in fitted.iterdir()}
+    assert {
+        "fit.safetensors",
+        "metrics.json",
+        "forecast.json",
+        "inference_data.nc",
+        "fan_chart.png",
+        "regimes.png",
+        "expert_weights.png",
+        "regimes_filtered.csv",
+    } <= names
+    metrics = json.loads((fitted / "metrics.json").read_text())
+    prices = pd.read_csv(price_file, parse_dates=["Date"], index_col="Date")["Close"]
+    assert metrics["data"]["last_date"] == str(prices.index[-1].date())
+    q = list(metrics["forecast"]["quantiles"].values())
+    assert q == sorted(q)
+    assert 0 <= metrics["regime_now"]["filtered_probability"] <= 1
+    assert 0 <= metrics["in_sample"]["coverage_90"] <= 1
+    # The returns the model saw are the percent log returns of the Close column.
+    fit = bm.load_fit(fitted / "fit.safetensors")
+    expected = 100 * np.diff(np.log(prices.to_numpy()))
+    np.testing.assert_allclose(fit.data.frame["ret"].to_numpy(), expected[-len(fit.data.frame) :])
+
+
+def test_forecast_command_matches_the_python_api(fitted, tmp_path, capsys):
+    out = tmp_path / "fc.json"
+    code = main(
+        [
+            "forecast",
+            "--model",
+            str(fitted / "fit.safetensors"),
+            "--out",
+            str(out),
+            "--num-samples",
+            "3000",
+            "--seed",
+            "5",
+        ]
+    )
+    assert code == 0
+    record = json.loads(out.read_text())[0]
+    expected = bm.load_fit(fitted / "fit.safetensors").forecast(num_samples=3000, seed=5)
+    assert record["mean"] == pytest.approx(expected.mean, rel=1e-12)
+    assert record["q0.5"] == pytest.approx(float(expected.quantiles([0.5]).iloc[0]), rel=1e-12)
+    assert "origin_date" in capsys.readouterr().out
+
+
+def test_regimes_command_writes_probabilities(fitted, tmp_path):
+    out = tmp_path / "reg"
+    assert main(["regimes", "--model", str(fitted / "fit.safetensors"), "--out", str(out)]) == 0
+    filtered = pd.read_csv(out / "regimes_filtered.csv", index_col=0)
+    np.testing.assert_allclose(filtered.sum(axis=1), 1.0, rtol=1e-9)
+    transition = pd.read_csv(out / "transition.csv", index_col=0)
+    np.testing.assert_allclose(transition.sum(axis=1), 1.0, rtol=1e-9)
+    assert (out / "regimes.png").stat().st_size > 10_000
+
+
+def test_demo_runs_on_the_embedded_data(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["demo", "--out", str(out), "--num-steps", "5", "--num-draws", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "regime on 2018-12-31" in text and "forecast from 2018-12-31" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["first_date"] == "1999-02-04"
+    assert metrics["elapsed_s"] > 0
+
+
+def test_bad_user_file_fails_before_fitting_and_writes_nothing(price_file, tmp_path, capsys):
+    frame = pd.read_csv(price_file)
+    frame.iloc[[10, 11]] = frame.iloc[[11, 10]].to_numpy()  # two dates out of order
+    bad = tmp_path / "unsorted.csv"
+    frame.to_csv(bad, index=False)
+    out = tmp_path / "never"
+    code = main(
+        [
+            "fit",
+            "--data",
+            str(bad),
+            "--date-col",
+            "Date",
+            "--price-col",
+            "Close",
+            "--out",
+            str(out),
+            *TINY,
+        ]
+    )
+    assert code == 2
+    assert "sorted" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_foreign_checkpoint_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "weights.safetensors"
+    path.write_text("not a checkpoint")
+    assert main(["forecast", "--model", str(path)]) == 2
+    assert "not a bayes-moe checkpoint" in capsys.readouterr().err
