@@ -24,3 +24,28 @@ def small_fit(sp500):
     model = bm.BayesianMoE(experts=["ar", "var", "kalman"], n_regimes=2, window=32)
     frame = sp500.loc["2014-01-01":]
     return model.fit(frame, target="ret", num_steps=150, num_draws=40, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def fit_one_expert():
+    """Fit a one-regime mixture of a single expert to convergence (oracle comparisons).
+
+    A high, fast-decaying learning rate and no early stopping make the posterior mean
+    settle to the accuracy the statsmodels comparisons need in a few hundred steps.
+    """
+
+    def fit(frame, spec, *, window, num_steps, target="ret"):
+        model = bm.BayesianMoE(experts=[spec], n_regimes=1, window=window)
+        return model.fit(
+            frame,
+            target=target,
+            num_steps=num_steps,
+            learning_rate=0.1,
+            final_lr_fraction=0.005,
+            num_draws=200,
+            seed=0,
+            progress=False,
+            convergence_tol=None,
+        )
+
+    return fit

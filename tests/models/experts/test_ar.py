@@ -27,31 +27,14 @@ def returns():
     return bm.data.load_sp500()[["ret"]]
 
 
-def _fit(frame, order, *, window, num_steps):
-    model = bm.BayesianMoE(
-        experts=[{"name": "ar", "order": order, **NORMAL}], n_regimes=1, window=window
-    )
-    return model.fit(
-        frame,
-        target="ret",
-        num_steps=num_steps,
-        learning_rate=0.1,
-        final_lr_fraction=0.005,
-        num_draws=200,
-        seed=0,
-        progress=False,
-        convergence_tol=None,
-    )
-
-
-def test_posterior_mean_matches_autoreg_ols(returns):
+def test_posterior_mean_matches_autoreg_ols(fit_one_expert, returns):
     # Reference: statsmodels AutoReg(ret, lags=2, trend="c").fit() on the same 5007 days;
     # observed: const 0.0158, phi = (-0.0745, -0.0522), sigma 1.1986, se(phi) 0.0141.
     # With window = 2 the mixture scores exactly AutoReg's sample (rows 2..T-1), and the
     # N(0, 0.5^2) prior is negligible against 5007 observations, so the posterior mean is
     # the OLS estimate (observed |difference| < 0.003 for every coefficient).
     ref = AutoReg(returns["ret"].to_numpy(), lags=2, trend="c").fit()
-    fit = _fit(returns, 2, window=2, num_steps=250)
+    fit = fit_one_expert(returns, {"name": "ar", "order": 2, **NORMAL}, window=2, num_steps=250)
     assert fit.data.n_observed == ref.nobs
 
     pre = fit.data.preprocessor
@@ -70,12 +53,12 @@ def test_posterior_mean_matches_autoreg_ols(returns):
     np.testing.assert_allclose(phi.std(0), ref.bse[1:], rtol=0.25)
 
 
-def test_order_zero_is_a_constant_mean_at_the_sample_mean(returns):
+def test_order_zero_is_a_constant_mean_at_the_sample_mean(fit_one_expert, returns):
     # Reference: the maximum-likelihood Normal of the 5008 scored returns: sample mean
     # 0.0139, standard deviation 1.2032, standard error of the mean sd / sqrt(n) = 0.0170.
     # Under N(0, 1) / LogNormal(0, 1) priors the posterior sits on it; observed: mean
     # 0.0102 (0.2 standard errors away), scale 1.2008.
-    fit = _fit(returns, 0, window=1, num_steps=150)
+    fit = fit_one_expert(returns, {"name": "ar", "order": 0, **NORMAL}, window=1, num_steps=150)
     scored = returns["ret"].to_numpy()[1:]
     standard_error = scored.std() / np.sqrt(len(scored))
     predictive = fit.posterior.experts[0]

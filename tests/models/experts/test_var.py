@@ -29,7 +29,7 @@ def two_indices():
     return bm.data.load_sp500()[["ret", "ret_nasdaq"]]
 
 
-def test_posterior_mean_matches_var_ols(two_indices):
+def test_posterior_mean_matches_var_ols(fit_one_expert, two_indices):
     # Reference 1: statsmodels VAR(1) OLS on the same 5008 days (numpy input: a date index
     # without a frequency would warn), "ret" equation: const 0.0147, L1.ret -0.1341,
     # L1.ret_nasdaq 0.0541 (percent units) -> standardized lag coefficients (-0.1341, 0.0716).
@@ -37,22 +37,8 @@ def test_posterior_mean_matches_var_ols(two_indices):
     # sd 0.2, cross lag sd 0.1, intercept sd 1) with the noise scale at its posterior
     # mean: (-0.1259, 0.0631); the prior shrinks the collinear pair (corr 0.9) a little.
     # Observed posterior means: (-0.1221, 0.0624).
-    model = bm.BayesianMoE(
-        experts=[{"name": "var", "order": 1, "family": "normal", "heteroscedastic": False}],
-        n_regimes=1,
-        window=1,
-    )
-    fit = model.fit(
-        two_indices,
-        target="ret",
-        num_steps=250,
-        learning_rate=0.1,
-        final_lr_fraction=0.005,
-        num_draws=200,
-        seed=0,
-        progress=False,
-        convergence_tol=None,
-    )
+    spec = {"name": "var", "order": 1, "family": "normal", "heteroscedastic": False}
+    fit = fit_one_expert(two_indices, spec, window=1, num_steps=250)
     values = two_indices.to_numpy()
     ols = StatsmodelsVAR(values).fit(1)
     assert fit.data.n_observed == ols.nobs
