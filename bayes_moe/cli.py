@@ -9,6 +9,7 @@ Examples
     bayes-moe fit --data prices.csv --date-col Date --price-col Close --out runs/mine
     bayes-moe forecast --model runs/sp500/fit.safetensors
     bayes-moe regimes --model runs/sp500/fit.safetensors --out runs/sp500/regimes
+    bayes-moe backtest --dataset sp500 --test-start 2015-01-02 --refit-every 250 --out bt
 """
 
 from __future__ import annotations
@@ -184,6 +185,77 @@ def cmd_regimes(args) -> int:
     return 0
 
 
+def cmd_backtest(args) -> int:
+    """Rolling-origin backtest of the mixture and the baselines; calibration report."""
+    from bayes_moe.evaluation.backtest import backtest
+    from bayes_moe.evaluation.baselines import BASELINES, applicable_baselines
+    from bayes_moe.evaluation.moe_forecaster import MoEForecaster
+    from bayes_moe.report import write_backtest_report
+
+    frame = _load_frame(args)
+    if args.dataset == "sp500" and args.with_vix:
+        frame = bm_data.add_vix(frame)
+    names = (
+        applicable_baselines(frame)
+        if args.baselines == "all"
+        else [
+            b.strip() for b in args.baselines.split(",") if b.strip() and args.baselines != "none"
+        ]
+    )
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; choose from {sorted(BASELINES)}")
+    covariates = [c for c in frame.columns if c != args.target and frame[c].notna().all()]
+    model = BayesianMoE(
+        experts=[e.strip() for e in args.experts.split(",") if e.strip()],
+        n_regimes=args.regimes,
+        window=args.window,
+    )
+    model.prepare(frame, args.target, covariates=covariates, horizon=args.horizon)  # validate
+    forecasters = {
+        "bayes_moe": MoEForecaster(
+            model,
+            target=args.target,
+            covariates=covariates,
+            num_steps=args.num_steps,
+            num_draws=args.num_draws,
+            seed=args.seed,
+            horizon=args.horizon,
+        )
+    }
+    forecasters.update({name: BASELINES[name]() for name in names})
+    results = {}
+    for name, forecaster in forecasters.items():
+        print(f"backtesting {name} ...", flush=True)
+        results[name] = backtest(
+            frame,
+            forecaster,
+            test_start=args.test_start,
+            test_end=args.test_end,
+            refit_every=args.refit_every,
+            horizon=args.horizon,
+            target=args.target,
+            name=name,
+        )
+    protocol = {
+        "data": str(args.data) if args.data else args.dataset,
+        "target": args.target,
+        "test_start": str(results["bayes_moe"].table.index[0].date()),
+        "test_end": str(results["bayes_moe"].table.index[-1].date()),
+        "n_test_days": len(results["bayes_moe"].table),
+        "refit_every": args.refit_every,
+        "window": "expanding",
+        "horizon": args.horizon,
+        "experts": model.labels,
+        "n_regimes": model.n_regimes,
+    }
+    doc = write_backtest_report(results, Path(args.out), protocol=protocol)
+    table = pd.DataFrame(doc["models"]).T[["log_score", "crps", "coverage_90", "pit_ks_pvalue"]]
+    print(table.sort_values("log_score", ascending=False).to_string(float_format="%.4f"))
+    print(f"report written to {args.out}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``bayes-moe``."""
     parser = argparse.ArgumentParser(prog="bayes-moe", description=__doc__.split("\n")[0])
@@ -210,6 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     forecast.add_argument("--out", help="write the table to this .json or .csv file")
     forecast.set_defaults(func=cmd_forecast)
+
+    bt = sub.add_parser("backtest", help="rolling-origin backtest against the baselines")
+    _add_data_arguments(bt, required=True)
+    _add_model_arguments(bt)
+    bt.add_argument("--test-start", required=True, help="first test day (YYYY-MM-DD)")
+    bt.add_argument("--test-end", help="last test day (default: the last row)")
+    bt.add_argument("--refit-every", type=int, default=250, help="test days between refits")
+    bt.add_argument("--baselines", default="all", help="comma-separated baselines, 'all' or 'none'")
+    bt.add_argument(
+        "--with-vix", action="store_true", help="--dataset sp500: add VIX (2014-) for har_vix"
+    )
+    bt.add_argument("--out", required=True, help="report folder")
+    bt.set_defaults(func=cmd_backtest)
 
     regimes = sub.add_parser("regimes", help="regime posteriors from a fitted checkpoint")
     regimes.add_argument("--model", required=True, type=Path, help="fit.safetensors checkpoint")

@@ -167,3 +167,92 @@ def plot_elbo(diagnostics, path) -> Path:
     ax.set_ylim(lo - 0.02 * abs(lo), hi)
     ax.set_title("SVI convergence")
     return _save(fig, path)
+
+
+# ------------------------------------------------------------------ calibration studies
+def plot_pit_histograms(results, path, *, bins: int = 20) -> Path:
+    """PIT histogram of every model (uniform when calibrated), with a 95% band."""
+    names = list(results)
+    cols = min(3, len(names))
+    rows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        pit = results[name].table["pit"].to_numpy()
+        n = len(pit)
+        expected = n / bins
+        band = 1.96 * np.sqrt(expected * (1 - 1 / bins))
+        ax.hist(pit, bins=bins, range=(0, 1), color="#1f77b4", alpha=0.8)
+        ax.axhspan(expected - band, expected + band, color="grey", alpha=0.2, lw=0)
+        ax.axhline(expected, color="black", lw=0.8)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlim(0, 1)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.suptitle("PIT histograms (flat = calibrated; grey: 95% band under uniformity)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_coverage_curves(curves: pd.DataFrame, path) -> Path:
+    """Empirical vs nominal coverage of central intervals, 5% to 99%."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    nominal = curves.index.to_numpy()
+    for name in curves.columns:
+        lw = 2.0 if name == "bayes_moe" else 1.0
+        axes[0].plot(nominal, curves[name], lw=lw, label=name)
+        axes[1].plot(nominal, curves[name] - nominal, lw=lw, label=name)
+    axes[0].plot([0, 1], [0, 1], color="black", lw=0.6, ls="--")
+    axes[0].set_xlabel("nominal coverage")
+    axes[0].set_ylabel("empirical coverage")
+    axes[1].axhline(0, color="black", lw=0.6, ls="--")
+    axes[1].set_xlabel("nominal coverage")
+    axes[1].set_ylabel("empirical - nominal")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Coverage of central predictive intervals")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_regime_calibration(table: pd.DataFrame, path) -> Path:
+    """Coverage and mean PIT of the days grouped by their most probable regime."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    regimes = [f"regime {k}\n(n={int(n)})" for k, n in zip(table.index, table["n_days"])]
+    colors = [_regime_color(k) for k in table.index]
+    axes[0].bar(regimes, table["coverage_90"], color=colors)
+    axes[0].axhline(0.9, color="black", ls="--", lw=0.8)
+    axes[0].set_title("90% interval coverage")
+    axes[1].bar(regimes, table["mean_pit"], color=colors)
+    axes[1].axhline(0.5, color="black", ls="--", lw=0.8)
+    axes[1].set_title("mean PIT (0.5 if unbiased)")
+    axes[2].bar(regimes, table["log_score"], color=colors)
+    axes[2].set_title("mean log score (nats/day)")
+    fig.suptitle("Calibration by the regime the forecast was made in (filtered)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_score_differences(results, reference: str, baseline: str, path) -> Path:
+    """Per-day log-score difference against a baseline, cumulated over the test period."""
+    ref = results[reference].table["log_score"]
+    other = results[baseline].table["log_score"].reindex(ref.index)
+    diff = ref - other
+    fig, axes = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    axes[0].plot(diff.index, diff.to_numpy(), lw=0.5, color="grey")
+    axes[0].plot(
+        diff.index,
+        diff.rolling(60, min_periods=10).mean(),
+        color="black",
+        lw=1.2,
+        label="60-day mean",
+    )
+    axes[0].axhline(0, color="black", lw=0.5)
+    axes[0].set_ylabel("log score difference")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(diff.index, diff.cumsum().to_numpy(), color="#1f77b4")
+    axes[1].axhline(0, color="black", lw=0.5)
+    axes[1].set_ylabel("cumulative (nats)")
+    axes[0].set_title(
+        f"{reference} minus {baseline}: daily log predictive score (> 0: {reference} better)"
+    )
+    fig.tight_layout()
+    return _save(fig, path)

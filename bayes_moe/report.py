@@ -116,3 +116,108 @@ def write_report(fit, out, *, price: pd.Series | None = None, num_samples: int =
             draw(tmp)
     write_json(metrics, out / "metrics.json")
     return metrics
+
+
+# ---------------------------------------------------------------------------- backtests
+def _markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
+    header = "| " + " | ".join([frame.index.name or ""] + [str(c) for c in frame.columns]) + " |"
+    rule = "|" + "---|" * (frame.shape[1] + 1)
+    lines = [header, rule]
+    for idx, row in frame.iterrows():
+        cells = [format(v, floatfmt) if isinstance(v, float | np.floating) else str(v) for v in row]
+        lines.append("| " + " | ".join([str(idx)] + cells) + " |")
+    return "\n".join(lines)
+
+
+def write_backtest_report(results: dict, out, *, protocol: dict, reference="bayes_moe") -> dict:
+    """Write a calibration study of backtest results to ``out``; return the metrics.
+
+    Files: ``metrics.json`` (the documented shape, see
+    :func:`bayes_moe.evaluation.calibration.metrics`), ``report.md``,
+    ``scores_<model>.csv`` (per-day scores), ``pit_histograms.png``,
+    ``coverage_curves.png``, and with the mixture present ``score_differences.png``
+    and ``calibration_by_regime.png``.
+    """
+    from bayes_moe.evaluation import calibration
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = calibration.metrics(results, protocol=protocol, reference=reference)
+    for name, result in results.items():
+        write_csv(result.table, out / f"scores_{name}.csv")
+    curves = calibration.coverage_curves(results)
+    write_csv(curves, out / "coverage_curves.csv")
+    with atomic_path(out / "pit_histograms.png") as tmp:
+        plotting.plot_pit_histograms(results, tmp)
+    with atomic_path(out / "coverage_curves.png") as tmp:
+        plotting.plot_coverage_curves(curves, tmp)
+
+    models = pd.DataFrame(doc["models"]).T
+    models.index.name = "model"
+    columns = [
+        c
+        for c in (
+            "log_score",
+            "crps",
+            "coverage_90",
+            "coverage_95",
+            "pit_ks_pvalue",
+            "berkowitz_pvalue",
+            "interval_score_90",
+            "n_days",
+            "elapsed_s",
+        )
+        if c in models.columns
+    ]
+    models = models[columns].sort_values("log_score", ascending=False)
+    lines = [
+        "# Calibration study",
+        "",
+        "## Protocol",
+        "",
+        *[f"- **{k}**: {v}" for k, v in protocol.items()],
+        "",
+        "## Scores (log score: nats/day, higher is better; CRPS: lower is better)",
+        "",
+        _markdown_table(models),
+        "",
+        "![PIT histograms](pit_histograms.png)",
+        "",
+        "![Coverage](coverage_curves.png)",
+    ]
+    if doc["comparisons"]:
+        comp = pd.DataFrame(doc["comparisons"]).T
+        comp.index.name = "baseline"
+        lines += [
+            "",
+            f"## {reference} against each baseline: daily log-score difference",
+            "",
+            "Mean of d_t = log p_ref(y_t) - log p_baseline(y_t), Newey-West standard error,",
+            "t statistic (Diebold-Mariano); positive favours the reference.",
+            "",
+            _markdown_table(
+                comp[[c for c in comp.columns if c in ("mean_diff", "nw_se", "t_stat", "pvalue")]]
+            ),
+        ]
+        best = doc["best_baseline"]
+        with atomic_path(out / "score_differences.png") as tmp:
+            plotting.plot_score_differences(results, reference, best, tmp)
+        lines += ["", f"![Against {best}](score_differences.png)"]
+    if reference in results and "regime_probs" in results[reference].extras:
+        by_regime = calibration.calibration_by_regime(results[reference])
+        write_csv(by_regime, out / "calibration_by_regime.csv")
+        with atomic_path(out / "calibration_by_regime.png") as tmp:
+            plotting.plot_regime_calibration(by_regime, tmp)
+        doc["calibration_by_regime"] = by_regime.reset_index().to_dict(orient="records")
+        lines += [
+            "",
+            "## Calibration by the (filtered) regime each forecast was made in",
+            "",
+            _markdown_table(by_regime),
+            "",
+            "![By regime](calibration_by_regime.png)",
+        ]
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    write_json(doc, out / "metrics.json")
+    return doc

@@ -151,3 +151,69 @@ def test_foreign_checkpoint_is_a_clear_error(tmp_path, capsys):
     path.write_text("not a checkpoint")
     assert main(["forecast", "--model", str(path)]) == 2
     assert "not a bayes-moe checkpoint" in capsys.readouterr().err
+
+
+def test_backtest_command_on_a_user_file(price_file, tmp_path, capsys):
+    prices = pd.read_csv(price_file, parse_dates=["Date"], index_col="Date")
+    start = str(prices.index[560].date())
+    out = tmp_path / "bt"
+    code = main(
+        [
+            "backtest",
+            "--data",
+            str(price_file),
+            "--date-col",
+            "Date",
+            "--price-col",
+            "Close",
+            "--high-col",
+            "High",
+            "--low-col",
+            "Low",
+            "--test-start",
+            start,
+            "--refit-every",
+            "70",
+            "--baselines",
+            "garch_t,har",
+            "--experts",
+            "ar,kalman",
+            "--out",
+            str(out),
+            *TINY,
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"bayes_moe", "garch_t", "har"}
+    n_days = len(prices.loc[start:])
+    for summary in metrics["models"].values():
+        assert summary["n_days"] == n_days
+        assert np.isfinite(summary["log_score"]) and summary["crps"] > 0
+    assert set(metrics["comparisons"]) == {"garch_t", "har"}
+    assert metrics["protocol"]["test_start"] == start
+    assert (out / "report.md").read_text().startswith("# Calibration study")
+    assert "bayes_moe" in capsys.readouterr().out
+
+
+def test_backtest_rejects_unknown_baselines(price_file, tmp_path, capsys):
+    code = main(
+        [
+            "backtest",
+            "--data",
+            str(price_file),
+            "--date-col",
+            "Date",
+            "--price-col",
+            "Close",
+            "--test-start",
+            "2018-06-01",
+            "--baselines",
+            "garch_t,prophet",
+            "--out",
+            str(tmp_path / "x"),
+            *TINY,
+        ]
+    )
+    assert code == 2
+    assert "prophet" in capsys.readouterr().err

@@ -39,6 +39,7 @@ from bayes_moe.data.features import (
 )
 from bayes_moe.data.files import read_frame
 from bayes_moe.data.loaders import (
+    add_vix,
     load_fama_french,
     load_macro,
     load_nasdaq,
@@ -54,6 +55,7 @@ __all__ = [
     "DEFAULT_PUBLICATION_LAGS",
     "DataError",
     "add_range_features",
+    "add_vix",
     "average_true_range",
     "garman_klass_variance",
     "join_asof",

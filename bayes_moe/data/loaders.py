@@ -137,6 +137,20 @@ def load_vix() -> pd.DataFrame:
     return _finish(_rename(raw, {"vix": "vix"}).dropna())
 
 
+def add_vix(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a ``vix`` column: the VIX close of the same day, NaN where missing.
+
+    The VIX shipped offline covers 2014-2019 only (:func:`load_vix`), so most rows of
+    a 1999-2018 frame get NaN; forecasters that read VIX must handle that (the
+    mixture's default covariates leave out columns with NaN). Same-day close: known at
+    the close of ``t``, so no look-ahead for a forecast made at that close.
+    """
+    vix = load_vix()["vix"]
+    out = frame.copy()
+    out["vix"] = vix.reindex(frame.index)
+    return out
+
+
 def load_wti() -> pd.DataFrame:
     """West Texas Intermediate crude oil spot price, daily, 1986-2019.
 

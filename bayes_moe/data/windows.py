@@ -12,7 +12,7 @@ symbol         meaning
 ``N``          forecast origins: days ``t`` whose information set is the close
                of ``t``; the response of origin ``t`` is :math:`y_{t+h}`
 ``L``          context window length (an origin needs ``L`` rows up to ``t``)
-``V``          volatility summaries per target (:data:`VOL_SPANS`)
+``V``          volatility features per target (:data:`VOL_FEATURES`)
 ``S``          posterior draws, a leading batch dimension
 ``K``, ``M``   regimes, experts
 =============  ==============================================================
@@ -43,6 +43,12 @@ from bayes_moe.data.validation import validate_frame
 
 #: Spans (days) of the log realized-variance summaries every expert may read.
 VOL_SPANS: tuple[int, ...] = (1, 5, 22)
+#: Spans (days) of the mean standardized return (its sign carries the leverage effect).
+LEVERAGE_SPANS: tuple[int, ...] = (1, 5)
+#: Names of the volatility features, in order: log realized variances, then mean returns.
+VOL_FEATURES: tuple[str, ...] = tuple(f"log_rv_{w}" for w in VOL_SPANS) + tuple(
+    f"ret_{w}" for w in LEVERAGE_SPANS
+)
 #: Floor added to realized variance (in standardized units) before the log.
 VOL_FLOOR: float = 0.01
 
@@ -112,14 +118,23 @@ class Preprocessor:
 
 
 def _vol_summaries(z: np.ndarray) -> np.ndarray:
-    r"""Log realized variance of ``z`` (T, d) over each span, causal: (T, d, V).
+    r"""Volatility features of ``z`` (T, d), causal: (T, d, V) in :data:`VOL_FEATURES` order.
 
-    .. math:: f_{t,w} = \log\Big(\tfrac{1}{w}\sum_{j=0}^{w-1} z_{t-j}^2 + \epsilon\Big)
+    .. math::
 
-    The first ``w - 1`` rows average over the rows available so far.
+        f_{t,w} = \log\Big(\tfrac{1}{w}\sum_{j=0}^{w-1} z_{t-j}^2 + \epsilon\Big),
+        \qquad
+        g_{t,w} = \tfrac{1}{w}\sum_{j=0}^{w-1} z_{t-j},
+
+    log realized variances over ``VOL_SPANS`` (Corsi 2009) and mean returns over
+    ``LEVERAGE_SPANS``, whose sign lets volatility respond asymmetrically to falls
+    and rises (the leverage effect of EGARCH / GJR models). The first ``w - 1`` rows
+    average over the rows available so far.
     """
     sq = pd.DataFrame(z**2)
+    level = pd.DataFrame(z)
     out = [np.log(sq.rolling(w, min_periods=1).mean().to_numpy() + VOL_FLOOR) for w in VOL_SPANS]
+    out += [level.rolling(w, min_periods=1).mean().to_numpy() for w in LEVERAGE_SPANS]
     return np.stack(out, axis=-1)
 
 
@@ -144,7 +159,7 @@ class ExpertInputs:
     window : int
         ``L``, the longest history a window expert may ask for.
     vol : Tensor, shape ``(T, d_y, V)``
-        Centered log realized-variance summaries of each target (:data:`VOL_SPANS`).
+        Centered volatility features of each target (:data:`VOL_FEATURES`).
     """
 
     series: torch.Tensor

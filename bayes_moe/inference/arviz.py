@@ -30,13 +30,14 @@ import arviz as az
 import numpy as np
 import torch
 
+from bayes_moe.data.windows import VOL_FEATURES
 from bayes_moe.inference.hmm import stationary_distribution
 
-SHARED_DIMS = {"target", "vol_span"}
+SHARED_DIMS = {"target", "vol_feature"}
 GATE_DIMS = {
     "transition": ("regime_from", "regime_to"),
     "bias": ("regime", "expert"),
-    "coef": ("expert", "vol_span"),
+    "coef": ("expert", "vol_feature"),
 }
 
 
@@ -121,7 +122,7 @@ def to_inference_data(fit) -> az.InferenceData:
         "regime_to": np.arange(K),
         "expert": labels,
         "target": targets,
-        "vol_span": [1, 5, 22],
+        "vol_feature": list(VOL_FEATURES),
         "date": dates.values,
         **_expert_coords(fit),
     }

@@ -10,8 +10,8 @@ r"""The Markov gate: a latent market regime that decides how experts are mixed.
 
     p(y_{t+h} \mid z_t = k, X_t) = \sum_m g_{t,k,m}\, p_m(y_{t+h} \mid X_t).
 
-:math:`f_t` are the centered log realized-variance summaries of the first target
-(:data:`~bayes_moe.data.windows.VOL_SPANS`), :math:`\kappa` the stickiness. The
+:math:`f_t` are the centered volatility features of the first target
+(:data:`~bayes_moe.data.windows.VOL_FEATURES`), :math:`\kappa` the stickiness. The
 initial regime follows the stationary distribution of :math:`\Pi`.
 
 Horizon groups: the prior mean of :math:`b_{k,m}` favours short-horizon experts at

@@ -44,7 +44,7 @@ class AR(Expert):
         "intercept": ("target",),
         "coef": ("target", "lag"),
         "scale": ("target",),
-        "vol_coef": ("target", "vol_span"),
+        "vol_coef": ("target", "vol_feature"),
         "df": ("target",),
     }
 

@@ -111,7 +111,7 @@ class Expert(nn.Module, ABC):
     def param_coords(self, inputs: ExpertInputs) -> dict[str, list]:
         """Coordinate values of the dimensions in :attr:`param_dims` (for ArviZ).
 
-        Dimensions not listed get integer coordinates; ``target`` and ``vol_span``
+        Dimensions not listed get integer coordinates; ``target`` and ``vol_feature``
         are filled in by the mixture.
         """
         return {}

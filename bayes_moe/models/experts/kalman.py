@@ -107,7 +107,7 @@ class Kalman(Expert):
         "state_scale": ("target",),
         "obs_intercept": ("target",),
         "scale": ("target",),
-        "vol_coef": ("target", "vol_span"),
+        "vol_coef": ("target", "vol_feature"),
         "df": ("target",),
     }
 

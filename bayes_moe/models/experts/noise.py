@@ -5,15 +5,17 @@ on the input (heteroscedastic),
 
 .. math::
 
-    \log s_{t} = \log \sigma + \sum_{w} \gamma_w f_{t,w},
-    \qquad f_{t,w} = \log\Big(\tfrac1w \sum_{j<w} z_{t-j}^2 + \epsilon\Big) - \bar f_w,
+    \log s_{t} = \log \sigma + \sum_{v} \gamma_v f_{t,v},
 
-a HAR-type regression of the log scale on centered log realized variances over
-``w in VOL_SPANS`` days (Corsi 2009), with a Normal or Student-t noise family. With
-``heteroscedastic=False`` the scale is the constant :math:`\sigma`.
+a HAR-type regression of the log scale on the centered volatility features of
+:data:`~bayes_moe.data.windows.VOL_FEATURES`: log realized variances over 1, 5 and 22
+days (Corsi 2009) and mean returns over 1 and 5 days, whose sign gives the
+asymmetric (leverage) response of EGARCH-type models (Nelson 1991). The noise family
+is Normal or Student-t. With ``heteroscedastic=False`` the scale is the constant
+:math:`\sigma`.
 
 Priors (standardized units): :math:`\sigma \sim \mathrm{LogNormal}(0, 1)`,
-:math:`\gamma_w \sim \mathcal N(0, 0.5^2)`, and for Student-t
+:math:`\gamma_v \sim \mathcal N(0, 0.5^2)`, and for Student-t
 :math:`\nu - 2 \sim \mathrm{Gamma}(2, 0.1)` (Juárez & Steel 2010, shifted so the
 variance exists).
 
@@ -21,6 +23,8 @@ References
 ----------
 F. Corsi, "A simple approximate long-memory model of realized volatility",
 J. Financial Econometrics 7(2), 2009.
+D. B. Nelson, "Conditional heteroskedasticity in asset returns: a new approach",
+Econometrica 59(2), 1991.
 M. A. Juárez and M. F. J. Steel, "Model-based clustering of non-Gaussian panel
 data based on skew-t distributions", JBES 28(1), 2010.
 """
@@ -35,7 +39,7 @@ import torch
 from torch.distributions import constraints
 from torch.distributions.transforms import AffineTransform
 
-from bayes_moe.data.windows import VOL_SPANS
+from bayes_moe.data.windows import VOL_FEATURES
 
 
 class ShiftedGamma(dist.TransformedDistribution):
@@ -99,7 +103,7 @@ class NoiseModel:
         if self.heteroscedastic:
             coef = pyro.sample(
                 "vol_coef",
-                dist.Normal(0 * one, 0.5 * one).expand([d_y, len(VOL_SPANS)]).to_event(2),
+                dist.Normal(0 * one, 0.5 * one).expand([d_y, len(VOL_FEATURES)]).to_event(2),
             )  # S + (d_y, V)
             log_scale = log_scale + (vol * coef.unsqueeze(-3)).sum(-1)
         # Expanded so that a constant scale also has one row per day, as documented.

@@ -65,7 +65,7 @@ class VAR(Expert):
         "intercept": ("target",),
         "coef": ("target", "lag", "series"),
         "scale": ("target",),
-        "vol_coef": ("target", "vol_span"),
+        "vol_coef": ("target", "vol_feature"),
         "df": ("df_dim",),
         "corr_chol": ("target", "target_bis"),
     }

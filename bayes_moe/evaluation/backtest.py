@@ -1,0 +1,186 @@
+"""Rolling-origin backtests with periodic refits and filtering in between.
+
+A *forecaster* is a factory, as in :func:`pyro.contrib.forecast.backtest`:
+
+``forecaster(train) -> predict``
+    fits on ``train`` (a frame of rows up to and including the last training day)
+    and returns a function;
+``predict(frame, origins, horizon) -> LocationScaleMixture``
+    gives, for every origin ``t`` (a row of ``frame``), the predictive distribution of
+    the sum of the target over the ``horizon`` rows after ``t``, using only rows of
+    ``frame`` up to ``t``: parameters stay as fitted, states (GARCH variance, filtered
+    regime probabilities, windows) are filtered forward.
+
+:func:`backtest` walks through the test period in blocks of ``refit_every`` days:
+refit on the data before the block (expanding or sliding window), then predict every
+day of the block from the previous close, as practitioners do with GARCH. The frame
+handed to ``predict`` ends at the block's last origin, so no forecast can see a
+later row; :mod:`tests.evaluation.test_backtest` also perturbs the data after each
+origin and checks that nothing before it moves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from bayes_moe.data.errors import DataError
+from bayes_moe.evaluation.distributions import LocationScaleMixture
+from bayes_moe.evaluation.scoring import score_table, summarize
+
+Predict = Callable[[pd.DataFrame, pd.DatetimeIndex, int], LocationScaleMixture]
+Forecaster = Callable[[pd.DataFrame], Predict]
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """Per-day predictive distributions and scores of one forecaster.
+
+    Attributes
+    ----------
+    name : str
+    origins : DatetimeIndex (n,)
+        Close whose information each forecast uses.
+    predictive : LocationScaleMixture
+        One mixture per test day; its ``dates`` are the realized days.
+    y : ndarray (n,)
+        Realized ``horizon``-day target sums.
+    table : DataFrame
+        Per-day scores (:func:`~bayes_moe.evaluation.scoring.score_table`).
+    refit_dates : list of Timestamp
+        Last training day of each refit.
+    horizon : int
+    elapsed_s : float
+    extras : dict
+        Forecaster-specific per-day information (e.g. regime probabilities).
+    """
+
+    name: str
+    origins: pd.DatetimeIndex
+    predictive: LocationScaleMixture
+    y: np.ndarray
+    table: pd.DataFrame
+    refit_dates: list
+    horizon: int
+    elapsed_s: float
+    extras: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """``log_score, crps, coverage_90, coverage_95, pit_ks_pvalue, n_days`` and more."""
+        return summarize(self.table)
+
+
+def origin_rows(
+    frame: pd.DataFrame, *, test_start, test_end=None, horizon: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions of the origins and of the realized days of a test period.
+
+    A test day ``d`` in ``[test_start, test_end]`` is forecast from the origin ``h``
+    rows before it; only days whose origin lies inside ``frame`` count.
+    """
+    dates = frame.index
+    start = pd.Timestamp(test_start)
+    end = pd.Timestamp(test_end) if test_end is not None else dates[-1]
+    realized = np.flatnonzero((dates >= start) & (dates <= end))
+    realized = realized[realized - horizon >= 0]
+    if len(realized) == 0:
+        raise DataError(f"no test days between {start.date()} and {end.date()} in the data")
+    return realized - horizon, realized
+
+
+def realized_sums(frame: pd.DataFrame, target: str, origins: np.ndarray, horizon: int):
+    """Sum of ``target`` over rows ``t+1 .. t+h`` for each origin row ``t``."""
+    values = np.concatenate([[0.0], np.cumsum(frame[target].to_numpy(dtype=np.float64))])
+    return values[origins + 1 + horizon] - values[origins + 1]
+
+
+def backtest(
+    frame: pd.DataFrame,
+    forecaster: Forecaster,
+    *,
+    test_start,
+    test_end=None,
+    refit_every: int = 250,
+    horizon: int = 1,
+    target: str = "ret",
+    window: int | None = None,
+    name: str | None = None,
+    progress: bool = True,
+) -> BacktestResult:
+    """Rolling-origin backtest of ``forecaster`` on ``frame``.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Date-indexed data with the ``target`` column (and whatever the forecaster reads).
+    forecaster : callable
+        ``forecaster(train) -> predict`` (module docstring).
+    test_start, test_end : date-like
+        First and last realized test day (``test_end`` defaults to the last row).
+    refit_every : int
+        Test days between refits; in between, states are filtered forward.
+    horizon : int
+        ``h``: forecast the sum of the target over the next ``h`` rows.
+    target : str
+    window : int, optional
+        Sliding training window in rows; ``None`` for an expanding window.
+    name : str, optional
+        Label of the forecaster (default: its ``name`` attribute or class name).
+    progress : bool
+        Show a progress bar over refits.
+
+    Returns
+    -------
+    BacktestResult
+    """
+    if refit_every < 1 or horizon < 1:
+        raise ValueError("refit_every and horizon must be positive integers")
+    if target not in frame.columns:
+        raise DataError(f"target column {target!r} is missing; columns: {list(frame.columns)}")
+    label = name or getattr(forecaster, "name", type(forecaster).__name__)
+    origins, realized = origin_rows(
+        frame, test_start=test_start, test_end=test_end, horizon=horizon
+    )
+    blocks = [origins[i : i + refit_every] for i in range(0, len(origins), refit_every)]
+    parts, refit_dates, extras = [], [], {}
+    start = time.perf_counter()
+    for block in tqdm(blocks, desc=f"backtest {label}", disable=not progress, leave=False):
+        first = block[0]
+        lo = 0 if window is None else max(0, first + 1 - window)
+        train = frame.iloc[lo : first + 1]
+        refit_dates.append(train.index[-1])
+        predict = forecaster(train)
+        visible = frame.iloc[lo : block[-1] + 1]  # nothing after the block's last origin
+        part = predict(visible, frame.index[block], horizon)
+        if part.n_days != len(block):
+            raise RuntimeError(f"{label} returned {part.n_days} forecasts for {len(block)} days")
+        parts.append(part)
+        for key, value in getattr(predict, "extras", {}).items():
+            extras.setdefault(key, []).append(value)
+    elapsed = time.perf_counter() - start
+    # The realized dates come from the data (a forecaster may only guess the date of a
+    # day beyond the rows it was shown).
+    predictive = replace(LocationScaleMixture.concatenate(parts), dates=frame.index[realized])
+    y = realized_sums(frame, target, origins, horizon)
+    table = score_table(predictive, y)
+    table.index = frame.index[realized]
+    extras = {
+        k: pd.concat(v) if isinstance(v[0], pd.DataFrame | pd.Series) else v
+        for k, v in extras.items()
+    }
+    return BacktestResult(
+        name=label,
+        origins=frame.index[origins],
+        predictive=predictive,
+        y=y,
+        table=table,
+        refit_dates=refit_dates,
+        horizon=horizon,
+        elapsed_s=elapsed,
+        extras=extras,
+    )

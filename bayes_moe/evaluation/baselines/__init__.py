@@ -1,0 +1,149 @@
+r"""The practitioners' baseline forecasters: constant, EWMA, GARCH family, Markov switching, HAR.
+
+Every baseline follows the forecaster protocol of :mod:`bayes_moe.evaluation.backtest`:
+
+``forecaster(train) -> predict``
+    fits the parameters on ``train`` (a frame, rows up to and including the last
+    training day, with the ``ret`` column in percent log returns) and returns a fitted
+    object;
+``predict(frame, origins, horizon=1) -> LocationScaleMixture``
+    for every origin ``t`` in ``origins`` (each a row of ``frame``) the predictive
+    distribution of :math:`R_t^{(h)} = \sum_{j=1}^{h} r_{t+j}`, computed from the rows
+    of ``frame`` up to and including ``t`` only. The parameters stay as fitted; the
+    state (EWMA or GARCH variance, filtered regime probabilities, HAR regressors) is
+    filtered forward through ``frame``. The ``dates`` of the result are the realized
+    days (row ``t + h`` of ``frame``), or ``t`` plus ``h`` business days for origins
+    within ``h`` rows of the end of ``frame``.
+
+The fitted objects hold their parameters as attributes, so a fit can be inspected;
+the forecaster objects themselves are never mutated.
+
+=====================  ==============================================  =====================
+key of                 model                                           ``h > 1``
+:data:`BASELINES`
+=====================  ==============================================  =====================
+``constant_normal``    iid Normal, sample mean and sd                  exact
+``ewma``               RiskMetrics, :math:`\lambda = 0.94`, Normal,    Normal, variance
+                       zero mean                                       :math:`h\sigma^2_{t+1}`
+``garch_t``            GARCH(1,1), constant mean, Student-t (arch)     t, summed variances
+``gjr_garch_t``        GJR-GARCH(1,1,1)-t (arch)                       t, summed variances
+``egarch_t``           EGARCH(1,1,1)-t (arch)                          t, simulated variances
+``ms2``, ``ms3``       Markov-switching mean and variance,             exact Normal mixture
+                       2 or 3 regimes (statsmodels)
+``har``                log-HAR on the Parkinson variance, Student-t    direct regression
+``har_vix``            log-HAR plus log VIX where it exists            direct regression
+=====================  ==============================================  =====================
+
+Reproduced anchors (protocol P1: S&P 500 from :func:`bayes_moe.data.load_sp500`, which
+starts on 1999-02-04, with :func:`bayes_moe.data.add_vix`; test days
+2015-01-02..2018-12-31, refits at test days 0, 250, 500 and 750 on an expanding window;
+mean log score in nats per day and mean CRPS; ``tests/evaluation/test_baselines.py``
+checks them to 0.005):
+
+===============  =====================  =====================
+baseline         log score (anchor)     CRPS (anchor)
+===============  =====================  =====================
+``garch_t``      -1.0755 (-1.0757)      0.4317 (0.4317)
+``egarch_t``     -1.0625 (-1.0628)      0.4277 (0.4277)
+``ms3``          -1.0981 (-1.0982)      0.4363 (0.4363)
+``har``          -1.0545 (-1.0545)      0.4287 (0.4287)
+``har_vix``      -1.0284 (-1.0283)      0.4250 (0.4250)
+===============  =====================  =====================
+
+References
+----------
+J. P. Morgan/Reuters, *RiskMetrics - Technical Document*, 4th ed., 1996.
+
+T. Bollerslev, "Generalized autoregressive conditional heteroskedasticity", Journal of
+Econometrics 31(3), 307-327, 1986.
+
+L. R. Glosten, R. Jagannathan and D. E. Runkle, "On the relation between the expected
+value and the volatility of the nominal excess return on stocks", Journal of Finance
+48(5), 1779-1801, 1993.
+
+D. B. Nelson, "Conditional heteroskedasticity in asset returns: a new approach",
+Econometrica 59(2), 347-370, 1991.
+
+J. D. Hamilton, "A new approach to the economic analysis of nonstationary time series
+and the business cycle", Econometrica 57(2), 357-384, 1989.
+
+F. Corsi, "A simple approximate long-memory model of realized volatility", Journal of
+Financial Econometrics 7(2), 174-196, 2009.
+
+M. Parkinson, "The extreme value method for estimating the variance of the rate of
+return", Journal of Business 53(1), 61-65, 1980.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import pandas as pd
+
+from bayes_moe.evaluation.baselines._common import realized_dates
+from bayes_moe.evaluation.baselines.garch import ArchT, ArchTFit
+from bayes_moe.evaluation.baselines.har import HARParams, LogHAR, LogHARFit, har_regressors
+from bayes_moe.evaluation.baselines.markov import (
+    MarkovSwitching,
+    MarkovSwitchingFit,
+    regime_sum_mixture,
+)
+from bayes_moe.evaluation.baselines.simple import (
+    EWMA,
+    ConstantNormal,
+    ConstantNormalFit,
+    EWMAFit,
+    ewma_variance,
+)
+
+__all__ = [
+    "BASELINES",
+    "EWMA",
+    "ArchT",
+    "ArchTFit",
+    "ConstantNormal",
+    "ConstantNormalFit",
+    "EWMAFit",
+    "HARParams",
+    "LogHAR",
+    "LogHARFit",
+    "MarkovSwitching",
+    "MarkovSwitchingFit",
+    "applicable_baselines",
+    "ewma_variance",
+    "har_regressors",
+    "realized_dates",
+    "regime_sum_mixture",
+]
+
+#: The registered baselines: name -> zero-argument factory of a forecaster.
+BASELINES: dict[str, Callable[[], Callable]] = {
+    "constant_normal": ConstantNormal,
+    "ewma": EWMA,
+    "garch_t": partial(ArchT, vol="GARCH", o=0, name="garch_t"),
+    "gjr_garch_t": partial(ArchT, vol="GARCH", o=1, name="gjr_garch_t"),
+    "egarch_t": partial(ArchT, vol="EGARCH", o=1, name="egarch_t"),
+    "ms2": partial(MarkovSwitching, k_regimes=2, name="ms2"),
+    "ms3": partial(MarkovSwitching, k_regimes=3, name="ms3"),
+    "har": partial(LogHAR, vix=None, name="har"),
+    "har_vix": partial(LogHAR, vix="vix", name="har_vix"),
+}
+
+
+def applicable_baselines(frame: pd.DataFrame) -> list[str]:
+    """Names of the baselines whose inputs ``frame`` has.
+
+    The HAR baselines need the Parkinson variance (``var_parkinson``, or ``high`` and
+    ``low``); ``har_vix`` also a ``vix`` column with some values.
+    """
+    has_range = "var_parkinson" in frame.columns or {"high", "low"} <= set(frame.columns)
+    has_vix = "vix" in frame.columns and frame["vix"].notna().any()
+    names = []
+    for name in BASELINES:
+        if name.startswith("har") and not has_range:
+            continue
+        if name == "har_vix" and not has_vix:
+            continue
+        names.append(name)
+    return names

@@ -1,0 +1,149 @@
+"""The Bayesian mixture of experts as a backtest forecaster.
+
+:class:`MoEForecaster` fits a :class:`~bayes_moe.BayesianMoE` by SVI at every refit and,
+between refits, conditions the same posterior draws on the growing frame
+(:meth:`~bayes_moe.MoEFit.update`): windows, features and the regime filter move
+forward, the parameters do not. Its predictive for each day is the exact posterior
+predictive mixture over draws and experts, handed to the scoring code as a
+:class:`~bayes_moe.evaluation.distributions.LocationScaleMixture` with ``S x M``
+components per day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import pyro.distributions as dist
+
+from bayes_moe.evaluation.distributions import LocationScaleMixture
+from bayes_moe.inference.predictive import PredictiveMixture
+from bayes_moe.models.distributions import decompose
+from bayes_moe.models.moe import BayesianMoE
+
+
+def _first_target_components(d: dist.Distribution):
+    """loc, scale, df of the first target's marginal: arrays ``(S, n)`` (df inf if Normal)."""
+    _, params = decompose(d)
+    if isinstance(d, dist.Independent):
+        base = d.base_dist
+        if isinstance(base, dist.StudentT):
+            df, loc, scale = (p[..., 0].numpy() for p in params)
+            return loc, scale, df
+        loc, scale = (p[..., 0].numpy() for p in params)
+        return loc, scale, np.full_like(loc, np.inf)
+    if isinstance(d, dist.MultivariateNormal):
+        loc, tril = params
+        scale = tril[..., 0, :].norm(dim=-1).numpy()  # sqrt((L L^T)_{00})
+        loc = loc[..., 0].numpy()
+        return loc, scale, np.full_like(loc, np.inf)
+    if isinstance(d, dist.MultivariateStudentT):
+        df, loc, tril = params
+        return loc[..., 0].numpy(), tril[..., 0, :].norm(dim=-1).numpy(), df.numpy()
+    raise TypeError(f"unsupported predictive family {type(d).__name__}")
+
+
+def to_location_scale(mixture: PredictiveMixture, dates: pd.DatetimeIndex) -> LocationScaleMixture:
+    r"""The first target's marginal of a posterior predictive mixture, in data units.
+
+    Component ``(s, m)`` of day ``n`` has weight :math:`w^{(s)}_{n,m} / S` and the
+    expert's location and scale mapped back from standardized units,
+    :math:`\mu = a + b\,\mu_z`, :math:`\sigma = b\,\sigma_z`.
+    """
+    weights = mixture.log_weights.exp().numpy() / mixture.n_draws  # (S, n, M)
+    locs, scales, dfs = zip(*(_first_target_components(d) for d in mixture.experts))
+    a, b = mixture.loc[0], mixture.scale[0]
+
+    def flat(parts):  # list over M of (S, n) -> (n, S * M)
+        stacked = np.stack(parts, axis=-1)  # (S, n, M)
+        return np.moveaxis(stacked, 1, 0).reshape(stacked.shape[1], -1)
+
+    return LocationScaleMixture(
+        weights=np.moveaxis(weights, 1, 0).reshape(weights.shape[1], -1),
+        loc=a + b * flat(locs),
+        scale=b * flat(scales),
+        df=flat(dfs),
+        dates=pd.DatetimeIndex(dates),
+    )
+
+
+class MoEForecaster:
+    """Backtest forecaster of a :class:`~bayes_moe.BayesianMoE` (see module docstring).
+
+    Parameters
+    ----------
+    model : BayesianMoE
+        The specification (default: the package default experts and regimes).
+    target : str
+    covariates : sequence of str, optional
+        Columns the experts may read (default: all other columns of the frame).
+    name : str
+        Label in reports.
+    **fit_options
+        Passed to :meth:`BayesianMoE.fit` (``num_steps``, ``num_draws``, ``seed``...).
+    """
+
+    def __init__(
+        self,
+        model: BayesianMoE | None = None,
+        *,
+        target: str = "ret",
+        covariates: Sequence[str] | None = None,
+        name: str = "bayes_moe",
+        **fit_options,
+    ):
+        self.model = model if model is not None else BayesianMoE()
+        self.target = target
+        self.covariates = covariates
+        self.name = name
+        self.fit_options = {"progress": False, **fit_options}
+        self.fits: list = []
+
+    def __call__(self, train: pd.DataFrame):
+        """Fit on ``train``; return the ``predict`` function of the backtest protocol."""
+        fitted_horizon = self.fit_options.get("horizon", 1)
+        options = {k: v for k, v in self.fit_options.items() if k != "horizon"}
+        fit = self.model.fit(
+            train, self.target, covariates=self.covariates, horizon=fitted_horizon, **options
+        )
+        self.fits.append(fit)
+        return _MoEPredict(fit)
+
+
+class _MoEPredict:
+    """``predict(frame, origins, horizon)`` for one fit; records regime probabilities."""
+
+    def __init__(self, fit):
+        self.fit = fit
+        self.extras: dict = {}
+
+    def __call__(self, frame: pd.DataFrame, origins: pd.DatetimeIndex, horizon: int = 1):
+        if horizon != self.fit.horizon:
+            raise ValueError(
+                f"the mixture was fitted for horizon={self.fit.horizon}; pass horizon= in "
+                f"the MoEForecaster fit options to backtest horizon {horizon}"
+            )
+        current = self.fit.update(frame)
+        index = current.data.origin_dates.get_indexer(origins)
+        if (index < 0).any():
+            raise ValueError("some origins are not forecast origins of the frame")
+        start, end = origins[0], origins[-1]
+        mixture = current.predictive(start=start, end=end)
+        if len(mixture.dates) != len(origins):
+            raise ValueError("origins must be consecutive rows of the frame")
+        dates = frame.index
+        positions = dates.get_indexer(origins) + horizon
+        realized = pd.DatetimeIndex(
+            [
+                dates[p] if p < len(dates) else o + pd.offsets.BDay(horizon)
+                for p, o in zip(positions, origins)
+            ]
+        )
+        regime = current.posterior.log_causal_regime[:, index].exp().mean(0).numpy()
+        self.extras = {
+            "regime_probs": pd.DataFrame(
+                regime, index=realized, columns=[f"regime_{k}" for k in range(regime.shape[1])]
+            )
+        }
+        return to_location_scale(mixture, realized)
