@@ -45,9 +45,14 @@ from bayes_moe.data.validation import validate_frame
 VOL_SPANS: tuple[int, ...] = (1, 5, 22)
 #: Spans (days) of the mean standardized return (its sign carries the leverage effect).
 LEVERAGE_SPANS: tuple[int, ...] = (1, 5)
-#: Names of the volatility features, in order: log realized variances, then mean returns.
-VOL_FEATURES: tuple[str, ...] = tuple(f"log_rv_{w}" for w in VOL_SPANS) + tuple(
-    f"ret_{w}" for w in LEVERAGE_SPANS
+#: Decay of the exponentially weighted variance (RiskMetrics 1996).
+EWMA_DECAY: float = 0.94
+#: Names of the volatility features, in order: log realized variances, the log EWMA
+#: variance, then mean returns.
+VOL_FEATURES: tuple[str, ...] = (
+    tuple(f"log_rv_{w}" for w in VOL_SPANS)
+    + ("log_ewma_var",)
+    + tuple(f"ret_{w}" for w in LEVERAGE_SPANS)
 )
 #: Floor added to realized variance (in standardized units) before the log.
 VOL_FLOOR: float = 0.01
@@ -124,16 +129,22 @@ def _vol_summaries(z: np.ndarray) -> np.ndarray:
 
         f_{t,w} = \log\Big(\tfrac{1}{w}\sum_{j=0}^{w-1} z_{t-j}^2 + \epsilon\Big),
         \qquad
+        e_t = \log\big(v_t + \epsilon\big),\ v_t = \lambda v_{t-1} + (1 - \lambda) z_t^2,
+        \qquad
         g_{t,w} = \tfrac{1}{w}\sum_{j=0}^{w-1} z_{t-j},
 
-    log realized variances over ``VOL_SPANS`` (Corsi 2009) and mean returns over
-    ``LEVERAGE_SPANS``, whose sign lets volatility respond asymmetrically to falls
-    and rises (the leverage effect of EGARCH / GJR models). The first ``w - 1`` rows
-    average over the rows available so far.
+    log realized variances over ``VOL_SPANS`` (Corsi 2009), the log of the
+    exponentially weighted variance with :math:`\lambda` = ``EWMA_DECAY`` (a smooth,
+    long memory, as in GARCH), and mean returns over ``LEVERAGE_SPANS``, whose sign
+    lets volatility respond asymmetrically to falls and rises (the leverage effect of
+    EGARCH / GJR models). The first ``w - 1`` rows average over the rows available so
+    far; the EWMA starts at the first squared value.
     """
     sq = pd.DataFrame(z**2)
     level = pd.DataFrame(z)
     out = [np.log(sq.rolling(w, min_periods=1).mean().to_numpy() + VOL_FLOOR) for w in VOL_SPANS]
+    ewma = sq.ewm(alpha=1.0 - EWMA_DECAY, adjust=False).mean().to_numpy()
+    out.append(np.log(ewma + VOL_FLOOR))
     out += [level.rolling(w, min_periods=1).mean().to_numpy() for w in LEVERAGE_SPANS]
     return np.stack(out, axis=-1)
 

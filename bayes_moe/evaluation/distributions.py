@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from bayes_moe.evaluation.scoring import (
+from bayes_moe.evaluation.crps import (
     _std_cdf,
     _std_logpdf,
     _std_pdf,

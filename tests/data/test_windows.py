@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bayes_moe.data import DataError
-from bayes_moe.data.windows import VOL_SPANS, Preprocessor, prepare
+from bayes_moe.data.windows import VOL_FEATURES, VOL_SPANS, Preprocessor, prepare
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +87,20 @@ def test_errors_name_the_problem(frame):
     with pytest.raises(DataError, match="sorted|order"):
         prepare(shuffled, targets=["ret"], window=5)
     assert isinstance(frame.index, pd.DatetimeIndex)
+
+
+def test_ewma_and_leverage_features_by_hand(frame):
+    data = prepare(frame, targets=["ret"], window=5)
+    z = data.inputs.series[:, 0].numpy()
+    names = list(VOL_FEATURES)
+    center = np.asarray(data.preprocessor.vol_center[0])
+    # EWMA recursion v_t = 0.94 v_{t-1} + 0.06 z_t^2 started at z_0^2 (RiskMetrics).
+    v = z[0] ** 2
+    for t in range(1, 200):
+        v = 0.94 * v + 0.06 * z[t] ** 2
+    k = names.index("log_ewma_var")
+    assert data.inputs.vol[199, 0, k].item() == pytest.approx(np.log(v + 0.01) - center[k])
+    k = names.index("ret_5")
+    assert data.inputs.vol[199, 0, k].item() == pytest.approx(z[195:200].mean() - center[k])
+    k = names.index("ret_1")
+    assert data.inputs.vol[199, 0, k].item() == pytest.approx(z[199] - center[k])

@@ -9,7 +9,8 @@ on the input (heteroscedastic),
 
 a HAR-type regression of the log scale on the centered volatility features of
 :data:`~bayes_moe.data.windows.VOL_FEATURES`: log realized variances over 1, 5 and 22
-days (Corsi 2009) and mean returns over 1 and 5 days, whose sign gives the
+days (Corsi 2009), the log RiskMetrics EWMA variance, and mean returns over 1 and 5
+days, whose sign gives the
 asymmetric (leverage) response of EGARCH-type models (Nelson 1991). The noise family
 is Normal or Student-t. With ``heteroscedastic=False`` the scale is the constant
 :math:`\sigma`.

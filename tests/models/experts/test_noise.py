@@ -143,7 +143,7 @@ def test_homoscedastic_scale_is_sigma_on_every_day():
 def test_priors_of_the_noise_sites():
     # Reference: the module docstring: sigma ~ LogNormal(0, 1), gamma_w ~ N(0, 0.5^2),
     # nu - 2 ~ Gamma(2, 0.1); checked through the log density of fixed values (scipy).
-    vol = torch.zeros(3, 1, 5, dtype=DT)
+    vol = torch.zeros(3, 1, 6, dtype=DT)
     noise = NoiseModel("studentt", True)
 
     def model():
@@ -152,13 +152,13 @@ def test_priors_of_the_noise_sites():
 
     values = {
         "scale": torch.tensor([0.7], dtype=DT),
-        "vol_coef": torch.tensor([[0.1, -0.3, 0.6, -0.2, 0.05]], dtype=DT),
+        "vol_coef": torch.tensor([[0.1, -0.3, 0.6, 0.2, -0.2, 0.05]], dtype=DT),
         "df": torch.tensor([5.5], dtype=DT),
     }
     trace = poutine.trace(poutine.condition(model, data=values)).get_trace()
     log_probs = {name: trace.nodes[name]["fn"].log_prob(values[name]).item() for name in values}
     assert log_probs["scale"] == pytest.approx(scipy.stats.lognorm(1.0).logpdf(0.7), rel=1e-12)
-    expected_gamma = scipy.stats.norm(0, 0.5).logpdf([0.1, -0.3, 0.6, -0.2, 0.05]).sum()
+    expected_gamma = scipy.stats.norm(0, 0.5).logpdf([0.1, -0.3, 0.6, 0.2, -0.2, 0.05]).sum()
     assert log_probs["vol_coef"] == pytest.approx(expected_gamma, rel=1e-12)
     expected_df = scipy.stats.gamma(2.0, loc=2.0, scale=10.0).logpdf(5.5)
     assert log_probs["df"] == pytest.approx(expected_df, rel=1e-12)
