@@ -75,13 +75,16 @@ class MoEFit:
         return evaluate_posterior(self.program, self.draws, self.data)
 
     def update(self, frame: pd.DataFrame) -> MoEFit:
-        """The same posterior draws conditioned on another frame, typically with new rows.
+        """The same posterior draws conditioned on new data: online filtering.
 
-        Nothing is refitted: the draws, standardization constants and network
-        weights stay; features, windows and the regime filter are recomputed on
-        ``frame`` (which must have the fitted model's columns). Use it to forecast
-        from a newer close or to filter forward between refits.
+        ``frame`` is either only the rows after the fitted data (they are appended) or
+        a whole frame (used as it is), with the fitted model's columns. Nothing is
+        refitted: the draws, standardization constants and network weights stay;
+        features, windows and the regime filter move forward over the new rows. Use it
+        to forecast from a newer close or to filter between refits.
         """
+        if len(frame) and frame.index[0] > self.data.dates[-1]:
+            frame = pd.concat([self.data.frame, frame.loc[:, list(self.data.frame.columns)]])
         data = prepare(
             frame,
             targets=list(self.targets),

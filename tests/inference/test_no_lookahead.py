@@ -83,3 +83,17 @@ def test_prepared_responses_never_reach_into_the_inputs(sp500):
     index = t - (data.inputs.window - 1)
     assert data.response[index] != other.response[index]
     assert isinstance(data.dates, pd.DatetimeIndex)
+
+
+def test_update_with_new_rows_only_equals_update_with_the_whole_frame(small_fit):
+    # small_fit was fitted on 2014-2018; pretend its last 30 rows are new.
+    frame = small_fit.data.frame
+    older = small_fit.update(frame.iloc[:-30])
+    appended = older.update(frame.iloc[-30:])
+    assert appended.data.dates.equals(small_fit.data.dates)
+    a, b = appended.forecast(num_samples=10), small_fit.forecast(num_samples=10)
+    assert a.origin_date == b.origin_date
+    np.testing.assert_allclose(a.mixture.log_prob([[0.3]]), b.mixture.log_prob([[0.3]]), rtol=1e-12)
+    np.testing.assert_allclose(
+        appended.regimes().filtered.to_numpy(), small_fit.regimes().filtered.to_numpy(), rtol=1e-12
+    )
