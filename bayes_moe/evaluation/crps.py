@@ -66,15 +66,6 @@ scoringRules", Journal of Statistical Software 90(12), 1-37, 2019.
 C. A. T. Ferro, "Fair scores for ensemble forecasts", Quarterly Journal of the Royal
 Meteorological Society 140, 1917-1923, 2014.
 
-J. Berkowitz, "Testing density forecasts, with applications to risk management",
-Journal of Business & Economic Statistics 19(4), 465-474, 2001.
-
-F. X. Diebold and R. S. Mariano, "Comparing predictive accuracy", Journal of Business &
-Economic Statistics 13(3), 253-263, 1995.
-
-W. K. Newey and K. D. West, "Automatic lag selection in covariance matrix estimation",
-Review of Economic Studies 61(4), 631-653, 1994.
-
 L. N. Trefethen, *Approximation Theory and Approximation Practice*, SIAM, 2013
 (Chebyshev interpolation, spectral integration and Clenshaw-Curtis quadrature).
 """

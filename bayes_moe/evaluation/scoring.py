@@ -39,17 +39,6 @@ References
 T. Gneiting and A. E. Raftery, "Strictly proper scoring rules, prediction, and
 estimation", Journal of the American Statistical Association 102(477), 359-378, 2007.
 
-E. P. Grimit, T. Gneiting, V. J. Berrocal and N. A. Johnson, "The continuous ranked
-probability score for circular variables and its application to mesoscale forecast
-ensemble verification", Quarterly Journal of the Royal Meteorological Society 132,
-2925-2942, 2006.
-
-A. Jordan, F. Krüger and S. Lerch, "Evaluating probabilistic forecasts with
-scoringRules", Journal of Statistical Software 90(12), 1-37, 2019.
-
-C. A. T. Ferro, "Fair scores for ensemble forecasts", Quarterly Journal of the Royal
-Meteorological Society 140, 1917-1923, 2014.
-
 J. Berkowitz, "Testing density forecasts, with applications to risk management",
 Journal of Business & Economic Statistics 19(4), 465-474, 2001.
 
@@ -58,9 +47,6 @@ Economic Statistics 13(3), 253-263, 1995.
 
 W. K. Newey and K. D. West, "Automatic lag selection in covariance matrix estimation",
 Review of Economic Studies 61(4), 631-653, 1994.
-
-L. N. Trefethen, *Approximation Theory and Approximation Practice*, SIAM, 2013
-(Chebyshev interpolation, spectral integration and Clenshaw-Curtis quadrature).
 """
 
 from __future__ import annotations
