@@ -11,6 +11,7 @@ distributions.
 """
 
 from bayes_moe import data
+from bayes_moe.evaluation.comparison import compare
 from bayes_moe.inference.checkpoint import CheckpointError
 from bayes_moe.inference.results import MoEFit
 from bayes_moe.inference.svi import fit_svi
@@ -26,6 +27,7 @@ __all__ = [
     "CheckpointError",
     "MarkovGate",
     "MoEFit",
+    "compare",
     "data",
     "experts",
     "fit_svi",

@@ -71,8 +71,17 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0)
 
 
+def _unit(horizon: int) -> str:
+    return "%/day" if horizon == 1 else f"% per {horizon} days"
+
+
 def _print_summary(metrics: dict, elapsed: float, out: Path) -> None:
+    from bayes_moe.report import format_regime_summary
+
     now, fc = metrics["regime_now"], metrics["forecast"]
+    table = pd.DataFrame(metrics["regimes"]).set_index("regime")
+    print("regimes (posterior mean [94% interval]):")
+    print(format_regime_summary(table, unit=_unit(fc["horizon"])))
     quantiles = ", ".join(f"q{q}={v:+.3f}" for q, v in fc["quantiles"].items())
     ins = metrics["in_sample"]
     print(
@@ -163,12 +172,12 @@ def cmd_regimes(args) -> int:
     """Regime posteriors from a checkpoint: CSV tables, a plot and NetCDF."""
     from bayes_moe import plotting
 
+    from bayes_moe.report import format_regime_summary, write_regime_tables
+
     fit = _fit_from_checkpoint(args)
     regimes = fit.regimes()
     out = Path(args.out)
-    write_csv(regimes.filtered, out / "regimes_filtered.csv")
-    write_csv(regimes.smoothed, out / "regimes_smoothed.csv")
-    write_csv(regimes.viterbi, out / "regimes_viterbi.csv")
+    write_regime_tables(regimes, out)
     write_csv(regimes.transition, out / "transition.csv")
     write_csv(regimes.expert_weights, out / "expert_weights.csv")
     with atomic_path(out / "regimes.nc") as tmp:
@@ -176,6 +185,9 @@ def cmd_regimes(args) -> int:
     with atomic_path(out / "regimes.png") as tmp:
         plotting.plot_regimes(fit, regimes, tmp)
     current = regimes.current()
+    print("regimes (posterior mean [94% interval]):")
+    print(format_regime_summary(regimes.summary(), unit=_unit(fit.horizon)))
+    print("transition matrix (posterior mean, row: from):")
     print(regimes.transition.round(4).to_string())
     print(
         f"regime on {current['date'].date()}: {current['regime']} "

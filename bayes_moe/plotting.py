@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import arviz as az
 import matplotlib
 
 matplotlib.use("Agg")
@@ -104,6 +105,8 @@ def plot_regimes(fit, regimes, path, *, price: pd.Series | None = None) -> Path:
     ax = axes[0]
     ax.plot(dates, price.to_numpy(), color="black", lw=0.7)
     current = filtered.to_numpy().argmax(axis=1)
+    volatility = regimes.volatility["mean"]
+    unit = "" if fit.horizon == 1 else f" per {fit.horizon} days"
     for k in range(K):
         ax.fill_between(
             dates,
@@ -114,7 +117,7 @@ def plot_regimes(fit, regimes, path, *, price: pd.Series | None = None) -> Path:
             color=_regime_color(k),
             alpha=0.18,
             lw=0,
-            label=f"regime {k}",
+            label=f"regime {k}: volatility {volatility.iloc[k]:.2f}{unit}",
         )
     ax.set_ylabel(price.name or "price")
     ax.set_title("Most probable regime by filtered probability (causal), calm = 0")
@@ -129,6 +132,20 @@ def plot_regimes(fit, regimes, path, *, price: pd.Series | None = None) -> Path:
         ax.set_ylim(0, 1)
         ax.set_ylabel("probability")
         ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_regime_posterior(idata, path) -> Path:
+    """ArviZ forest plot of each regime's volatility, expected duration and expert weights.
+
+    Posterior means with 94% HDIs, from the InferenceData of
+    :meth:`~bayes_moe.MoEFit.to_inference_data`.
+    """
+    names = ["regime_volatility", "regime_duration", "regime_expert_weight"]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2 + 0.25 * 6))
+    for ax, name in zip(axes, names):
+        az.plot_forest(idata, var_names=[name], combined=True, hdi_prob=0.94, ax=ax)
+        ax.set_title(name.replace("_", " "), fontsize=10)
     return _save(fig, path)
 
 

@@ -38,6 +38,34 @@ def in_sample_calibration(fit, *, num_samples: int = 1000) -> dict:
     return out
 
 
+def format_regime_summary(table: pd.DataFrame, *, unit: str = "%/day") -> str:
+    """The regime report of :meth:`RegimePosterior.summary` as lines of text.
+
+    One line per regime: volatility, volatility level, mean return, expected duration,
+    share of days, each with its 94% interval, then the top experts' weights.
+    """
+
+    def cell(name, fmt):
+        return lambda row: (
+            f"{row[name]:{fmt}} [{row[name + '_q3']:{fmt}}, {row[name + '_q97']:{fmt}}]"
+        )
+
+    columns = [
+        (f"volatility {unit}", cell("volatility", ".2f")),
+        ("level", cell("volatility_level", ".2f")),
+        ("mean return", cell("mean_return", "+.3f")),
+        ("duration (days)", cell("expected_duration", ".0f")),
+        ("share of days", cell("share_of_days", ".2f")),
+    ]
+    experts = sorted(c for c in table.columns if c.startswith("expert_") and c[7:].isdigit())
+    lines = []
+    for k, row in table.iterrows():
+        parts = [f"{name} {fmt(row)}" for name, fmt in columns]
+        top = ", ".join(f"{row[e]} {row[e + '_weight']:.2f}" for e in experts)
+        lines.append(f"regime {k}: " + "; ".join(parts) + f"; experts: {top}")
+    return "\n".join(lines)
+
+
 def summary(fit, forecast, regimes) -> dict:
     """A JSON-serializable summary of the fit: data, diagnostics, regime now, forecast."""
     data = fit.data
@@ -61,6 +89,8 @@ def summary(fit, forecast, regimes) -> dict:
         },
         "transition_mean": regimes.transition.to_numpy().tolist(),
         "expected_duration_days": regimes.expected_duration["mean"].tolist(),
+        "regimes": regimes.summary().reset_index().to_dict(orient="records"),
+        "regime_diagnostics": regimes.diagnostics(),
         "forecast": {
             "origin_date": str(forecast.origin_date.date()),
             "horizon": forecast.horizon,
@@ -77,9 +107,10 @@ def write_report(fit, out, *, price: pd.Series | None = None, num_samples: int =
     """Write the report folder ``out`` and return the metrics dictionary.
 
     Files: ``forecast.json``, ``forecast.csv``, ``fan_chart.png``, ``regimes.png``,
-    ``expert_weights.png``, ``elbo.png``, ``regimes_filtered.csv``,
-    ``regimes_smoothed.csv``, ``regimes_viterbi.csv``, ``inference_data.nc``,
-    ``fit.safetensors`` (checkpoint) and ``metrics.json``.
+    ``regime_posterior.png``, ``expert_weights.png``, ``elbo.png``,
+    ``regime_summary.csv``, ``regimes_filtered.csv``, ``regimes_smoothed.csv``,
+    ``regimes_viterbi.csv``, ``inference_data.nc``, ``fit.safetensors`` (checkpoint)
+    and ``metrics.json``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,12 +134,11 @@ def write_report(fit, out, *, price: pd.Series | None = None, num_samples: int =
 
     write_json(metrics["forecast"], out / "forecast.json")
     write_csv(forecast.to_frame(), out / "forecast.csv")
-    write_csv(regimes.filtered, out / "regimes_filtered.csv")
-    write_csv(regimes.smoothed, out / "regimes_smoothed.csv")
-    write_csv(regimes.viterbi, out / "regimes_viterbi.csv")
+    write_regime_tables(regimes, out)
     for name, draw in (
         ("fan_chart.png", lambda p: plotting.plot_fan_chart(fit, forecast, p)),
         ("regimes.png", lambda p: plotting.plot_regimes(fit, regimes, p, price=price)),
+        ("regime_posterior.png", lambda p: plotting.plot_regime_posterior(idata, p)),
         ("expert_weights.png", lambda p: plotting.plot_expert_weights(regimes, p)),
         ("elbo.png", lambda p: plotting.plot_elbo(fit.diagnostics, p)),
     ):
@@ -116,6 +146,15 @@ def write_report(fit, out, *, price: pd.Series | None = None, num_samples: int =
             draw(tmp)
     write_json(metrics, out / "metrics.json")
     return metrics
+
+
+def write_regime_tables(regimes, out) -> None:
+    """``regime_summary.csv`` and the filtered, smoothed and Viterbi date x regime tables."""
+    out = Path(out)
+    write_csv(regimes.summary(), out / "regime_summary.csv")
+    write_csv(regimes.filtered, out / "regimes_filtered.csv")
+    write_csv(regimes.smoothed, out / "regimes_smoothed.csv")
+    write_csv(regimes.viterbi, out / "regimes_viterbi.csv")
 
 
 # ---------------------------------------------------------------------------- backtests

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -56,6 +56,34 @@ VOL_FEATURES: tuple[str, ...] = (
 )
 #: Floor added to realized variance (in standardized units) before the log.
 VOL_FLOOR: float = 0.01
+#: The slowly moving summaries (a month and the EWMA's ~16-day memory). When the gate's
+#: regimes carry the volatility level they drive the regime transitions, and the
+#: experts' scales and the gate weights read the others (:class:`ExpertInputs`).
+SLOW_VOL_FEATURES: tuple[str, ...] = ("log_rv_22", "log_ewma_var")
+
+
+def vol_feature_names(names: Sequence[str] | None, what: str = "features") -> tuple[str, ...]:
+    """Validate a choice of volatility features; return it in :data:`VOL_FEATURES` order.
+
+    ``None`` means all of them. A ValueError names the unknown entries and ``what``
+    the choice is for.
+    """
+    if names is None:
+        return VOL_FEATURES
+    names = list(names)
+    unknown = [n for n in names if n not in VOL_FEATURES]
+    if unknown or not names:
+        raise ValueError(
+            f"{what} must be a non-empty subset of {list(VOL_FEATURES)}, got {names}"
+        )
+    return tuple(f for f in VOL_FEATURES if f in names)
+
+
+def select_vol_features(vol: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+    """The entries ``names`` of the last (feature) axis of ``vol`` ``(..., V)``."""
+    if tuple(names) == VOL_FEATURES:
+        return vol
+    return vol[..., [VOL_FEATURES.index(n) for n in names]]
 
 
 @dataclass(frozen=True)
@@ -171,6 +199,10 @@ class ExpertInputs:
         ``L``, the longest history a window expert may ask for.
     vol : Tensor, shape ``(T, d_y, V)``
         Centered volatility features of each target (:data:`VOL_FEATURES`).
+    scale_features : tuple of str
+        The summaries an expert's scale model reads unless it chooses its own: all of
+        :data:`VOL_FEATURES`, or those the gate's regimes leave to the experts
+        (:meth:`bayes_moe.models.moe.MoEProgram.expert_inputs`).
     """
 
     series: torch.Tensor
@@ -180,6 +212,7 @@ class ExpertInputs:
     horizon: int
     window: int
     vol: torch.Tensor
+    scale_features: tuple[str, ...] = VOL_FEATURES
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -218,9 +251,11 @@ class ExpertInputs:
 
     def at(self, origins: torch.Tensor) -> ExpertInputs:
         """The same history with other origins."""
-        return ExpertInputs(
-            self.series, self.columns, self.n_targets, origins, self.horizon, self.window, self.vol
-        )
+        return replace(self, origins=origins)
+
+    def with_scale_features(self, names: Sequence[str]) -> ExpertInputs:
+        """The same inputs with another default set of scale features."""
+        return replace(self, scale_features=vol_feature_names(names, "scale_features"))
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,32 @@ def origin_rows(
     return realized - horizon, realized
 
 
+def realized_dates(index: pd.DatetimeIndex, positions: np.ndarray, horizon: int):
+    """Dates of the realized values of origins at ``positions``, horizon ``h``.
+
+    Row ``t + h`` of ``index`` where it exists, else the origin date plus ``h``
+    business days.
+
+    Parameters
+    ----------
+    index : DatetimeIndex (T,)
+        Dates of the frame.
+    positions : ndarray of int (n,)
+        Row positions of the origins.
+    horizon : int
+
+    Returns
+    -------
+    DatetimeIndex (n,)
+    """
+    positions = np.asarray(positions)
+    target = positions + horizon
+    inside = target < len(index)
+    out = (index[positions] + horizon * pd.offsets.BDay()).to_numpy().copy()
+    out[inside] = index[target[inside]].to_numpy()
+    return pd.DatetimeIndex(out, name="date")
+
+
 def realized_sums(frame: pd.DataFrame, target: str, origins: np.ndarray, horizon: int):
     """Sum of ``target`` over rows ``t+1 .. t+h`` for each origin row ``t``."""
     values = np.concatenate([[0.0], np.cumsum(frame[target].to_numpy(dtype=np.float64))])

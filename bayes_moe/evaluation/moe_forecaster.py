@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyro.distributions as dist
 
+from bayes_moe.evaluation.backtest import realized_dates
 from bayes_moe.evaluation.distributions import LocationScaleMixture
 from bayes_moe.inference.predictive import PredictiveMixture
 from bayes_moe.models.distributions import decompose
@@ -47,23 +48,27 @@ def _first_target_components(d: dist.Distribution):
 def to_location_scale(mixture: PredictiveMixture, dates: pd.DatetimeIndex) -> LocationScaleMixture:
     r"""The first target's marginal of a posterior predictive mixture, in data units.
 
-    Component ``(s, m)`` of day ``n`` has weight :math:`w^{(s)}_{n,m} / S` and the
-    expert's location and scale mapped back from standardized units,
-    :math:`\mu = a + b\,\mu_z`, :math:`\sigma = b\,\sigma_z`.
+    Component ``(s, k, m)`` of day ``n`` has weight :math:`w^{(s)}_{n,k,m} / S` and
+    expert ``m``'s location and scale at regime ``k``'s volatility level mapped back
+    from standardized units, :math:`\mu = a + b\,\mu_z`,
+    :math:`\sigma = b\, e^{\lambda_k} \sigma_z`.
     """
-    weights = mixture.log_weights.exp().numpy() / mixture.n_draws  # (S, n, M)
-    locs, scales, dfs = zip(*(_first_target_components(d) for d in mixture.experts))
+    weights = mixture.log_weights.exp().numpy() / mixture.n_draws  # (S, n, K, M)
+    S, n, K, M = weights.shape
+    locs, scales, dfs = (np.stack(p, axis=-1) for p in zip(
+        *(_first_target_components(d) for d in mixture.experts)
+    ))  # each (S, n, M)
+    stretch = np.exp(mixture.log_scale.numpy())[:, None, :, None]  # (S, 1, K, 1)
     a, b = mixture.loc[0], mixture.scale[0]
 
-    def flat(parts):  # list over M of (S, n) -> (n, S * M)
-        stacked = np.stack(parts, axis=-1)  # (S, n, M)
-        return np.moveaxis(stacked, 1, 0).reshape(stacked.shape[1], -1)
+    def flat(values):  # (S, n, K, M) -> (n, S * K * M)
+        return np.moveaxis(np.broadcast_to(values, (S, n, K, M)), 1, 0).reshape(n, -1)
 
     return LocationScaleMixture(
-        weights=np.moveaxis(weights, 1, 0).reshape(weights.shape[1], -1),
-        loc=a + b * flat(locs),
-        scale=b * flat(scales),
-        df=flat(dfs),
+        weights=flat(weights),
+        loc=a + b * flat(locs[:, :, None, :]),
+        scale=b * flat(stretch * scales[:, :, None, :]),
+        df=flat(dfs[:, :, None, :]),
         dates=pd.DatetimeIndex(dates),
     )
 
@@ -132,14 +137,7 @@ class _MoEPredict:
         mixture = current.predictive(start=start, end=end)
         if len(mixture.dates) != len(origins):
             raise ValueError("origins must be consecutive rows of the frame")
-        dates = frame.index
-        positions = dates.get_indexer(origins) + horizon
-        realized = pd.DatetimeIndex(
-            [
-                dates[p] if p < len(dates) else o + pd.offsets.BDay(horizon)
-                for p, o in zip(positions, origins)
-            ]
-        )
+        realized = realized_dates(frame.index, frame.index.get_indexer(origins), horizon)
         regime = current.posterior.log_causal_regime[:, index].exp().mean(0).numpy()
         self.extras = {
             "regime_probs": pd.DataFrame(

@@ -9,6 +9,7 @@ group                  content
 posterior              every latent site (``"ar.coef"``, ``"gate.transition"``...)
                        with regimes relabelled calm-to-turbulent, plus derived
                        ``regime_duration``, ``regime_volatility``,
+                       ``regime_volatility_level``, ``regime_mean``,
                        ``regime_expert_weight``, ``regime_stationary``
 posterior_predictive   ``y``: one draw of each day's one-step predictive per draw
 observed_data          ``y``: the observed responses (data units)
@@ -37,7 +38,9 @@ SHARED_DIMS = {"target", "vol_feature"}
 GATE_DIMS = {
     "transition": ("regime_from", "regime_to"),
     "bias": ("regime", "expert"),
-    "coef": ("expert", "vol_feature"),
+    "coef": ("expert", "gate_feature"),
+    "level_step": ("regime_step",),
+    "transition_coef": ("regime_step", "transition_feature"),
 }
 
 
@@ -59,8 +62,9 @@ def _site_dims(fit, site: str, ndim: int) -> list[str] | None:
 def _expert_coords(fit) -> dict[str, list]:
     """Coordinates of the label-prefixed dimensions of expert parameters."""
     coords = {}
+    inputs = fit.program.expert_inputs(fit.data.inputs)
     for label, expert in zip(fit.program.labels, fit.program.experts):
-        for dim, values in expert.param_coords(fit.data.inputs).items():
+        for dim, values in expert.param_coords(inputs).items():
             coords[f"{label}.{dim}"] = values
     return coords
 
@@ -95,14 +99,18 @@ def to_inference_data(fit) -> az.InferenceData:
         site_dims = _site_dims(fit, site, value.ndim - 1)
         if site_dims:
             dims[name] = site_dims
-    stay = np.diagonal(post.transition.numpy(), axis1=1, axis2=2)
-    posterior["regime_duration"] = (1.0 / np.clip(1.0 - stay, 1e-12, None))[None]
+    posterior["regime_duration"] = post.regime_duration.numpy()[None]
     posterior["regime_volatility"] = (post.regime_volatility.numpy() * scale[0])[None]
+    posterior["regime_volatility_level"] = post.log_regime_scale.exp().numpy()[None]
+    loc = fit.horizon * data.preprocessor.target_loc[0]
+    posterior["regime_mean"] = (loc + scale[0] * post.regime_mean.numpy())[None]
     posterior["regime_expert_weight"] = post.regime_expert_weights.numpy()[None]
     posterior["regime_stationary"] = stationary_distribution(post.transition).numpy()[None]
     dims.update(
         regime_duration=["regime"],
         regime_volatility=["regime"],
+        regime_volatility_level=["regime"],
+        regime_mean=["regime"],
         regime_expert_weight=["regime", "expert"],
         regime_stationary=["regime"],
     )
@@ -120,9 +128,12 @@ def to_inference_data(fit) -> az.InferenceData:
         "regime": np.arange(K),
         "regime_from": np.arange(K),
         "regime_to": np.arange(K),
+        "regime_step": np.arange(1, K),
         "expert": labels,
         "target": targets,
         "vol_feature": list(VOL_FEATURES),
+        "gate_feature": list(fit.model.gate.feature_names),
+        "transition_feature": list(fit.model.gate.transition_features),
         "date": dates.values,
         **_expert_coords(fit),
     }

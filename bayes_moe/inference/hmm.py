@@ -19,6 +19,10 @@ argument / result              shape               meaning
 ``log_trans``                  ``(..., K, K)``     ``[..., i, j]`` is
                                                    :math:`\log p(z_t = j \mid z_{t-1} = i)`
                                                    (rows sum to one in probability space)
+``log_trans`` (time-varying)   ``(..., T, K, K)``  with ``time_varying=True``: entry ``t``
+                                                   is the transition *into* step ``t``
+                                                   (an input-output HMM); entry 0 is
+                                                   not used
 ``log_emit``                   ``(..., T, K)``     :math:`\log p(y_t \mid z_t = k)`, computed
                                                    by the caller (any emission model)
 ``log_filtered``               ``(..., T, K)``     :math:`\log p(z_t = k \mid y_{1:t})`
@@ -255,9 +259,17 @@ def _compose_maps(
 
 
 def _broadcast(
-    log_init: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor
+    log_init: torch.Tensor,
+    log_trans: torch.Tensor,
+    log_emit: torch.Tensor,
+    time_varying: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Check shapes and broadcast the batch dimensions of the three arguments."""
+    """Check shapes and broadcast the batch dimensions of the three arguments.
+
+    Returns ``log_init (..., K)``, the per-step transitions ``(..., T - 1, K, K)``
+    (entry ``t - 1`` leads into step ``t``, homogeneous ones expanded without a copy)
+    and ``log_emit (..., T, K)``.
+    """
     if log_emit.dim() < 2:
         raise ValueError(f"log_emit must have shape (..., T, K), got {tuple(log_emit.shape)}")
     num_steps, num_states = log_emit.shape[-2:]
@@ -267,31 +279,39 @@ def _broadcast(
         raise ValueError(
             f"log_init must have shape (..., K) with K = {num_states}, got {tuple(log_init.shape)}"
         )
-    if log_trans.dim() < 2 or log_trans.shape[-2:] != (num_states, num_states):
+    event = (num_steps, num_states, num_states) if time_varying else (num_states, num_states)
+    if log_trans.dim() < len(event) or log_trans.shape[-len(event) :] != event:
+        expected = "(..., T, K, K)" if time_varying else "(..., K, K)"
         raise ValueError(
-            f"log_trans must have shape (..., K, K) with K = {num_states}, "
+            f"log_trans must have shape {expected} with T = {num_steps}, K = {num_states}, "
             f"got {tuple(log_trans.shape)}"
         )
     batch_shape = torch.broadcast_shapes(
-        log_init.shape[:-1], log_trans.shape[:-2], log_emit.shape[:-2]
+        log_init.shape[:-1], log_trans.shape[: -len(event)], log_emit.shape[:-2]
     )
+    steps = batch_shape + (num_steps - 1, num_states, num_states)
+    if time_varying:
+        step_trans = log_trans.expand(batch_shape + event)[..., 1:, :, :]
+    else:
+        step_trans = log_trans.expand(batch_shape + event).unsqueeze(-3).expand(steps)
     return (
         log_init.expand(batch_shape + (num_states,)),
-        log_trans.expand(batch_shape + (num_states, num_states)),
+        step_trans,
         log_emit.expand(batch_shape + (num_steps, num_states)),
     )
 
 
-def _transition_elements(log_trans: torch.Tensor, log_emit: torch.Tensor) -> torch.Tensor:
-    r"""Per-step log-matrices :math:`A_t[i, j] = \log P_{ij} + \log p(y_t \mid z_t = j)`.
+def _transition_elements(step_trans: torch.Tensor, log_emit: torch.Tensor) -> torch.Tensor:
+    r"""Per-step log-matrices :math:`A_t[i, j] = \log P^{(t)}_{ij} + \log p(y_t \mid z_t = j)`.
 
-    For ``t = 2..T``, shape ``(..., T - 1, K, K)``.
+    For ``t = 2..T``, shape ``(..., T - 1, K, K)``; ``step_trans`` as :func:`_broadcast`
+    returns it.
     """
-    return log_trans.unsqueeze(-3) + log_emit[..., 1:, :].unsqueeze(-2)
+    return step_trans + log_emit[..., 1:, :].unsqueeze(-2)
 
 
 def _forward_scan(
-    log_init: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor, combine
+    log_init: torch.Tensor, step_trans: torch.Tensor, log_emit: torch.Tensor, combine
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Prefix products of the forward elements; returns ``(prefix row, A_{2:T})``.
 
@@ -302,7 +322,7 @@ def _forward_scan(
     num_states = log_emit.shape[-1]
     alpha_1 = log_init + log_emit[..., 0, :]
     first = alpha_1.unsqueeze(-2).expand(alpha_1.shape[:-1] + (num_states, num_states))
-    rest = _transition_elements(log_trans, log_emit)
+    rest = _transition_elements(step_trans, log_emit)
     elems = torch.cat([first.unsqueeze(-3), rest], dim=-3)
     elems = (elems - _matrix_shift(elems)).movedim(-3, 0)  # projective: rows only matter
     (prefix,) = associative_scan(combine, (elems,))
@@ -315,7 +335,11 @@ def _forward_scan(
 
 
 def hmm_log_evidence(
-    log_init: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor
+    log_init: torch.Tensor,
+    log_trans: torch.Tensor,
+    log_emit: torch.Tensor,
+    *,
+    time_varying: bool = False,
 ) -> torch.Tensor:
     r"""Log marginal likelihood :math:`\log p(y_{1:T})` of a hidden Markov model.
 
@@ -343,9 +367,12 @@ def hmm_log_evidence(
     log_init : Tensor
         ``(..., K)``, :math:`\log p(z_1)`.
     log_trans : Tensor
-        ``(..., K, K)``, :math:`\log p(z_t = j \mid z_{t-1} = i)` at ``[..., i, j]``.
+        ``(..., K, K)``, :math:`\log p(z_t = j \mid z_{t-1} = i)` at ``[..., i, j]``;
+        ``(..., T, K, K)`` with ``time_varying=True``.
     log_emit : Tensor
         ``(..., T, K)``, :math:`\log p(y_t \mid z_t = k)`.
+    time_varying : bool
+        ``log_trans`` has a time axis (module docstring).
 
     Returns
     -------
@@ -356,11 +383,11 @@ def hmm_log_evidence(
     ----------
     Rabiner (1989), eq. (19)-(21); Särkkä & García-Fernández (2021), Sec. IV.
     """
-    log_init, log_trans, log_emit = _broadcast(log_init, log_trans, log_emit)
+    log_init, step_trans, log_emit = _broadcast(log_init, log_trans, log_emit, time_varying)
     alpha_1 = log_init + log_emit[..., 0, :]
     if log_emit.shape[-2] == 1:
         return _logsumexp(alpha_1, -1)
-    mats = _transition_elements(log_trans, log_emit)  # (..., T - 1, K, K)
+    mats = _transition_elements(step_trans, log_emit)  # (..., T - 1, K, K)
     shift = _matrix_shift(mats)
     # Each level multiplies in linear space (one batched matmul) and divides every
     # product by its largest entry, whose log is carried in ``scale``: entries stay in
@@ -384,7 +411,11 @@ def hmm_log_evidence(
 
 
 def hmm_filter(
-    log_init: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor
+    log_init: torch.Tensor,
+    log_trans: torch.Tensor,
+    log_emit: torch.Tensor,
+    *,
+    time_varying: bool = False,
 ) -> HMMFilterResult:
     r"""Forward filter of a hidden Markov model, parallel over time.
 
@@ -410,9 +441,12 @@ def hmm_filter(
     log_init : Tensor
         ``(..., K)``, :math:`\log p(z_1)`.
     log_trans : Tensor
-        ``(..., K, K)``, :math:`\log p(z_t = j \mid z_{t-1} = i)` at ``[..., i, j]``.
+        ``(..., K, K)``, :math:`\log p(z_t = j \mid z_{t-1} = i)` at ``[..., i, j]``;
+        ``(..., T, K, K)`` with ``time_varying=True``.
     log_emit : Tensor
         ``(..., T, K)``, :math:`\log p(y_t \mid z_t = k)`.
+    time_varying : bool
+        ``log_trans`` has a time axis (module docstring).
 
     Returns
     -------
@@ -425,29 +459,31 @@ def hmm_filter(
     Rabiner (1989), Sec. III-A and V-A (scaling); Särkkä & García-Fernández (2021);
     Hassan, Särkkä & García-Fernández (2021), Sec. III.
     """
-    log_init, log_trans, log_emit = _broadcast(log_init, log_trans, log_emit)
-    log_alpha, _ = _forward_scan(log_init, log_trans, log_emit, _combine_sum_product)
-    return _filter_from_alpha(log_alpha, log_init, log_trans, log_emit)
+    log_init, step_trans, log_emit = _broadcast(log_init, log_trans, log_emit, time_varying)
+    log_alpha, _ = _forward_scan(log_init, step_trans, log_emit, _combine_sum_product)
+    return _filter_from_alpha(log_alpha, log_init, step_trans, log_emit)
 
 
 def _filter_from_alpha(
     log_alpha: torch.Tensor,
     log_init: torch.Tensor,
-    log_trans: torch.Tensor,
+    step_trans: torch.Tensor,
     log_emit: torch.Tensor,
 ) -> HMMFilterResult:
     """Compute the filtered, predicted and evidence terms from unnormalized messages."""
     log_filtered = _normalize(log_alpha)
-    log_predicted = torch.cat(
-        [log_init.unsqueeze(-2), log_matmul_exp(log_filtered[..., :-1, :], log_trans)],
-        dim=-2,
-    )
+    ahead = log_matmul_exp(log_filtered[..., :-1, :].unsqueeze(-2), step_trans).squeeze(-2)
+    log_predicted = torch.cat([log_init.unsqueeze(-2), ahead], dim=-2)
     increments = _logsumexp(log_predicted + log_emit, -1)
     return HMMFilterResult(log_filtered, log_predicted, increments, increments.sum(-1))
 
 
 def hmm_smoother(
-    log_init: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor
+    log_init: torch.Tensor,
+    log_trans: torch.Tensor,
+    log_emit: torch.Tensor,
+    *,
+    time_varying: bool = False,
 ) -> HMMSmootherResult:
     r"""Forward-backward smoother of a hidden Markov model, parallel over time.
 
@@ -468,9 +504,12 @@ def hmm_smoother(
     log_init : Tensor
         ``(..., K)``, :math:`\log p(z_1)`.
     log_trans : Tensor
-        ``(..., K, K)``, :math:`\log p(z_t = j \mid z_{t-1} = i)` at ``[..., i, j]``.
+        ``(..., K, K)``, :math:`\log p(z_t = j \mid z_{t-1} = i)` at ``[..., i, j]``;
+        ``(..., T, K, K)`` with ``time_varying=True``.
     log_emit : Tensor
         ``(..., T, K)``, :math:`\log p(y_t \mid z_t = k)`.
+    time_varying : bool
+        ``log_trans`` has a time axis (module docstring).
 
     Returns
     -------
@@ -481,9 +520,9 @@ def hmm_smoother(
     ----------
     Rabiner (1989), eq. (24)-(27); Särkkä & García-Fernández (2021), Sec. IV.
     """
-    log_init, log_trans, log_emit = _broadcast(log_init, log_trans, log_emit)
-    log_alpha, rest = _forward_scan(log_init, log_trans, log_emit, _combine_sum_product)
-    filtered = _filter_from_alpha(log_alpha, log_init, log_trans, log_emit)
+    log_init, step_trans, log_emit = _broadcast(log_init, log_trans, log_emit, time_varying)
+    log_alpha, rest = _forward_scan(log_init, step_trans, log_emit, _combine_sum_product)
+    filtered = _filter_from_alpha(log_alpha, log_init, step_trans, log_emit)
     log_beta = torch.zeros_like(log_alpha)
     if log_emit.shape[-2] > 1:
         # suffix[t] = A_{t+2} ... A_T (0-based t = 0..T-2), so beta_t is its row sum.
@@ -496,7 +535,11 @@ def hmm_smoother(
 
 
 def hmm_viterbi(
-    log_init: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor
+    log_init: torch.Tensor,
+    log_trans: torch.Tensor,
+    log_emit: torch.Tensor,
+    *,
+    time_varying: bool = False,
 ) -> HMMViterbiResult:
     r"""Most probable regime path (Viterbi), parallel over time in both passes.
 
@@ -523,9 +566,12 @@ def hmm_viterbi(
     log_init : Tensor
         ``(..., K)``, :math:`\log p(z_1)`.
     log_trans : Tensor
-        ``(..., K, K)``, :math:`\log p(z_t = j \mid z_{t-1} = i)` at ``[..., i, j]``.
+        ``(..., K, K)``, :math:`\log p(z_t = j \mid z_{t-1} = i)` at ``[..., i, j]``;
+        ``(..., T, K, K)`` with ``time_varying=True``.
     log_emit : Tensor
         ``(..., T, K)``, :math:`\log p(y_t \mid z_t = k)`.
+    time_varying : bool
+        ``log_trans`` has a time axis (module docstring).
 
     Returns
     -------
@@ -539,36 +585,36 @@ def hmm_viterbi(
     Rabiner (1989), Sec. III-B; Hassan, Särkkä & García-Fernández (2021), Sec. IV-C;
     ``hmm_posterior_mode`` in dynamax.
     """
-    log_init, log_trans, log_emit = _broadcast(log_init, log_trans, log_emit)
+    log_init, step_trans, log_emit = _broadcast(log_init, log_trans, log_emit, time_varying)
     num_steps, num_states = log_emit.shape[-2:]
     with torch.no_grad():
-        delta, _ = _forward_scan(log_init, log_trans, log_emit, _combine_max_product)
+        delta, _ = _forward_scan(log_init, step_trans, log_emit, _combine_max_product)
         last = delta[..., -1, :].argmax(-1)  # (...)
         if num_steps == 1:
             path = last.unsqueeze(-1)
         else:
             # scores[..., t, j, k] = delta_t(j) + log P_jk; back-pointers for z_{t+1} = k.
-            scores = delta[..., :-1, :].unsqueeze(-1) + log_trans.unsqueeze(-3)
+            scores = delta[..., :-1, :].unsqueeze(-1) + step_trans
             pointers = scores.argmax(-2).movedim(-2, 0)  # (T - 1, ..., K)
             (maps,) = associative_scan(_compose_maps, (pointers,), reverse=True)
             index = last.unsqueeze(-1).expand((num_steps - 1,) + last.shape + (1,))
             head = torch.gather(maps, -1, index)[..., 0].movedim(0, -1)  # (..., T - 1)
             path = torch.cat([head, last.unsqueeze(-1)], dim=-1)
-    log_max = _path_log_joint(path, log_init, log_trans, log_emit)
+    log_max = _path_log_joint(path, log_init, step_trans, log_emit)
     return HMMViterbiResult(path, log_max)
 
 
 def _path_log_joint(
-    path: torch.Tensor, log_init: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor
+    path: torch.Tensor, log_init: torch.Tensor, step_trans: torch.Tensor, log_emit: torch.Tensor
 ) -> torch.Tensor:
     r""":math:`\log p(z_{1:T}, y_{1:T})` of a given path ``(..., T)``."""
     num_states = log_emit.shape[-1]
     total = torch.gather(log_init, -1, path[..., :1])[..., 0]
     total = total + torch.gather(log_emit, -1, path.unsqueeze(-1))[..., 0].sum(-1)
     if path.shape[-1] > 1:
-        pair_index = path[..., :-1] * num_states + path[..., 1:]
-        flat_trans = log_trans.flatten(-2)  # (..., K * K)
-        total = total + torch.gather(flat_trans, -1, pair_index).sum(-1)
+        pair_index = (path[..., :-1] * num_states + path[..., 1:]).unsqueeze(-1)
+        flat_trans = step_trans.flatten(-2)  # (..., T - 1, K * K)
+        total = total + torch.gather(flat_trans, -1, pair_index)[..., 0].sum(-1)
     return total
 
 

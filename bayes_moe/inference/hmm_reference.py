@@ -27,12 +27,15 @@ from bayes_moe.inference.hmm import HMMFilterResult, HMMSmootherResult, HMMViter
 __all__ = ["reference_filter", "reference_smoother", "reference_viterbi"]
 
 
-def _check(log_init: np.ndarray, log_trans: np.ndarray, log_emit: np.ndarray) -> None:
+def _check(log_init: np.ndarray, log_trans: np.ndarray, log_emit: np.ndarray) -> np.ndarray:
+    """Validate the shapes; return the transition into each step, ``(T, K, K)``."""
     num_steps, num_states = log_emit.shape
     if num_steps == 0:
         raise ValueError("log_emit has no time steps (T = 0)")
-    if log_init.shape != (num_states,) or log_trans.shape != (num_states, num_states):
-        raise ValueError("expected log_init (K,), log_trans (K, K), log_emit (T, K)")
+    square = (num_states, num_states)
+    if log_init.shape != (num_states,) or log_trans.shape not in (square, (num_steps, *square)):
+        raise ValueError("expected log_init (K,), log_trans (K, K) or (T, K, K), log_emit (T, K)")
+    return np.broadcast_to(log_trans, (num_steps, *square))
 
 
 def reference_filter(
@@ -54,7 +57,9 @@ def reference_filter(
     log_init : ndarray
         ``(K,)``, :math:`\log p(z_1)`.
     log_trans : ndarray
-        ``(K, K)``, :math:`\log p(z_t = j \mid z_{t-1} = i)` at ``[i, j]``.
+        ``(K, K)``, :math:`\log p(z_t = j \mid z_{t-1} = i)` at ``[i, j]``; or
+        ``(T, K, K)``, time-varying, entry ``t`` leading into step ``t`` (entry 0 unused;
+        the parallel kernels take this form with ``time_varying=True``).
     log_emit : ndarray
         ``(T, K)``, :math:`\log p(y_t \mid z_t = k)`.
 
@@ -66,9 +71,8 @@ def reference_filter(
     log_init, log_trans, log_emit = (
         np.asarray(x, dtype=float) for x in (log_init, log_trans, log_emit)
     )
-    _check(log_init, log_trans, log_emit)
+    trans = np.exp(_check(log_init, log_trans, log_emit))
     num_steps, num_states = log_emit.shape
-    trans = np.exp(log_trans)
     filtered = np.empty((num_steps, num_states))
     predicted = np.empty((num_steps, num_states))
     increments = np.empty(num_steps)
@@ -82,7 +86,8 @@ def reference_filter(
         predicted[t] = prediction
         filtered[t] = joint / scale
         increments[t] = np.log(scale) + emit_max
-        prediction = filtered[t] @ trans
+        if t + 1 < num_steps:
+            prediction = filtered[t] @ trans[t + 1]
 
     with np.errstate(divide="ignore"):  # structural zeros become -inf, as intended
         return HMMFilterResult(np.log(filtered), np.log(predicted), increments, increments.sum())
@@ -112,15 +117,17 @@ def reference_smoother(
         Fields as in :func:`bayes_moe.inference.hmm.hmm_smoother`, as numpy arrays.
     """
     filtered = reference_filter(log_init, log_trans, log_emit)
-    log_trans, log_emit = np.asarray(log_trans, dtype=float), np.asarray(log_emit, dtype=float)
+    log_init, log_trans, log_emit = (
+        np.asarray(x, dtype=float) for x in (log_init, log_trans, log_emit)
+    )
+    trans = np.exp(_check(log_init, log_trans, log_emit))
     num_steps, num_states = log_emit.shape
-    trans = np.exp(log_trans)
 
     beta = np.empty((num_steps, num_states))
     beta[-1] = 1.0
     for t in range(num_steps - 2, -1, -1):
         likelihood = np.exp(log_emit[t + 1] - log_emit[t + 1].max())
-        message = trans @ (likelihood * beta[t + 1])
+        message = trans[t + 1] @ (likelihood * beta[t + 1])
         beta[t] = message / message.sum()
 
     smoothed = np.exp(filtered.log_filtered) * beta
@@ -157,13 +164,13 @@ def reference_viterbi(
     log_init, log_trans, log_emit = (
         np.asarray(x, dtype=float) for x in (log_init, log_trans, log_emit)
     )
-    _check(log_init, log_trans, log_emit)
+    steps = _check(log_init, log_trans, log_emit)
     num_steps, num_states = log_emit.shape
     pointers = np.zeros((num_steps, num_states), dtype=np.int64)
 
     delta = log_init + log_emit[0]
     for t in range(1, num_steps):
-        scores = delta[:, None] + log_trans  # scores[j, k]: come from j, land in k
+        scores = delta[:, None] + steps[t]  # scores[j, k]: come from j, land in k
         pointers[t] = scores.argmax(axis=0)
         delta = scores.max(axis=0) + log_emit[t]
 

@@ -1,16 +1,18 @@
-r"""Posterior predictive distributions: a mixture over draws and experts.
+r"""Posterior predictive distributions: a mixture over draws, regimes and experts.
 
 At a set of origins the posterior predictive is the finite mixture
 
 .. math::
 
-    p(y_{n} \mid \mathcal F_n, \text{data}) \approx \frac1S \sum_{s=1}^{S} \sum_{m=1}^{M}
-    w^{(s)}_{n,m}\; p_m\big(y_n \mid \mathcal F_n; \theta^{(s)}_m\big),
+    p(y_{n} \mid \mathcal F_n, \text{data}) \approx \frac1S \sum_{s=1}^{S} \sum_{k=1}^{K}
+    \sum_{m=1}^{M} w^{(s)}_{n,k,m}\; p^{(k)}_m\big(y_n \mid \mathcal F_n; \theta^{(s)}_m\big),
 
-with :math:`w^{(s)}_{n,m} = \sum_k P(z_n = k \mid \mathcal F_n, \theta^{(s)})\,
-g^{(s)}_{n,k,m}` (regime probabilities propagated through the transition matrix).
-Its density is exact (no sampling); samples draw a posterior draw, then an expert,
-then a value. Everything is returned in data units (e.g. percent log returns).
+with :math:`w^{(s)}_{n,k,m} = P(z_n = k \mid \mathcal F_n, \theta^{(s)})\,
+g^{(s)}_{n,k,m}` (regime probabilities propagated through the transition matrix)
+and :math:`p^{(k)}_m` expert ``m``'s predictive stretched about its location by
+regime ``k``'s volatility level :math:`e^{\lambda_k}`. Its density is exact (no
+sampling); samples draw a posterior draw, then a regime and an expert, then a value.
+Everything is returned in data units (e.g. percent log returns).
 """
 
 from __future__ import annotations
@@ -21,7 +23,35 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bayes_moe.models.distributions import index_batch
+from bayes_moe.models.distributions import index_batch, location, regime_log_prob
+
+
+def sample_mixture(log_weights, log_scale, experts) -> torch.Tensor:
+    r"""One value per row of ``log_weights`` from the regime-scaled expert mixture.
+
+    Picks a (regime, expert) pair with probability :math:`w_{n,k,m}`, samples
+    :math:`x \sim p_m` and returns :math:`\mu_m + e^{\lambda_k} (x - \mu_m)`.
+
+    Parameters
+    ----------
+    log_weights : Tensor ``(S, n, K, M)``
+    log_scale : Tensor ``(S, K)``
+        :math:`\lambda_k` of each row's draw.
+    experts : list of ``M`` distributions, batch ``(S, n)``
+
+    Returns
+    -------
+    Tensor ``(S, n, d_y)``
+    """
+    M = log_weights.shape[-1]
+    picks = torch.distributions.Categorical(logits=log_weights.flatten(-2)).sample()  # (S, n)
+    regime, expert = picks // M, picks % M
+    values = torch.stack([d.sample() for d in experts], dim=2)  # (S, n, M, d_y)
+    locs = torch.stack([location(d) for d in experts], dim=2)
+    x = torch.take_along_dim(values, expert[..., None, None], dim=2).squeeze(2)
+    mu = torch.take_along_dim(locs, expert[..., None, None], dim=2).squeeze(2)
+    stretch = torch.take_along_dim(log_scale, regime, dim=1).exp().unsqueeze(-1)  # (S, n, 1)
+    return mu + stretch * (x - mu)
 
 
 class PredictiveMixture:
@@ -29,10 +59,13 @@ class PredictiveMixture:
 
     Parameters
     ----------
-    log_weights : Tensor ``(S, n, M)``
-        Log mixture weights per draw and origin.
+    log_weights : Tensor ``(S, n, K, M)``
+        Log mixture weights per draw, origin, regime and expert.
+    log_scale : Tensor ``(S, K)``
+        Log volatility level of each regime per draw.
     experts : list of Distribution
-        Each with batch ``(S, n)``, event ``(d_y,)``, over the standardized response.
+        Each with batch ``(S, n)``, event ``(d_y,)``, over the standardized response,
+        at the expert's own scale.
     loc, scale : ndarray ``(d_y,)``
         Affine map back to data units: ``y = loc + scale * z``.
     dates : DatetimeIndex, length ``n``
@@ -40,8 +73,9 @@ class PredictiveMixture:
     targets : tuple of str
     """
 
-    def __init__(self, log_weights, experts, loc, scale, dates, targets):
+    def __init__(self, log_weights, log_scale, experts, loc, scale, dates, targets):
         self.log_weights = log_weights
+        self.log_scale = log_scale
         self.experts = experts
         self.loc = np.asarray(loc, dtype=np.float64)
         self.scale = np.asarray(scale, dtype=np.float64)
@@ -53,6 +87,16 @@ class PredictiveMixture:
         """``S``."""
         return self.log_weights.shape[0]
 
+    @property
+    def expert_weights(self) -> torch.Tensor:
+        """Weight of each expert summed over regimes: ``(S, n, M)``."""
+        return self.log_weights.exp().sum(-2)
+
+    @property
+    def regime_weights(self) -> torch.Tensor:
+        """Probability of each regime: ``(S, n, K)``."""
+        return self.log_weights.exp().sum(-1)
+
     def log_prob(self, y) -> np.ndarray:
         r"""Exact log density of ``y`` (data units): shape ``(n,)``.
 
@@ -62,8 +106,10 @@ class PredictiveMixture:
         """
         z = (np.asarray(y, dtype=np.float64).reshape(len(self.dates), -1) - self.loc) / self.scale
         z = torch.as_tensor(z, dtype=self.log_weights.dtype)
-        log_p = torch.stack([d.log_prob(z) for d in self.experts], dim=-1)  # (S, n, M)
-        mixed = torch.logsumexp(self.log_weights + log_p, dim=-1)  # (S, n)
+        log_p = torch.stack(
+            [regime_log_prob(d, z, self.log_scale) for d in self.experts], dim=-1
+        )  # (S, n, K, M)
+        mixed = torch.logsumexp((self.log_weights + log_p).flatten(-2), dim=-1)  # (S, n)
         out = torch.logsumexp(mixed, dim=0) - math.log(self.n_draws)
         return out.numpy() - np.log(self.scale).sum()
 
@@ -74,32 +120,37 @@ class PredictiveMixture:
             torch.manual_seed(seed)
         try:
             draw = torch.randint(self.n_draws, (num_samples,))
-            expert = torch.distributions.Categorical(logits=self.log_weights[draw]).sample()
-            values = torch.stack(
-                [index_batch(d, (draw,)).sample() for d in self.experts], dim=2
-            )  # (num_samples, n, M, d_y)
-            z = torch.take_along_dim(values, expert[..., None, None], dim=2).squeeze(2)
+            z = sample_mixture(
+                self.log_weights[draw],
+                self.log_scale[draw],
+                [index_batch(d, (draw,)) for d in self.experts],
+            )  # (num_samples, n, d_y)
         finally:
             if seed is not None:
                 torch.random.set_rng_state(generator_state)
         return self.loc + self.scale * z.numpy()
 
+    def _moments(self):
+        """Per draw and origin: weights ``(S, n, K, M, 1)``, means and variances stretched."""
+        w = self.log_weights.exp().unsqueeze(-1)
+        means = torch.stack([d.mean for d in self.experts], dim=2).unsqueeze(2)  # (S,n,1,M,d)
+        variances = torch.stack([d.variance for d in self.experts], dim=2).unsqueeze(2)
+        stretch = (2 * self.log_scale)[:, None, :, None, None].exp()  # (S, 1, K, 1, 1)
+        return w, means, stretch * variances
+
     @property
     def mean(self) -> np.ndarray:
         """Exact mixture mean in data units: ``(n, d_y)``."""
-        w = self.log_weights.exp()  # (S, n, M)
-        means = torch.stack([d.mean for d in self.experts], dim=2)  # (S, n, M, d_y)
-        z = (w.unsqueeze(-1) * means).sum(2).mean(0)
+        w, means, _ = self._moments()
+        z = (w * means).sum((2, 3)).mean(0)
         return self.loc + self.scale * z.numpy()
 
     @property
     def variance(self) -> np.ndarray:
         """Exact mixture variance in data units (law of total variance): ``(n, d_y)``."""
-        w = self.log_weights.exp().unsqueeze(-1)
-        means = torch.stack([d.mean for d in self.experts], dim=2)
-        variances = torch.stack([d.variance for d in self.experts], dim=2)
-        mean = (w * means).sum(2).mean(0)
-        second = (w * (variances + means.square())).sum(2).mean(0)
+        w, means, variances = self._moments()
+        mean = (w * means).sum((2, 3)).mean(0)
+        second = (w * (variances + means.square())).sum((2, 3)).mean(0)
         return (second - mean.square()).numpy() * self.scale**2
 
 

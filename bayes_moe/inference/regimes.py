@@ -27,7 +27,7 @@ import xarray as xr
 
 @dataclass(frozen=True)
 class RegimePosterior:
-    """Regime posteriors for ``S`` draws over ``N`` days and ``K`` regimes.
+    r"""Regime posteriors for ``S`` draws over ``N`` days and ``K`` regimes.
 
     Attributes
     ----------
@@ -38,8 +38,16 @@ class RegimePosterior:
     expert_weight_draws : ndarray ``(S, K, M)``
         Gate weights of each regime averaged over days.
     volatility_draws : ndarray ``(S, K)``
-        Mean predictive standard deviation of each regime, data units.
+        Predictive standard deviation of each regime averaged over the days it
+        occupies (:class:`~bayes_moe.inference.posterior.PosteriorEvaluation`), data units.
     experts : tuple of str
+    level_draws : ndarray ``(S, K)``
+        Volatility level :math:`e^{\lambda_k}` of each regime (ones without levels).
+    mean_draws : ndarray ``(S, K)``
+        Predictive mean of each regime averaged like the volatility, data units.
+    duration_draws : ndarray ``(S, K)``
+        Expected stay in each regime, days
+        (:class:`~bayes_moe.inference.posterior.PosteriorEvaluation`).
     """
 
     dates: pd.DatetimeIndex
@@ -50,6 +58,9 @@ class RegimePosterior:
     expert_weight_draws: np.ndarray
     volatility_draws: np.ndarray
     experts: tuple[str, ...]
+    level_draws: np.ndarray
+    mean_draws: np.ndarray
+    duration_draws: np.ndarray
 
     @property
     def n_regimes(self) -> int:
@@ -108,16 +119,67 @@ class RegimePosterior:
     def expected_duration(self) -> pd.DataFrame:
         r"""Expected stay in each regime, :math:`1 / (1 - \Pi_{kk})` days.
 
-        Returns mean, sd and the 94% interval over posterior draws.
+        With transition features, averaged over the days the regime occupies
+        (:attr:`duration_draws`). Returns mean, sd and the 94% interval over draws.
         """
-        stay = np.diagonal(self.transition_draws, axis1=1, axis2=2)
-        duration = 1.0 / np.clip(1.0 - stay, 1e-12, None)
-        return _summarize(duration, self.regime_index)
+        return _summarize(self.duration_draws, self.regime_index)
 
     @property
     def volatility(self) -> pd.DataFrame:
-        """Mean predictive standard deviation of each regime: mean, sd, 94% interval."""
+        """Predictive sd of each regime over the days it occupies: mean, sd, 94% interval."""
         return _summarize(self.volatility_draws, self.regime_index)
+
+    @property
+    def most_probable(self) -> pd.Series:
+        """The regime with the largest posterior mean filtered probability, per day."""
+        return self.filtered.idxmax(axis=1).rename("regime")
+
+    @property
+    def share_draws(self) -> np.ndarray:
+        """Per draw, the share of days on which each regime is the most probable one
+        (filtered): ``(S, K)``."""
+        best = self.filtered_draws.argmax(-1)  # (S, N)
+        return (best[..., None] == np.arange(self.n_regimes)).mean(1)
+
+    def summary(self, top_experts: int = 3) -> pd.DataFrame:
+        r"""The regime report: one row per regime, posterior mean and 94% interval.
+
+        Columns, each as ``name``, ``name_q3`` and ``name_q97`` (the 3% and 97%
+        quantiles over posterior draws):
+
+        - ``volatility``: predictive sd in the regime over the days it occupies
+          (data units per horizon, e.g. % per day);
+        - ``volatility_level``: :math:`e^{\lambda_k}`, the factor on every expert's scale;
+        - ``mean_return``: predictive mean in the regime, same averaging;
+        - ``expected_duration``: :math:`1 / (1 - \Pi_{kk})` days (:attr:`expected_duration`);
+        - ``share_of_days``: share of days on which the regime has the largest filtered
+          probability;
+        - ``expert_1`` .. ``expert_n``: the regime's ``top_experts`` experts by
+          posterior mean gate weight, with ``expert_i_weight`` (and its interval).
+        """
+        quantities = {
+            "volatility": self.volatility_draws,
+            "volatility_level": self.level_draws,
+            "mean_return": self.mean_draws,
+            "expected_duration": self.duration_draws,
+            "share_of_days": self.share_draws,
+        }
+        columns = {}
+        for name, draws in quantities.items():
+            lo, hi = np.quantile(draws, [0.03, 0.97], axis=0)
+            columns.update({name: draws.mean(0), f"{name}_q3": lo, f"{name}_q97": hi})
+        table = pd.DataFrame(columns, index=self.regime_index)
+        weights = self.expert_weight_draws  # (S, K, M)
+        ranked = np.argsort(-weights.mean(0), axis=-1)[:, :top_experts]  # (K, n)
+        lo, hi = np.quantile(weights, [0.03, 0.97], axis=0)
+        rows = np.arange(self.n_regimes)
+        for i in range(ranked.shape[1]):
+            m = ranked[:, i]
+            table[f"expert_{i + 1}"] = [self.experts[j] for j in m]
+            table[f"expert_{i + 1}_weight"] = weights.mean(0)[rows, m]
+            table[f"expert_{i + 1}_weight_q3"] = lo[rows, m]
+            table[f"expert_{i + 1}_weight_q97"] = hi[rows, m]
+        return table
 
     @property
     def expert_weights(self) -> pd.DataFrame:
@@ -137,6 +199,34 @@ class RegimePosterior:
             "regime": k,
             "probability": float(probs[:, k].mean()),
             "probability_sd": float(probs[:, k].std()),
+        }
+
+    def diagnostics(self) -> dict:
+        """How distinct and persistent the regimes are, in numbers a user can check.
+
+        Returns
+        -------
+        dict
+            ``volatility`` (posterior mean per regime), ``volatility_ratio`` (most
+            turbulent over calmest), ``mean_max_filtered`` (mean over days of the
+            largest filtered probability: 1 is certainty, ``1/K`` is no information),
+            ``share_of_days`` (per regime, as the most probable filtered regime),
+            ``switches_per_year`` (changes of the most probable filtered regime per
+            252 days) and ``expected_duration`` (posterior mean per regime, days).
+        """
+        vol = self.volatility_draws.mean(0)
+        best = self.most_probable.to_numpy()
+        duration = self.duration_draws.mean(0)
+        return {
+            "volatility": vol.tolist(),
+            "volatility_ratio": float(vol[-1] / vol[0]),
+            "mean_max_filtered": float(self.filtered.to_numpy().max(1).mean()),
+            "share_of_days": np.bincount(best, minlength=self.n_regimes)
+            .astype(float)
+            .__truediv__(len(best))
+            .tolist(),
+            "switches_per_year": float(np.count_nonzero(np.diff(best)) * 252 / len(best)),
+            "expected_duration": duration.tolist(),
         }
 
     def to_dataset(self) -> xr.Dataset:

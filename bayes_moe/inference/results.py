@@ -125,6 +125,7 @@ class MoEFit:
         pre = self.data.preprocessor
         return PredictiveMixture(
             post.log_mix_weights[:, idx],
+            post.log_regime_scale,
             experts,
             loc=h * pre.target_loc,
             scale=pre.target_scale,
@@ -163,7 +164,7 @@ class MoEFit:
             index=pd.Index(range(regime.shape[1]), name="regime"),
         )
         weights = pd.Series(
-            post.log_mix_weights[:, -1].exp().mean(0).numpy(),
+            mixture.expert_weights[:, 0].mean(0).numpy(),
             index=pd.Index(self.program.labels, name="expert"),
             name="weight",
         )
@@ -180,6 +181,8 @@ class MoEFit:
     def regimes(self) -> RegimePosterior:
         """Filtered, smoothed and Viterbi regime posteriors for every draw."""
         post = self.posterior
+        scale = float(self.data.preprocessor.target_scale[0])
+        loc = self.horizon * float(self.data.preprocessor.target_loc[0])
         return RegimePosterior(
             dates=self.data.response_dates,
             filtered_draws=post.log_filtered.exp().numpy(),
@@ -187,15 +190,21 @@ class MoEFit:
             viterbi_draws=post.viterbi.numpy(),
             transition_draws=post.transition.numpy(),
             expert_weight_draws=post.regime_expert_weights.numpy(),
-            volatility_draws=post.regime_volatility.numpy()
-            * float(self.data.preprocessor.target_scale[0]),
+            volatility_draws=post.regime_volatility.numpy() * scale,
             experts=tuple(self.program.labels),
+            level_draws=post.log_regime_scale.exp().numpy(),
+            mean_draws=loc + scale * post.regime_mean.numpy(),
+            duration_draws=post.regime_duration.numpy(),
         )
 
     def regime_forecast(self, steps: int = 1) -> pd.DataFrame:
-        """P(z = k) ``steps`` days after the last observed day: mean and sd over draws."""
+        """P(z = k) ``steps`` days after the last observed day: mean and sd over draws.
+
+        With transition features, their values at the last close are held for the
+        days ahead (their future values are not known).
+        """
         post = self.posterior
-        log_p = hmm_propagate(post.log_filtered[:, -1], post.transition.log(), steps)
+        log_p = hmm_propagate(post.log_filtered[:, -1], post.log_trans_last, steps)
         p = log_p.exp().numpy()
         return pd.DataFrame(
             {"mean": p.mean(0), "sd": p.std(0)}, index=pd.Index(range(p.shape[1]), name="regime")

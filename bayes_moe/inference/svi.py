@@ -102,12 +102,14 @@ class SVIDiagnostics:
         }
 
 
-def make_guide(program: MoEProgram, kind: str, *, init_scale: float):
+def make_guide(program: MoEProgram, kind: str, *, init_scale: float, response=None):
     """Build the autoguide ``kind`` (``"normal"``, ``"mvn"``, ``"lowrank"``).
 
-    Initialization: the transition matrix at its prior mean (sticky), every other
-    site at the median of 15 prior draws, which also breaks the symmetry between
-    identical experts or regimes.
+    Initialization: the transition matrix at its prior mean (sticky), the regime
+    volatility levels at the spread of the data's rolling volatility
+    (:meth:`~bayes_moe.models.gate.MarkovGate.initial_levels`, when ``response`` is
+    given), every other site at the median of 15 prior draws, which also breaks the
+    symmetry between identical experts or regimes.
     """
     if kind not in GUIDES:
         raise ValueError(f"unknown guide {kind!r}; choose one of {sorted(GUIDES)}")
@@ -115,6 +117,9 @@ def make_guide(program: MoEProgram, kind: str, *, init_scale: float):
     values = {}
     if gate.n_regimes > 1:
         values["gate/transition"] = gate.transition_prior(torch.float64).base_dist.mean
+    levels = None if response is None else gate.initial_levels(response)
+    if levels is not None:
+        values["gate/level_step"] = levels
     init = init_to_value(values=values, fallback=init_to_median(num_samples=15))
     return GUIDES[kind](program, init_loc_fn=init, init_scale=init_scale)
 
@@ -181,7 +186,7 @@ def fit_svi(
     n_obs = data.n_observed
 
     with pyro.settings.context(module_local_params=True), torch_threads(num_threads):
-        autoguide = make_guide(program, guide, init_scale=init_scale)
+        autoguide = make_guide(program, guide, init_scale=init_scale, response=response)
         elbo = Trace_ELBO()(program, autoguide)
         elbo(inputs, response)  # creates the guide's parameters
         lrd = final_lr_fraction ** (1.0 / num_steps)

@@ -67,3 +67,69 @@ def mean_and_variance(d: dist.Distribution) -> tuple[torch.Tensor, torch.Tensor]
     """Mean and marginal variance, each of shape ``batch + (d_y,)``."""
     shape = d.batch_shape + d.event_shape
     return d.mean.expand(shape), d.variance.expand(shape)
+
+
+def location(d: dist.Distribution) -> torch.Tensor:
+    """Location parameter of a supported family, shape ``batch + (d_y,)``.
+
+    For these symmetric location-scale families it is the mean (and the median of
+    each margin), and rescaling about it leaves it fixed.
+    """
+    # Parameters end in (loc, scale) or (loc, scale_tril), after df for Student-t.
+    return decompose(d)[1][-2]
+
+
+def rescale(d: dist.Distribution, log_factor: torch.Tensor) -> dist.Distribution:
+    r"""The distribution of :math:`\mu + c\,(Y - \mu)`, :math:`c = e^{\lambda}`, for ``Y ~ d``.
+
+    The scale (or Cholesky factor) is multiplied by ``c`` about the location
+    :math:`\mu`; the family and the degrees of freedom stay.
+
+    Parameters
+    ----------
+    d : Distribution
+        Batch ``B``, event ``(d_y,)``.
+    log_factor : Tensor
+        :math:`\lambda`, broadcastable to ``B``.
+
+    Returns
+    -------
+    Distribution
+        Batch ``broadcast(B, log_factor.shape)``, event ``(d_y,)``.
+    """
+    build, params = decompose(d)
+    factor = log_factor.exp()
+    if isinstance(d, dist.Independent):
+        *rest, scale = params
+        return build(*rest, scale * factor.unsqueeze(-1))
+    *rest, tril = params
+    return build(*rest, tril * factor[..., None, None])
+
+
+def regime_log_prob(d: dist.Distribution, value: torch.Tensor, log_scale: torch.Tensor):
+    r"""Log density of ``value`` under ``d`` rescaled by each regime's volatility level.
+
+    .. math::
+
+        \log p_k(y) = \log p\big(\mu + e^{-\lambda_k} (y - \mu)\big) - d_y\,\lambda_k,
+
+    the change of variables of :func:`rescale`, evaluated without building ``K``
+    distributions.
+
+    Parameters
+    ----------
+    d : Distribution
+        Batch ``S + (N,)``, event ``(d_y,)``.
+    value : Tensor ``(N, d_y)``
+    log_scale : Tensor ``S + (K,)``
+        :math:`\lambda_k`.
+
+    Returns
+    -------
+    Tensor ``S + (N, K)``
+    """
+    loc = location(d)  # S + (N, d_y)
+    shrink = (-log_scale).exp().movedim(-1, 0)[..., None, None]  # (K,) + S + (1, 1)
+    standardized = loc + shrink * (value - loc)  # (K,) + S + (N, d_y)
+    log_p = d.log_prob(standardized).movedim(0, -1)  # S + (N, K)
+    return log_p - value.shape[-1] * log_scale.unsqueeze(-2)

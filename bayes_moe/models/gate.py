@@ -8,11 +8,29 @@ r"""The Markov gate: a latent market regime that decides how experts are mixed.
     g_{t,k} = \mathrm{softmax}_m\big(b_{k,m} + u_m(X_t)\big), \qquad
     u_m(X_t) = w_m^\top f_t,
 
-    p(y_{t+h} \mid z_t = k, X_t) = \sum_m g_{t,k,m}\, p_m(y_{t+h} \mid X_t).
+    p(y_{t+h} \mid z_t = k, X_t) = \sum_m g_{t,k,m}\, p_m^{(k)}(y_{t+h} \mid X_t),
+
+    p_m^{(k)}(y) = e^{-d_y \lambda_k}\, p_m\big(\mu_m + e^{-\lambda_k}(y - \mu_m)\big),
+    \qquad
+    \lambda_0 = 0,\quad \lambda_k = \lambda_{k-1} + \delta_k,\quad
+    \delta_k \sim \mathrm{Gamma}(a, b).
 
 :math:`f_t` are the centered volatility features of the first target
 (:data:`~bayes_moe.data.windows.VOL_FEATURES`), :math:`\kappa` the stickiness. The
 initial regime follows the stationary distribution of :math:`\Pi`.
+
+Regime volatility levels: in regime ``k`` every expert's predictive is stretched
+about its location :math:`\mu_m` by :math:`e^{\lambda_k}` (its scale, or Cholesky
+factor, times :math:`e^{\lambda_k}`), so regimes are market states that differ in
+their level of volatility, not only in which experts they trust. The levels are
+ordered by construction (:math:`\lambda_0 = 0 < \lambda_1 < \dots`), which
+identifies the labels: regime 0 is the calmest, regime ``K-1`` the most turbulent,
+in every posterior draw. Regime 0 is the experts' own scale. With homoscedastic
+constant-mean experts this is Hamilton's (1989) switching-variance model; with the
+experts' GARCH/HAR-type scales it is a Markov-switching volatility model in the
+spirit of Haas, Mittnik and Paolella (2004): a persistent regime level multiplies
+the conditional scale. (The Kalman expert's filter runs at the experts' scale; the
+level stretches its predictive, not its gain.)
 
 Horizon groups: the prior mean of :math:`b_{k,m}` favours short-horizon experts at
 ``h = 1`` and long-horizon ones at ``h = 20``,
@@ -20,12 +38,15 @@ Horizon groups: the prior mean of :math:`b_{k,m}` favours short-horizon experts 
 \lambda\,(1 - 2a)\,\mathbb 1[\text{long}]` with :math:`a = \min(1, \log h / \log 20)`.
 
 A fixed ``assignment`` (regime ``k`` uses expert ``assignment[k]`` alone) reduces the
-gate to Hamilton's Markov-switching model over those experts.
+gate to Hamilton's Markov-switching model over those experts; the experts then carry
+the regimes' scales and the gate has no volatility levels.
 
 References
 ----------
 J. D. Hamilton, "A new approach to the economic analysis of nonstationary time
 series and the business cycle", Econometrica 57(2), 1989.
+M. Haas, S. Mittnik and M. S. Paolella, "A new approach to Markov-switching GARCH
+models", J. Financial Econometrics 2(4), 2004.
 E. B. Fox, E. B. Sudderth, M. I. Jordan and A. S. Willsky, "A sticky HDP-HMM with
 application to speaker diarization", Annals of Applied Statistics 5(2A), 2011.
 """
@@ -36,28 +57,54 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
 import pyro
 import pyro.distributions as dist
 import torch
 
-from bayes_moe.data.windows import ExpertInputs
+from bayes_moe.data.windows import (
+    SLOW_VOL_FEATURES,
+    VOL_FEATURES,
+    ExpertInputs,
+    select_vol_features,
+    vol_feature_names,
+)
 from bayes_moe.inference.hmm import stationary_distribution
 
 
 @dataclass(frozen=True)
 class GateOutput:
-    """The gate's contribution to the likelihood.
+    r"""The gate's contribution to the likelihood.
 
     Attributes
     ----------
     log_init : Tensor, shape ``S + (K,)``
     log_trans : Tensor, shape ``S + (K, K)``; ``[i, j] = log P(z_t = j | z_{t-1} = i)``
     log_weights : Tensor, shape ``S + (N, K, M)``; ``log g_{t,k,m}``
+    log_scale : Tensor, shape ``S + (K,)``; the volatility levels :math:`\lambda_k`
+        (zeros when the gate has none)
+    log_trans_t : Tensor, shape ``S + (N, K, K)``, or None
+        With transition features: entry ``n`` is the transition into origin ``n``'s
+        regime (an input-output HMM; see :mod:`bayes_moe.inference.hmm`), and
+        ``log_trans`` is the baseline :math:`\Pi` at average conditions.
     """
 
     log_init: torch.Tensor
     log_trans: torch.Tensor
     log_weights: torch.Tensor
+    log_scale: torch.Tensor
+    log_trans_t: torch.Tensor | None = None
+
+    @property
+    def time_varying(self) -> bool:
+        """Whether the transitions vary over origins."""
+        return self.log_trans_t is not None
+
+    @property
+    def hmm_trans(self) -> torch.Tensor:
+        """The transitions the forward algorithm uses (``log_trans_t`` if there is one)."""
+        return self.log_trans if self.log_trans_t is None else self.log_trans_t
 
 
 def horizon_preference(groups: Sequence[str], horizon: int, strength: float) -> torch.Tensor:
@@ -85,17 +132,41 @@ class MarkovGate:
         Fix regime ``k`` to expert ``assignment[k]`` (no learned weights).
     horizon_strength : float
         :math:`\lambda` of the horizon-group prior.
+    volatility_levels : bool, optional
+        Give each regime a volatility level :math:`\lambda_k` (module docstring).
+        Default: on when ``n_regimes > 1`` and no ``assignment`` is fixed.
+    level_prior : (float, float)
+        Shape :math:`a` and rate :math:`b` of the Gamma prior on the steps
+        :math:`\delta_k` between consecutive log levels (default mean 0.5, a factor
+        of 1.65 in volatility per regime, with no mass at 0 so that regimes stay distinct).
+    bias_scale : float
+        Prior standard deviation of the regime biases :math:`b_{k,m}` around the
+        horizon-group mean.
+    features : sequence of str, optional
+        Volatility summaries :math:`f_t` of the input-dependent term (a subset of
+        :data:`~bayes_moe.data.windows.VOL_FEATURES`); default :attr:`expert_features`.
+    transition_features : sequence of str, optional
+        Volatility summaries :math:`x_t` that drive the transitions (an input-output
+        HMM, module docstring); empty for a time-homogeneous chain. Default: the slow
+        ones (:data:`~bayes_moe.data.windows.SLOW_VOL_FEATURES`) when the regimes have
+        volatility levels, else none. Those summaries then belong to the regimes: the
+        experts' scales and the gate weights read the others by default.
     """
 
     def __init__(
         self,
         n_regimes: int = 3,
         *,
-        stickiness: float = 10.0,
+        stickiness: float = 50.0,
         concentration: float = 1.0,
         input_dependent: bool = True,
         assignment: Sequence[int] | None = None,
         horizon_strength: float = 0.5,
+        volatility_levels: bool | None = None,
+        level_prior: Sequence[float] = (4.0, 8.0),
+        bias_scale: float = 1.0,
+        features: Sequence[str] | None = None,
+        transition_features: Sequence[str] | None = None,
     ):
         if n_regimes < 1:
             raise ValueError(f"n_regimes must be >= 1, got {n_regimes}")
@@ -109,6 +180,23 @@ class MarkovGate:
         self.input_dependent = bool(input_dependent) and assignment is None
         self.assignment = None if assignment is None else tuple(int(a) for a in assignment)
         self.horizon_strength = float(horizon_strength)
+        if volatility_levels is None:
+            volatility_levels = n_regimes > 1 and assignment is None
+        self.volatility_levels = bool(volatility_levels) and n_regimes > 1
+        if len(level_prior) != 2 or min(level_prior) <= 0:
+            raise ValueError(f"level_prior must be two positive numbers, got {level_prior}")
+        self.level_prior = (float(level_prior[0]), float(level_prior[1]))
+        if bias_scale <= 0:
+            raise ValueError(f"bias_scale must be positive, got {bias_scale}")
+        self.bias_scale = float(bias_scale)
+        self.features = None if features is None else vol_feature_names(features, "features")
+        if transition_features is None:
+            transition_features = SLOW_VOL_FEATURES if self.volatility_levels else ()
+        self.transition_features = (
+            ()
+            if not transition_features or n_regimes == 1
+            else vol_feature_names(transition_features, "transition_features")
+        )
 
     def config(self) -> dict:
         """JSON-serializable constructor arguments."""
@@ -119,7 +207,43 @@ class MarkovGate:
             "input_dependent": self.input_dependent,
             "assignment": None if self.assignment is None else list(self.assignment),
             "horizon_strength": self.horizon_strength,
+            "volatility_levels": self.volatility_levels,
+            "level_prior": list(self.level_prior),
+            "bias_scale": self.bias_scale,
+            "features": None if self.features is None else list(self.features),
+            "transition_features": list(self.transition_features),
         }
+
+    @property
+    def expert_features(self) -> tuple[str, ...]:
+        """The summaries the gate leaves to the experts: all but its transition features."""
+        return tuple(f for f in VOL_FEATURES if f not in self.transition_features)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The volatility summaries :math:`f_t` of the input-dependent term."""
+        return vol_feature_names(self.features if self.features is not None else self.expert_features)
+
+    def initial_levels(self, response: torch.Tensor) -> torch.Tensor | None:
+        r"""Starting values of the level steps :math:`\delta_k` for SVI, from the data.
+
+        The log ratios of the :math:`(k + 1/2)/K` quantiles of the 22-day rolling
+        standard deviation of the (first) response to its lowest one, so that fitting
+        starts from regimes that already differ in volatility (as k-means starts a
+        mixture), floored at 0.05. ``None`` when the gate has no levels.
+
+        Parameters
+        ----------
+        response : Tensor ``(N, d_y)``
+        """
+        if not self.volatility_levels:
+            return None
+        sq = pd.Series(response[:, 0].double().numpy() ** 2)
+        vol = np.sqrt(sq.rolling(22, min_periods=5).mean().dropna().to_numpy())
+        K = self.n_regimes
+        q = np.quantile(vol, (np.arange(K) + 0.5) / K)
+        steps = np.maximum(np.diff(np.log(q)), 0.05)
+        return torch.as_tensor(steps, dtype=response.dtype)
 
     def transition_prior(self, dtype: torch.dtype) -> dist.Distribution:
         """Sticky Dirichlet prior on the rows of the transition matrix, event ``(K, K)``."""
@@ -130,8 +254,9 @@ class MarkovGate:
     def model(self, inputs: ExpertInputs, groups: Sequence[str]) -> GateOutput:
         """Sample the gate's parameters and return its log probabilities.
 
-        Sites: ``transition`` ``(K, K)``; ``bias`` ``(K, M)`` and ``coef`` ``(M, V)``
-        unless the assignment is fixed.
+        Sites: ``transition`` ``(K, K)``, ``transition_coef`` ``(K - 1, V_x)`` with
+        transition features; ``level_step`` ``(K - 1,)`` with volatility levels;
+        ``bias`` ``(K, M)`` and ``coef`` ``(M, V)`` unless the assignment is fixed.
 
         Parameters
         ----------
@@ -141,27 +266,24 @@ class MarkovGate:
         """
         dtype = inputs.series.dtype
         K, M = self.n_regimes, len(groups)
-        if K > 1:
-            trans = pyro.sample("transition", self.transition_prior(dtype))
-            log_trans = trans.clamp_min(torch.finfo(dtype).tiny).log()
-            log_init = stationary_distribution(trans).clamp_min(torch.finfo(dtype).tiny).log()
-        else:
-            log_trans = torch.zeros(1, 1, dtype=dtype)
-            log_init = torch.zeros(1, dtype=dtype)
+        log_init, log_trans, timed = self._transitions(inputs, dtype)
+        log_scale = self._levels(dtype)
         n = inputs.n_origins
         if self.assignment is not None:
             if max(self.assignment) >= M:
                 raise ValueError(f"assignment {self.assignment} refers to experts beyond {M}")
             mask = torch.full((K, M), -math.inf, dtype=dtype)
             mask[torch.arange(K), torch.tensor(self.assignment)] = 0.0
-            return GateOutput(log_init, log_trans, mask.expand(n, K, M))
+            return GateOutput(log_init, log_trans, mask.expand(n, K, M), log_scale, timed)
         prior_mean = horizon_preference(groups, inputs.horizon, self.horizon_strength).to(dtype)
         bias = pyro.sample(
-            "bias", dist.Normal(prior_mean.expand(K, M), torch.ones((), dtype=dtype)).to_event(2)
+            "bias",
+            dist.Normal(prior_mean.expand(K, M), torch.tensor(self.bias_scale, dtype=dtype))
+            .to_event(2),
         )  # S + (K, M)
         logits = bias.unsqueeze(-3)  # S + (1, K, M)
         if self.input_dependent:
-            features = inputs.origin_vol[:, 0, :]  # (N, V) of the first target
+            features = select_vol_features(inputs.origin_vol[:, 0, :], self.feature_names)
             coef = pyro.sample(
                 "coef",
                 dist.Normal(torch.zeros((), dtype=dtype), torch.tensor(0.5, dtype=dtype))
@@ -172,4 +294,44 @@ class MarkovGate:
             logits = logits + u.unsqueeze(-2)
         else:
             logits = logits.expand(logits.shape[:-3] + (n, K, M))
-        return GateOutput(log_init, log_trans, torch.log_softmax(logits, dim=-1))
+        log_weights = torch.log_softmax(logits, dim=-1)
+        return GateOutput(log_init, log_trans, log_weights, log_scale, timed)
+
+    def _transitions(self, inputs: ExpertInputs, dtype: torch.dtype):
+        r"""Sample the transition sites; return ``log_init``, ``log_trans``, ``log_trans_t``.
+
+        ``log_trans`` is :math:`\log \Pi`, ``S + (K, K)``. With transition features,
+        :math:`\Pi_n[i, j] \propto \Pi[i, j] \exp(\beta_j^\top x_n)` with
+        :math:`\beta_0 = 0` and :math:`x_n` the features at origin ``n``'s close,
+        ``log_trans_t`` ``S + (N, K, K)`` (else None). The initial regime follows the
+        stationary distribution of :math:`\Pi`.
+        """
+        K = self.n_regimes
+        if K == 1:
+            return torch.zeros(1, dtype=dtype), torch.zeros(1, 1, dtype=dtype), None
+        tiny = torch.finfo(dtype).tiny
+        trans = pyro.sample("transition", self.transition_prior(dtype))
+        log_init = stationary_distribution(trans).clamp_min(tiny).log()
+        log_trans = trans.clamp_min(tiny).log()
+        if not self.transition_features:
+            return log_init, log_trans, None
+        x = select_vol_features(inputs.origin_vol[:, 0, :], self.transition_features)  # (N, V)
+        one = torch.ones((), dtype=dtype)
+        beta = pyro.sample(
+            "transition_coef",
+            dist.Normal(0 * one, one).expand([K - 1, x.shape[-1]]).to_event(2),
+        )  # S + (K - 1, V)
+        tilt = torch.einsum("nv,...kv->...nk", x, beta)  # S + (N, K - 1)
+        tilt = torch.cat([torch.zeros_like(tilt[..., :1]), tilt], dim=-1)  # S + (N, K)
+        logits = log_trans.unsqueeze(-3) + tilt.unsqueeze(-2)  # S + (N, K, K)
+        return log_init, log_trans, torch.log_softmax(logits, dim=-1)
+
+    def _levels(self, dtype: torch.dtype) -> torch.Tensor:
+        r"""Sample the steps :math:`\delta` and return :math:`\lambda`: shape ``S + (K,)``."""
+        K = self.n_regimes
+        if not self.volatility_levels:
+            return torch.zeros(K, dtype=dtype)
+        a, b = (torch.tensor(v, dtype=dtype) for v in self.level_prior)
+        step = pyro.sample("level_step", dist.Gamma(a, b).expand([K - 1]).to_event(1))
+        zero = torch.zeros(step.shape[:-1] + (1,), dtype=dtype)
+        return torch.cat([zero, step.cumsum(-1)], dim=-1)

@@ -3,8 +3,10 @@ r"""The Bayesian mixture of experts with a Markov-switching gate.
 .. math::
 
     p(y_{1:N} \mid \theta) = \sum_{z_{1:N}} \pi_{z_1} \prod_{n} \Pi_{z_{n-1} z_n}
-    \sum_{m=1}^{M} g_{n, z_n, m}\, p_m(y_n \mid X_n; \theta_m),
+    \sum_{m=1}^{M} g_{n, z_n, m}\, p_m^{(z_n)}(y_n \mid X_n; \theta_m),
 
+where :math:`p_m^{(k)}` is expert ``m``'s predictive stretched by regime ``k``'s
+volatility level (:mod:`bayes_moe.models.gate`),
 with the regime path marginalised exactly by the forward algorithm in log space
 (:func:`bayes_moe.inference.hmm.hmm_log_evidence`, a parallel scan over time),
 entering the Pyro model as one ``pyro.factor``. :class:`BayesianMoE` is the model
@@ -15,6 +17,7 @@ and leaves the specification unchanged.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,6 +30,7 @@ from torch import nn
 
 from bayes_moe.data.windows import ExpertInputs, ModelData, prepare
 from bayes_moe.inference.hmm import hmm_log_evidence
+from bayes_moe.models.distributions import regime_log_prob
 from bayes_moe.models.experts import Expert, expert_spec, make_expert
 from bayes_moe.models.gate import GateOutput, MarkovGate
 
@@ -49,13 +53,22 @@ class MixtureComponents:
     gate: GateOutput
 
     def expert_log_probs(self, response: torch.Tensor) -> torch.Tensor:
-        """``log p_m(y_n)``: shape ``S + (N, M)``; ``response`` ``(N, d_y)`` must be finite."""
+        """``log p_m(y_n)`` at the experts' own scale: shape ``S + (N, M)``.
+
+        ``response`` ``(N, d_y)`` must be finite.
+        """
         return torch.stack([d.log_prob(response) for d in self.experts], dim=-1)
 
+    def regime_log_probs(self, response: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log p_m^{(k)}(y_n)`, each expert at each regime's level: ``S + (N, K, M)``."""
+        log_scale = self.gate.log_scale
+        return torch.stack(
+            [regime_log_prob(d, response, log_scale) for d in self.experts], dim=-1
+        )
+
     def log_emission(self, response: torch.Tensor) -> torch.Tensor:
-        r"""Regime emissions :math:`\log \sum_m g_{n,k,m} p_m(y_n)`: shape ``S + (N, K)``."""
-        log_p = self.expert_log_probs(response).unsqueeze(-2)  # S + (N, 1, M)
-        return torch.logsumexp(self.gate.log_weights + log_p, dim=-1)
+        r"""Regime emissions :math:`\log \sum_m g_{n,k,m} p^{(k)}_m(y_n)`: shape ``S + (N, K)``."""
+        return torch.logsumexp(self.gate.log_weights + self.regime_log_probs(response), dim=-1)
 
 
 def expert_labels(experts: Sequence[Expert]) -> list[str]:
@@ -91,12 +104,22 @@ class MoEProgram(nn.Module):
         self.gate = gate
         self.expert_dropout = float(expert_dropout)
 
+    def expert_inputs(self, inputs: ExpertInputs) -> ExpertInputs:
+        """``inputs`` with the scale features the gate leaves to the experts.
+
+        When the regimes carry the volatility level, the slow summaries drive the
+        transitions and the experts' scale models read the others by default
+        (:attr:`MarkovGate.expert_features`).
+        """
+        return inputs.with_scale_features(self.gate.expert_features)
+
     def components(self, inputs: ExpertInputs) -> MixtureComponents:
         """Sample every parameter (sites ``"<label>/<param>"``, ``"gate/<param>"``)."""
+        expert_inputs = self.expert_inputs(inputs)
         dists = []
         for label, expert in zip(self.labels, self.experts):
             with scope(prefix=label, inner=False):
-                dists.append(expert.model(inputs))
+                dists.append(expert.model(expert_inputs))
         with scope(prefix="gate", inner=False):
             gate = self.gate.model(inputs, self.groups)
         return MixtureComponents(dists, gate)
@@ -113,10 +136,12 @@ class MoEProgram(nn.Module):
         comps = self.components(inputs)
         gate = comps.gate
         if self.training and self.expert_dropout > 0:
-            gate = GateOutput(gate.log_init, gate.log_trans, self._drop(gate.log_weights))
+            gate = dataclasses.replace(gate, log_weights=self._drop(gate.log_weights))
             comps = MixtureComponents(comps.experts, gate)
         log_emit = comps.log_emission(response)
-        log_evidence = hmm_log_evidence(gate.log_init, gate.log_trans, log_emit)
+        log_evidence = hmm_log_evidence(
+            gate.log_init, gate.hmm_trans, log_emit, time_varying=gate.time_varying
+        )
         pyro.factor("log_evidence", log_evidence)
         return log_evidence
 
@@ -198,11 +223,16 @@ class BayesianMoE:
 
     @classmethod
     def from_config(cls, config: Mapping) -> BayesianMoE:
-        """Inverse of :meth:`config`."""
+        """Inverse of :meth:`config`.
+
+        Configurations written before regimes had volatility levels (checkpoint format
+        1) have no ``volatility_levels`` key; they describe gates without levels.
+        """
+        gate = {"volatility_levels": False, **config["gate"]}
         return cls(
             experts=config["experts"],
             window=config["window"],
-            gate=MarkovGate(**config["gate"]),
+            gate=MarkovGate(**gate),
             expert_dropout=config.get("expert_dropout", 0.0),
         )
 

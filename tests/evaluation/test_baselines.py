@@ -29,6 +29,7 @@ from bayes_moe.data.errors import DataError
 from bayes_moe.evaluation.baselines import (
     BASELINES,
     EWMA,
+    P1_ANCHORS,
     ArchT,
     ConstantNormal,
     LogHAR,
@@ -42,13 +43,7 @@ from bayes_moe.evaluation.distributions import LocationScaleMixture
 TEST_START, TEST_END = "2015-01-02", "2018-12-31"
 
 # Measured anchors: (mean log score, mean CRPS).
-ANCHORS = {
-    "garch_t": (-1.0757, 0.4317),
-    "egarch_t": (-1.0628, 0.4277),
-    "ms3": (-1.0982, 0.4363),
-    "har": (-1.0545, 0.4287),
-    "har_vix": (-1.0283, 0.4250),
-}
+ANCHORS = P1_ANCHORS  # (mean log score, mean CRPS)
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ def test_location_scale_form_has_the_exact_mixture_density(small_fit):
     np.testing.assert_allclose(flat.log_prob(y), mixture.log_prob(y[:, None]), rtol=1e-10)
     np.testing.assert_allclose(flat.mean(), mixture.mean[:, 0], rtol=1e-9)
     np.testing.assert_allclose(flat.variance(), mixture.variance[:, 0], rtol=1e-9)
-    assert flat.n_components == mixture.n_draws * len(mixture.experts)
+    K = mixture.log_weights.shape[2]
+    assert flat.n_components == mixture.n_draws * K * len(mixture.experts)
 
 
 def test_two_target_var_is_scored_on_the_first_target_marginal(sp500):

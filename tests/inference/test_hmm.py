@@ -79,11 +79,16 @@ def np_logsumexp(x: np.ndarray, axis=None) -> np.ndarray:
 
 
 def enumerate_paths(log_init, log_trans, log_emit):
-    """All K^T paths and their log joint densities log p(z_{1:T}, y_{1:T})."""
+    """All K^T paths and their log joint densities log p(z_{1:T}, y_{1:T}).
+
+    ``log_trans`` is (K, K), or (T, K, K) with entry t leading into step t.
+    """
     num_steps, num_states = log_emit.shape
+    steps = np.broadcast_to(log_trans, (num_steps, num_states, num_states))
     paths = np.array(list(itertools.product(range(num_states), repeat=num_steps)))
     log_joint = log_init[paths[:, 0]] + log_emit[np.arange(num_steps), paths].sum(axis=1)
-    log_joint = log_joint + log_trans[paths[:, :-1], paths[:, 1:]].sum(axis=1)
+    into = np.arange(1, num_steps)
+    log_joint = log_joint + steps[into, paths[:, :-1], paths[:, 1:]].sum(axis=1)
     return paths, log_joint
 
 
@@ -94,7 +99,8 @@ def brute_force(log_init, log_trans, log_emit):
     log_evidence = np_logsumexp(log_joint)
 
     def marginal_of_last(emit):
-        sub_paths, sub_joint = enumerate_paths(log_init, log_trans, emit)
+        sub_trans = log_trans if log_trans.ndim == 2 else log_trans[: len(emit)]
+        sub_paths, sub_joint = enumerate_paths(log_init, sub_trans, emit)
         last = sub_paths[:, -1]
         log_marg = np.array([np_logsumexp(sub_joint[last == k]) for k in range(num_states)])
         return log_marg - np_logsumexp(log_marg), np_logsumexp(sub_joint)
@@ -129,10 +135,14 @@ def brute_force(log_init, log_trans, log_emit):
 
 
 def parallel(fn):
-    """Wrap a torch kernel so that it takes and returns numpy, like the references."""
+    """Wrap a torch kernel so that it takes and returns numpy, like the references.
 
-    def wrapped(*args):
-        out = fn(*(torch.as_tensor(a) for a in args))
+    A (T, K, K) ``log_trans`` is passed on as time-varying, as the references read it.
+    """
+
+    def wrapped(log_init, log_trans, log_emit):
+        args = (torch.as_tensor(a) for a in (log_init, log_trans, log_emit))
+        out = fn(*args, time_varying=np.ndim(log_trans) == 3)
         return type(out)(*(np.asarray(x.detach()) for x in out))
 
     return wrapped
@@ -188,6 +198,63 @@ def test_matches_brute_force_enumeration(implementation, num_steps, num_states, 
     if implementation == "parallel":
         evidence = hmm_log_evidence(*(torch.as_tensor(p) for p in params))
         np.testing.assert_allclose(evidence.item(), oracle["log_evidence"], atol=1e-10)
+
+
+@pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
+@settings(max_examples=20, deadline=None)
+@given(
+    num_steps=st.integers(1, 6),
+    num_states=st.integers(2, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_time_varying_transitions_match_brute_force_enumeration(
+    implementation, num_steps, num_states, seed
+):
+    # An input-output HMM: a different transition matrix into every step. Oracle: full
+    # enumeration with p(z_{1:T}) = p(z_1) prod_t P^(t)[z_{t-1}, z_t].
+    log_init, _, log_emit = random_hmm(seed, num_steps, num_states, 3.0)
+    rng = np.random.default_rng(seed + 1)
+    log_trans = np.log(rng.dirichlet(np.ones(num_states), size=(num_steps, num_states)))
+    oracle = brute_force(log_init, log_trans, log_emit)
+    filter_fn, smoother_fn, viterbi_fn = IMPLEMENTATIONS[implementation]
+    filtered = filter_fn(log_init, log_trans, log_emit)
+    for name in ("log_filtered", "log_predicted"):
+        assert_log_probs_close(getattr(filtered, name), oracle[name])
+    np.testing.assert_allclose(filtered.log_evidence, oracle["log_evidence"], atol=1e-10)
+    assert_log_probs_close(
+        smoother_fn(log_init, log_trans, log_emit).log_smoothed, oracle["log_smoothed"]
+    )
+    path, log_max = viterbi_fn(log_init, log_trans, log_emit)
+    np.testing.assert_array_equal(path, oracle["path"])
+    np.testing.assert_allclose(log_max, oracle["log_max"], atol=1e-10)
+    if implementation == "parallel":
+        args = (torch.as_tensor(a) for a in (log_init, log_trans, log_emit))
+        evidence = hmm_log_evidence(*args, time_varying=True)
+        np.testing.assert_allclose(evidence.item(), oracle["log_evidence"], atol=1e-10)
+
+
+def test_time_varying_with_equal_matrices_equals_homogeneous_batched():
+    # The same matrix at every step must reproduce the homogeneous kernels exactly,
+    # with batch dimensions (draws) broadcast against a time-varying log_trans.
+    log_init, log_trans, log_emit = (torch.as_tensor(a) for a in random_hmm(5, 40, 3))
+    batch_trans = torch.stack([log_trans, log_trans.flip(-1)])  # (2, K, K)
+    varying = batch_trans.unsqueeze(1).expand(2, 40, 3, 3)
+    for fn in (hmm_filter, hmm_smoother):
+        homogeneous, timed = fn(log_init, batch_trans, log_emit), fn(
+            log_init, varying, log_emit, time_varying=True
+        )
+        for a, b in zip(homogeneous, timed):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        hmm_log_evidence(log_init, batch_trans, log_emit),
+        hmm_log_evidence(log_init, varying, log_emit, time_varying=True),
+    )
+    assert torch.equal(
+        hmm_viterbi(log_init, batch_trans, log_emit).path,
+        hmm_viterbi(log_init, varying, log_emit, time_varying=True).path,
+    )
+    with pytest.raises(ValueError, match=r"\(\.\.\., T, K, K\)"):
+        hmm_filter(log_init, batch_trans, log_emit, time_varying=True)
 
 
 def test_structural_zeros_match_brute_force_with_finite_gradients():

@@ -6,21 +6,25 @@ import torch
 from scipy import stats
 
 from bayes_moe.inference.hmm import hmm_propagate
-from bayes_moe.models.distributions import index_batch
+from bayes_moe.models.distributions import index_batch, rescale
 
 
-def test_mixture_density_is_the_average_over_draws_and_experts(small_fit):
+def test_mixture_density_is_the_average_over_draws_regimes_and_experts(small_fit):
     mixture = small_fit.predictive(start=small_fit.data.origin_dates[-5])
     y = np.array([[-1.3], [0.2], [0.0], [2.5], [0.4]])[: len(mixture.dates)]
     z = (y - mixture.loc) / mixture.scale
-    # Direct: (1/S) sum_s sum_m w_sm p_m(z | theta_s) / scale, one origin at a time.
+    K = mixture.log_weights.shape[2]
+    assert K == 2 and (mixture.log_scale[:, 1] > 0).all()
+    # Direct: (1/S) sum_s sum_k sum_m w_skm p_m^(k)(z | theta_s) / scale, where p_m^(k) is
+    # the expert's predictive with its scale times exp(lambda_k), one origin at a time.
     for n in range(len(mixture.dates)):
         total = 0.0
         for s in range(mixture.n_draws):
-            for m, expert in enumerate(mixture.experts):
-                d = index_batch(expert, (s, n))
-                w = mixture.log_weights[s, n, m].exp().item()
-                total += w * d.log_prob(torch.as_tensor(z[n])).exp().item()
+            for k in range(K):
+                for m, expert in enumerate(mixture.experts):
+                    d = rescale(index_batch(expert, (s, n)), mixture.log_scale[s, k])
+                    w = mixture.log_weights[s, n, k, m].exp().item()
+                    total += w * d.log_prob(torch.as_tensor(z[n])).exp().item()
         expected = np.log(total / mixture.n_draws / mixture.scale[0])
         assert mixture.log_prob(y)[n] == pytest.approx(expected, rel=1e-10)
 

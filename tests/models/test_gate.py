@@ -7,7 +7,7 @@ import torch
 from pyro import poutine
 
 import bayes_moe as bm
-from bayes_moe.data.windows import prepare
+from bayes_moe.data.windows import SLOW_VOL_FEATURES, VOL_FEATURES, prepare
 from bayes_moe.models.gate import horizon_preference
 
 
@@ -39,10 +39,13 @@ def test_weights_are_distributions_and_depend_on_the_input(inputs):
     w = out.log_weights.exp()
     assert w[:, 0].std(0).max() > 1e-3
     assert not torch.allclose(w[:, 0], w[:, 1])
-    # log softmax of b_k + W f_t, recomputed by hand.
+    # log softmax of b_k + W f_t, recomputed by hand from the named summaries: by
+    # default those the regimes leave to the experts (all but the transition features).
+    assert gate.feature_names == tuple(f for f in VOL_FEATURES if f not in SLOW_VOL_FEATURES)
     bias = trace.nodes["bias"]["value"]
     coef = trace.nodes["coef"]["value"]
-    logits = bias[None] + (inputs.origin_vol[:, 0, :] @ coef.T)[:, None, :]
+    columns = [VOL_FEATURES.index(f) for f in gate.feature_names]
+    logits = bias[None] + (inputs.origin_vol[:, 0, columns] @ coef.T)[:, None, :]
     torch.testing.assert_close(out.log_weights, torch.log_softmax(logits, -1))
 
 

@@ -11,8 +11,9 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 
 import bayes_moe as bm
-from bayes_moe.data.windows import prepare
+from bayes_moe.data.windows import SLOW_VOL_FEATURES, VOL_FEATURES, prepare
 from bayes_moe.inference.posterior import conditioned_components
+from bayes_moe.models.distributions import rescale
 
 
 def _prior_draw(program, inputs, response, seed):
@@ -25,10 +26,15 @@ def _prior_draw(program, inputs, response, seed):
     }
 
 
-def _setup(sp500, rows, experts=("ar", "var", "kalman"), n_regimes=3, seed=0):
+GATES = {"input-output": {}, "homogeneous": {"transition_features": ()}}
+
+
+def _setup(sp500, rows, experts=("ar", "var", "kalman"), n_regimes=3, seed=0, gate=None):
     frame = sp500.iloc[:rows]
     data = prepare(frame, targets=["ret"], window=3, horizon=1, min_observations=1)
-    model = bm.BayesianMoE(experts=list(experts), n_regimes=n_regimes, window=3)
+    model = bm.BayesianMoE(
+        experts=list(experts), window=3, gate=bm.MarkovGate(n_regimes, **(gate or {}))
+    )
     program = model.program().eval()
     inputs = data.inputs.at(data.inputs.origins[: data.n_observed])
     response = data.observed_response
@@ -41,46 +47,85 @@ def _model_log_evidence(program, inputs, response, params):
         return poutine.condition(program, data=params)(inputs, response)
 
 
-def test_log_evidence_equals_enumeration_over_all_regime_paths(sp500):
-    # Oracle: sum over all K^T regime paths of p(z_{1:T}) prod_t sum_m g p_m(y_t).
-    program, inputs, response, params = _setup(sp500, rows=8)
+def _rescaled_log_probs(comps, response):
+    """log p_m^{(k)}(y_t) from explicitly rescaled distributions: (T, K, M)."""
+    levels = comps.gate.log_scale
+    return torch.stack(
+        [
+            torch.stack([rescale(d, lam).log_prob(response) for lam in levels], dim=-1)
+            for d in comps.experts
+        ],
+        dim=-1,
+    )
+
+
+def _transitions_by_hand(params, inputs, names):
+    """Transition into each day's regime, (T, K, K), from the sampled sites alone.
+
+    Homogeneous: Pi. Input-output: Pi_t[i, j] ~ Pi[i, j] exp(beta_j' x_t), beta_0 = 0,
+    x_t the transition features ``names`` at the day's origin.
+    """
+    trans = params["gate/transition"]
+    T, K = inputs.n_origins, trans.shape[-1]
+    if "gate/transition_coef" not in params:
+        return trans.expand(T, K, K)
+    coef = params["gate/transition_coef"]  # (K - 1, V_x)
+    beta = torch.cat([torch.zeros(1, len(names), dtype=trans.dtype), coef])
+    x = inputs.origin_vol[:, 0, [VOL_FEATURES.index(f) for f in names]]  # (T, V_x)
+    unnormalized = trans[None] * torch.exp(x @ beta.T)[:, None, :]
+    return unnormalized / unnormalized.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("gate", sorted(GATES))
+def test_log_evidence_equals_enumeration_over_all_regime_paths(sp500, gate):
+    # Oracle: sum over all K^T regime paths of p(z_{1:T}) prod_t sum_m g p_m^{(k)}(y_t),
+    # each expert's predictive stretched by the regime's volatility level, with
+    # p(z_t | z_{t-1}) from Pi (and the slow volatility summaries, input-output).
+    program, inputs, response, params = _setup(sp500, rows=8, gate=GATES[gate])
+    assert ("gate/transition_coef" in params) == (gate == "input-output")
+    assert program.gate.volatility_levels and "gate/level_step" in params
     comps = conditioned_components(program, params, inputs)
-    log_p = comps.expert_log_probs(response)  # (T, M)
+    log_p = _rescaled_log_probs(comps, response)  # (T, K, M)
+    assert not torch.allclose(log_p[:, 0], log_p[:, -1])  # the levels matter
     log_w = comps.gate.log_weights  # (T, K, M)
-    emission = torch.logsumexp(log_w + log_p.unsqueeze(-2), dim=-1).numpy()  # (T, K)
+    emission = torch.logsumexp(log_w + log_p, dim=-1).numpy()  # (T, K)
     init = comps.gate.log_init.numpy()
-    trans = comps.gate.log_trans.numpy()
+    names = program.gate.transition_features
+    assert set(SLOW_VOL_FEATURES) <= set(names) or gate == "homogeneous"
+    trans = _transitions_by_hand(params, inputs, names).log().numpy()
     T, K = emission.shape
     assert T == 5
     path_scores = []
     for path in itertools.product(range(K), repeat=T):
         score = init[path[0]] + emission[0, path[0]]
         for t in range(1, T):
-            score += trans[path[t - 1], path[t]] + emission[t, path[t]]
+            score += trans[t, path[t - 1], path[t]] + emission[t, path[t]]
         path_scores.append(score)
     expected = np.logaddexp.reduce(path_scores)
     actual = _model_log_evidence(program, inputs, response, params).item()
     assert actual == pytest.approx(expected, rel=1e-12, abs=1e-10)
 
 
-def test_log_evidence_equals_unrolled_pyro_model_under_traceenum(sp500):
+@pytest.mark.parametrize("gate", sorted(GATES))
+def test_log_evidence_equals_unrolled_pyro_model_under_traceenum(sp500, gate):
     # Oracle: an unrolled Pyro model with one discrete z_t per day, marginalized by
     # TraceEnum_ELBO (variable elimination), on 60 days of real returns.
-    program, inputs, response, params = _setup(sp500, rows=64, n_regimes=2, seed=3)
+    program, inputs, response, params = _setup(
+        sp500, rows=64, n_regimes=2, seed=3, gate=GATES[gate]
+    )
     comps = conditioned_components(program, params, inputs)
-    trans = comps.gate.log_trans.exp()
+    trans = _transitions_by_hand(params, inputs, program.gate.transition_features)
     init = comps.gate.log_init.exp()
     weights = comps.gate.log_weights.exp()  # (T, K, M)
-    expert_dists = comps.experts
+    log_p_all = _rescaled_log_probs(comps, response)  # (T, K, M)
 
     @config_enumerate
     def unrolled():
         z = pyro.sample("z_0", dist.Categorical(init))
         for t in pyro.markov(range(response.shape[0])):
             if t > 0:
-                z = pyro.sample(f"z_{t}", dist.Categorical(trans[z]))
-            log_p = torch.stack([d.log_prob(response)[t] for d in expert_dists], dim=-1)  # (M,)
-            density = torch.logsumexp(weights[t][z].log() + log_p, dim=-1)
+                z = pyro.sample(f"z_{t}", dist.Categorical(trans[t][z]))
+            density = torch.logsumexp(weights[t][z].log() + log_p_all[t][z], dim=-1)
             pyro.factor(f"y_{t}", density)
 
     def empty_guide():

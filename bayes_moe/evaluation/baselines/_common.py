@@ -8,9 +8,6 @@ from scipy import optimize, stats
 
 from bayes_moe.data.errors import DataError, format_date
 
-#: Business day offset used to date forecasts whose realized day lies beyond ``frame``.
-_BDAY = pd.offsets.BDay()
-
 
 def _check_frame(frame: pd.DataFrame, what: str) -> None:
     if not isinstance(frame, pd.DataFrame):
@@ -62,32 +59,6 @@ def _origin_positions(frame: pd.DataFrame, origins, horizon: int) -> np.ndarray:
             f"({len(missing)} of {len(origins)} origins missing)"
         )
     return pos
-
-
-def realized_dates(index: pd.DatetimeIndex, positions: np.ndarray, horizon: int):
-    """Dates of the realized values of origins at ``positions``, horizon ``h``.
-
-    Row ``t + h`` of ``index`` where it exists, else the origin date plus ``h``
-    business days.
-
-    Parameters
-    ----------
-    index : DatetimeIndex (T,)
-        Dates of the frame.
-    positions : ndarray of int (n,)
-        Row positions of the origins.
-    horizon : int
-
-    Returns
-    -------
-    DatetimeIndex (n,)
-    """
-    positions = np.asarray(positions)
-    target = positions + horizon
-    inside = target < len(index)
-    out = (index[positions] + horizon * _BDAY).to_numpy().copy()
-    out[inside] = index[target[inside]].to_numpy()
-    return pd.DatetimeIndex(out, name="date")
 
 
 def _fit_unit_t_df(z: np.ndarray) -> float:

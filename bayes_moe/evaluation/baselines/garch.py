@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from bayes_moe.evaluation.backtest import realized_dates
 from bayes_moe.evaluation.baselines._common import (
     _finite_column,
     _origin_positions,
     _t_scale,
     _train_returns,
-    realized_dates,
 )
 from bayes_moe.evaluation.distributions import LocationScaleMixture
 

@@ -9,11 +9,11 @@ import pandas as pd
 
 from bayes_moe.data.errors import DataError, format_date
 from bayes_moe.data.features import parkinson_variance
+from bayes_moe.evaluation.backtest import realized_dates
 from bayes_moe.evaluation.baselines._common import (
     _fit_unit_t_df,
     _origin_positions,
     _train_returns,
-    realized_dates,
 )
 from bayes_moe.evaluation.distributions import LocationScaleMixture
 

@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
+from bayes_moe.evaluation.backtest import realized_dates
 from bayes_moe.evaluation.baselines._common import (
     _finite_column,
     _origin_positions,
     _train_returns,
-    realized_dates,
 )
 from bayes_moe.evaluation.distributions import LocationScaleMixture
 

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 from scipy import signal
 
+from bayes_moe.evaluation.backtest import realized_dates
 from bayes_moe.evaluation.baselines._common import (
     _finite_column,
     _origin_positions,
     _train_returns,
-    realized_dates,
 )
 from bayes_moe.evaluation.distributions import LocationScaleMixture
 

@@ -17,6 +17,8 @@ Priors (standardized units): :math:`\phi_0 \sim \mathcal N(0, 1)`,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -35,6 +37,8 @@ class AR(Expert):
         Number of lags ``p >= 0``.
     family : {"studentt", "normal"}
     heteroscedastic : bool
+    scale_features : sequence of str, optional
+        Volatility summaries of the scale model (:class:`NoiseModel`; default all).
     """
 
     name = "ar"
@@ -44,16 +48,23 @@ class AR(Expert):
         "intercept": ("target",),
         "coef": ("target", "lag"),
         "scale": ("target",),
-        "vol_coef": ("target", "vol_feature"),
+        "vol_coef": ("target", "scale_feature"),
         "df": ("target",),
     }
 
-    def __init__(self, order: int = 2, *, family: str = "studentt", heteroscedastic: bool = True):
+    def __init__(
+        self,
+        order: int = 2,
+        *,
+        family: str = "studentt",
+        heteroscedastic: bool = True,
+        scale_features: Sequence[str] | None = None,
+    ):
         super().__init__()
         if order < 0:
             raise ValueError(f"AR order must be >= 0, got {order}")
         self.order = order
-        self.noise = NoiseModel(family, heteroscedastic)
+        self.noise = NoiseModel(family, heteroscedastic, scale_features)
 
     def config(self) -> dict:
         """Constructor arguments."""
@@ -61,7 +72,7 @@ class AR(Expert):
 
     def param_coords(self, inputs: ExpertInputs) -> dict[str, list]:
         """Lags are numbered from 1."""
-        return {"lag": list(range(1, self.order + 1))}
+        return super().param_coords(inputs) | {"lag": list(range(1, self.order + 1))}
 
     def model(self, inputs: ExpertInputs) -> dist.Distribution:
         """Sample the AR parameters and return the predictive (see :meth:`Expert.model`)."""
@@ -76,6 +87,8 @@ class AR(Expert):
             )  # S + (d_y, p)
             lags = inputs.windows(self.order).flip(-2).transpose(-1, -2)  # (N, d_y, p), lag 1 first
             loc = loc + (lags * coef.unsqueeze(-3)).sum(-1)
-        scale = self.noise.sample_scale(inputs.origin_vol, dtype=dtype)
+        scale = self.noise.sample_scale(
+            inputs.origin_vol, dtype=dtype, available=inputs.scale_features
+        )
         df = self.noise.sample_df(d_y, dtype=dtype)
         return self.noise.predictive(loc, scale, df)

@@ -112,9 +112,14 @@ class Expert(nn.Module, ABC):
         """Coordinate values of the dimensions in :attr:`param_dims` (for ArviZ).
 
         Dimensions not listed get integer coordinates; ``target`` and ``vol_feature``
-        are filled in by the mixture.
+        are filled in by the mixture. The default names ``scale_feature``, the
+        volatility summaries of the expert's scale model, when it has one (``noise``).
+        Subclasses extend the returned dict.
         """
-        return {}
+        noise = getattr(self, "noise", None)
+        if noise is None:
+            return {}
+        return {"scale_feature": list(noise.feature_names(inputs.scale_features))}
 
     def extra_repr(self) -> str:
         """Constructor arguments in ``repr``."""

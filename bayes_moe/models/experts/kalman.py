@@ -31,6 +31,8 @@ J. Durbin and S. J. Koopman, *Time Series Analysis by State Space Methods*, 2012
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -107,18 +109,23 @@ class Kalman(Expert):
         "state_scale": ("target",),
         "obs_intercept": ("target",),
         "scale": ("target",),
-        "vol_coef": ("target", "vol_feature"),
+        "vol_coef": ("target", "scale_feature"),
         "df": ("target",),
     }
 
     def __init__(
-        self, state_dim: int = 1, *, family: str = "studentt", heteroscedastic: bool = True
+        self,
+        state_dim: int = 1,
+        *,
+        family: str = "studentt",
+        heteroscedastic: bool = True,
+        scale_features: Sequence[str] | None = None,
     ):
         super().__init__()
         if state_dim < 1:
             raise ValueError(f"state_dim must be >= 1, got {state_dim}")
         self.state_dim = state_dim
-        self.noise = NoiseModel(family, heteroscedastic)
+        self.noise = NoiseModel(family, heteroscedastic, scale_features)
 
     def config(self) -> dict:
         """Constructor arguments."""
@@ -138,7 +145,9 @@ class Kalman(Expert):
         vol_prev = torch.cat([torch.zeros_like(vol[:1]), vol[:-1]], dim=0)  # (T, d_y, V)
         n_rows = vol.shape[0]
         rows_and_origins = torch.cat([vol_prev, inputs.origin_vol], dim=0)
-        scale = self.noise.sample_scale(rows_and_origins, dtype=dtype)  # S + (T + N, d_y)
+        scale = self.noise.sample_scale(
+            rows_and_origins, dtype=dtype, available=inputs.scale_features
+        )  # S + (T + N, d_y)
         obs_var = scale.square().transpose(-1, -2)  # S + (d_y, T + N)
         df = self.noise.sample_df(d_y, dtype=dtype)
 

@@ -32,7 +32,8 @@ data based on skew-t distributions", JBES 28(1), 2010.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
@@ -40,7 +41,7 @@ import torch
 from torch.distributions import constraints
 from torch.distributions.transforms import AffineTransform
 
-from bayes_moe.data.windows import VOL_FEATURES
+from bayes_moe.data.windows import select_vol_features, vol_feature_names
 
 
 class ShiftedGamma(dist.TransformedDistribution):
@@ -72,26 +73,53 @@ class NoiseModel:
         Predictive family.
     heteroscedastic : bool
         Regress the log scale on the volatility summaries (else constant scale).
+    features : sequence of str, optional
+        The summaries :math:`f_{t,v}` the log scale regresses on, a subset of
+        :data:`~bayes_moe.data.windows.VOL_FEATURES`. Default: those the mixture
+        leaves to the experts (:attr:`ExpertInputs.scale_features`: all of them, or,
+        when the regimes carry the volatility level, all but the slow ones).
     """
 
     family: str = "studentt"
     heteroscedastic: bool = True
+    features: Sequence[str] | None = None
 
     def __post_init__(self):
         if self.family not in ("studentt", "normal"):
             raise ValueError(f"family must be 'studentt' or 'normal', got {self.family!r}")
+        if self.features is not None:
+            object.__setattr__(
+                self, "features", vol_feature_names(self.features, "scale_features")
+            )
+
+    def feature_names(self, available: Sequence[str] | None = None) -> tuple[str, ...]:
+        """Names of the summaries the scale regresses on (in :data:`VOL_FEATURES` order).
+
+        ``available`` is the default when the model chose none (``inputs.scale_features``).
+        """
+        return vol_feature_names(self.features if self.features is not None else available)
 
     def config(self) -> dict:
-        """JSON-serializable constructor arguments."""
-        return asdict(self)
+        """JSON-serializable arguments, named as the experts' constructors take them."""
+        features = None if self.features is None else list(self.feature_names())
+        return {
+            "family": self.family,
+            "heteroscedastic": self.heteroscedastic,
+            "scale_features": features,
+        }
 
-    def sample_scale(self, vol: torch.Tensor, *, dtype: torch.dtype) -> torch.Tensor:
+    def sample_scale(
+        self, vol: torch.Tensor, *, dtype: torch.dtype, available: Sequence[str] | None = None
+    ) -> torch.Tensor:
         r"""Sample ``scale`` (and ``vol_coef``) and return :math:`s_t`.
 
         Parameters
         ----------
         vol : Tensor, shape ``(n, d_y, V)``
-            Volatility summaries at the days the scale applies to.
+            Volatility summaries (all of :data:`VOL_FEATURES`) at the days the scale
+            applies to; the scale reads those of :meth:`feature_names`.
+        available : sequence of str, optional
+            The default summaries (``inputs.scale_features``).
 
         Returns
         -------
@@ -102,10 +130,11 @@ class NoiseModel:
         sigma = pyro.sample("scale", dist.LogNormal(0 * one, one).expand([d_y]).to_event(1))
         log_scale = sigma.log().unsqueeze(-2)  # S + (1, d_y)
         if self.heteroscedastic:
+            vol = select_vol_features(vol, self.feature_names(available))
             coef = pyro.sample(
                 "vol_coef",
-                dist.Normal(0 * one, 0.5 * one).expand([d_y, len(VOL_FEATURES)]).to_event(2),
-            )  # S + (d_y, V)
+                dist.Normal(0 * one, 0.5 * one).expand([d_y, vol.shape[-1]]).to_event(2),
+            )  # S + (d_y, V')
             log_scale = log_scale + (vol * coef.unsqueeze(-3)).sum(-1)
         # Expanded so that a constant scale also has one row per day, as documented.
         return log_scale.exp().expand(log_scale.shape[:-2] + vol.shape[-3:-1])

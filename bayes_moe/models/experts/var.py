@@ -54,6 +54,8 @@ class VAR(Expert):
         with ``"ret_"`` (besides the targets).
     family : {"studentt", "normal"}
     heteroscedastic : bool
+    scale_features : sequence of str, optional
+        Volatility summaries of the scale model (:class:`NoiseModel`; default all).
     tightness, cross_tightness : float
         Minnesota :math:`\lambda` and :math:`\theta`.
     """
@@ -65,7 +67,7 @@ class VAR(Expert):
         "intercept": ("target",),
         "coef": ("target", "lag", "series"),
         "scale": ("target",),
-        "vol_coef": ("target", "vol_feature"),
+        "vol_coef": ("target", "scale_feature"),
         "df": ("df_dim",),
         "corr_chol": ("target", "target_bis"),
     }
@@ -77,6 +79,7 @@ class VAR(Expert):
         columns: Sequence[str] | None = None,
         family: str = "studentt",
         heteroscedastic: bool = True,
+        scale_features: Sequence[str] | None = None,
         tightness: float = 0.2,
         cross_tightness: float = 0.5,
     ):
@@ -85,7 +88,7 @@ class VAR(Expert):
             raise ValueError(f"VAR order must be >= 1, got {order}")
         self.order = order
         self.columns = None if columns is None else tuple(columns)
-        self.noise = NoiseModel(family, heteroscedastic)
+        self.noise = NoiseModel(family, heteroscedastic, scale_features)
         self.tightness = tightness
         self.cross_tightness = cross_tightness
 
@@ -108,7 +111,8 @@ class VAR(Expert):
 
     def param_coords(self, inputs: ExpertInputs) -> dict[str, list]:
         """Lags numbered from 1; series named by their columns."""
-        return {"lag": list(range(1, self.order + 1)), "series": list(self.reads(inputs))}
+        lags = list(range(1, self.order + 1))
+        return super().param_coords(inputs) | {"lag": lags, "series": list(self.reads(inputs))}
 
     def prior_scale(self, d_y: int, n_series: int, dtype: torch.dtype) -> torch.Tensor:
         """Minnesota prior standard deviations, shape ``(d_y, p, D)``."""
@@ -130,7 +134,9 @@ class VAR(Expert):
         lags = inputs.windows(self.order, system).flip(-2)  # (N, p, D), lag 1 first
         # loc[..., n, i] = c_i + sum_{l, j} A[..., i, l, j] * lags[n, l, j]
         loc = intercept.unsqueeze(-2) + torch.einsum("...ilj,nlj->...ni", coef, lags)
-        scale = self.noise.sample_scale(inputs.origin_vol, dtype=dtype)  # S + (N, d_y)
+        scale = self.noise.sample_scale(
+            inputs.origin_vol, dtype=dtype, available=inputs.scale_features
+        )  # S + (N, d_y)
         if d_y == 1:
             df = self.noise.sample_df(d_y, dtype=dtype)
             return self.noise.predictive(loc, scale, df)
