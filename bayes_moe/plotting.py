@@ -5,6 +5,7 @@ Numerics never import this module; it reads a fitted :class:`~bayes_moe.MoEFit`.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import arviz as az
@@ -143,9 +144,12 @@ def plot_regime_posterior(idata, path) -> Path:
     """
     names = ["regime_volatility", "regime_duration", "regime_expert_weight"]
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2 + 0.25 * 6))
-    for ax, name in zip(axes, names):
-        az.plot_forest(idata, var_names=[name], combined=True, hdi_prob=0.94, ax=ax)
-        ax.set_title(name.replace("_", " "), fontsize=10)
+    with warnings.catch_warnings():
+        # ArviZ 0.23 calls a helper that matplotlib 3.11 deprecates; nothing to act on.
+        warnings.filterwarnings("ignore", category=matplotlib.MatplotlibDeprecationWarning)
+        for ax, name in zip(axes, names):
+            az.plot_forest(idata, var_names=[name], combined=True, hdi_prob=0.94, ax=ax)
+            ax.set_title(name.replace("_", " "), fontsize=10)
     return _save(fig, path)
 
 
@@ -272,4 +276,31 @@ def plot_score_differences(results, reference: str, baseline: str, path) -> Path
         f"{reference} minus {baseline}: daily log predictive score (> 0: {reference} better)"
     )
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_lfo_compare(table: pd.DataFrame, path) -> Path:
+    """Leave-future-out comparison in the style of ``az.plot_compare``.
+
+    Open circles: each model's elpd with its standard error; grey triangles: the
+    difference from the best model with the standard error of the difference
+    (:func:`bayes_moe.evaluation.comparison.compare_lfo`).
+    """
+    table = table.sort_values("rank")
+    n = len(table)
+    fig, ax = plt.subplots(figsize=(7, 1.0 + 0.6 * n))
+    y = -np.arange(n, dtype=float)
+    ax.errorbar(table["elpd"], y, xerr=table["se"], fmt="o", mfc="white", color="black",
+                label="elpd (± se)")
+    best = table["elpd"].iloc[0]
+    others = table.iloc[1:]
+    ax.errorbar(best - others["elpd_diff"], y[1:] - 0.25, xerr=others["dse"], fmt="^",
+                color="grey", label="difference from the best (± dse)")
+    ax.axvline(best, color="grey", ls="--", lw=0.8)
+    labels = [f"{name}  (w={w:.2f})" for name, w in zip(table.index, table["weight"])]
+    ax.set_yticks(y, labels)
+    method = ", ".join(sorted(set(table["method"])))
+    ax.set_xlabel(f"elpd, leave-future-out ({method}), {int(table['n_days'].iloc[0])} days")
+    ax.set_title("Model comparison by one-step predictive density (higher is better)")
+    ax.legend(loc="lower left", fontsize=8)
     return _save(fig, path)

@@ -4,10 +4,12 @@ Fits the Bayesian mixture of experts (by default an AR, a VAR and a Kalman exper
 mixed by a 3-regime sticky Markov gate) to the daily S&P 500 percentage log returns
 bundled with ``arch`` (1999-2018, works offline), then prints what a quant looks at:
 
-* the regime posterior: the transition matrix (posterior mean), each regime's
-  expected duration 1 / (1 - P[k, k]) in days with its 94% credible
-  interval, each regime's predictive volatility, and the weight the gate gives each
-  expert within each regime; regimes are labelled 0 (calmest) to K-1 (most turbulent);
+* the regime report (``fit.regimes().summary()``): each regime's volatility, its
+  volatility level (the factor on every expert's scale), mean return, expected
+  duration in days, share of days as the most probable regime and its top experts,
+  each with a 94% credible interval; then the transition matrix at average
+  conditions (the transitions also respond to the weekly and monthly realized
+  variance); regimes are labelled 0 (calmest) to K-1 (most turbulent);
 * the regime on the last day: the filtered probability P(z_T | y_1..T) and its sd
   across posterior draws, so the regime call carries its own uncertainty;
 * the next-day forecast from the last close: mean, sd, 90% interval and quantiles of
@@ -44,6 +46,7 @@ import pandas as pd
 import bayes_moe as bm
 from bayes_moe import plotting
 from bayes_moe.io import atomic_path, write_json
+from bayes_moe.report import format_regime_summary
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
@@ -117,12 +120,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---------------------------------------------------------------- regime posterior
     section("regime posterior (0 = calmest)")
-    print("transition matrix P(z_t = to | z_t-1 = from), posterior mean:")
+    print("regime report, posterior mean [94% interval]:")
+    print(format_regime_summary(regimes.summary()))
+    print("\ntransition matrix P(z_t = to | z_t-1 = from) at average conditions, posterior mean:")
     print(regimes.transition.round(4).to_string())
     print("\nexpected duration (days), mean, sd and 94% interval:")
     print(regimes.expected_duration.round(2).to_string())
-    print("\npredictive volatility of each regime (% per day):")
-    print(regimes.volatility.round(3).to_string())
     print("\nexpert weight within each regime (posterior mean):")
     print(regimes.expert_weights.round(3).to_string())
 
@@ -188,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
             "q97%": duration["q97%"].tolist(),
         },
         "regime_volatility": regimes.volatility["mean"].tolist(),
+        "regime_summary": regimes.summary().reset_index().to_dict(orient="records"),
         "expert_weights": {
             "experts": list(regimes.expert_weights.columns),
             "by_regime": regimes.expert_weights.to_numpy().tolist(),

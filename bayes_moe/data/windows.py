@@ -56,10 +56,13 @@ VOL_FEATURES: tuple[str, ...] = (
 )
 #: Floor added to realized variance (in standardized units) before the log.
 VOL_FLOOR: float = 0.01
-#: The slowly moving summaries (a month and the EWMA's ~16-day memory). When the gate's
-#: regimes carry the volatility level they drive the regime transitions, and the
-#: experts' scales and the gate weights read the others (:class:`ExpertInputs`).
+#: The slowly moving summaries (a month and the EWMA's ~16-day memory). When they drive
+#: the regime transitions, the regimes carry the volatility level and these summaries
+#: are theirs alone: the experts' scales and the gate weights read the others.
 SLOW_VOL_FEATURES: tuple[str, ...] = ("log_rv_22", "log_ewma_var")
+#: The default transition features of regimes with volatility levels: the slow
+#: summaries plus the weekly variance, an early signal that the level is changing.
+TRANSITION_FEATURES: tuple[str, ...] = ("log_rv_5",) + SLOW_VOL_FEATURES
 
 
 def vol_feature_names(names: Sequence[str] | None, what: str = "features") -> tuple[str, ...]:

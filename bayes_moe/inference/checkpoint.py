@@ -21,7 +21,10 @@ from safetensors.torch import load_file, save_file
 from bayes_moe.io import atomic_path
 
 FORMAT = "bayes-moe-fit"
-FORMAT_VERSION = 1
+#: Version 2 added regime volatility levels and input-output transitions to the gate
+#: configuration. Version 1 files (gates without either) still load.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = ("1", "2")
 
 
 class CheckpointError(ValueError):
@@ -72,10 +75,10 @@ def read_checkpoint(path) -> tuple[dict, dict]:
             f"(format {metadata.get('format')!r}, expected {FORMAT!r})"
         )
     version = metadata.get("format_version", "?")
-    if version != str(FORMAT_VERSION):
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path} has checkpoint format version {version}; this bayes_moe reads version "
-            f"{FORMAT_VERSION}"
+            f"{path} has checkpoint format version {version}; this bayes_moe reads versions "
+            f"{', '.join(READABLE_VERSIONS)}"
         )
     needed = ["model", "preprocessor", "horizon", "columns", "diagnostics"]
     missing = [k for k in needed if k not in metadata]

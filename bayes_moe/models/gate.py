@@ -65,6 +65,7 @@ import torch
 
 from bayes_moe.data.windows import (
     SLOW_VOL_FEATURES,
+    TRANSITION_FEATURES,
     VOL_FEATURES,
     ExpertInputs,
     select_vol_features,
@@ -147,10 +148,11 @@ class MarkovGate:
         :data:`~bayes_moe.data.windows.VOL_FEATURES`); default :attr:`expert_features`.
     transition_features : sequence of str, optional
         Volatility summaries :math:`x_t` that drive the transitions (an input-output
-        HMM, module docstring); empty for a time-homogeneous chain. Default: the slow
-        ones (:data:`~bayes_moe.data.windows.SLOW_VOL_FEATURES`) when the regimes have
-        volatility levels, else none. Those summaries then belong to the regimes: the
-        experts' scales and the gate weights read the others by default.
+        HMM, module docstring); empty for a time-homogeneous chain. Default
+        (:data:`~bayes_moe.data.windows.TRANSITION_FEATURES`): the weekly, monthly and
+        EWMA log variances when the regimes have volatility levels, else none. The slow
+        ones among them then belong to the regimes: the experts' scales and the gate
+        weights read the others by default (:attr:`expert_features`).
     """
 
     def __init__(
@@ -191,7 +193,7 @@ class MarkovGate:
         self.bias_scale = float(bias_scale)
         self.features = None if features is None else vol_feature_names(features, "features")
         if transition_features is None:
-            transition_features = SLOW_VOL_FEATURES if self.volatility_levels else ()
+            transition_features = TRANSITION_FEATURES if self.volatility_levels else ()
         self.transition_features = (
             ()
             if not transition_features or n_regimes == 1
@@ -216,8 +218,13 @@ class MarkovGate:
 
     @property
     def expert_features(self) -> tuple[str, ...]:
-        """The summaries the gate leaves to the experts: all but its transition features."""
-        return tuple(f for f in VOL_FEATURES if f not in self.transition_features)
+        """The summaries the gate leaves to the experts' scales and its own weights.
+
+        All but the slow ones (:data:`~bayes_moe.data.windows.SLOW_VOL_FEATURES`) that
+        drive the transitions: those carry the volatility level, which is the regimes'.
+        """
+        taken = set(self.transition_features) & set(SLOW_VOL_FEATURES)
+        return tuple(f for f in VOL_FEATURES if f not in taken)
 
     @property
     def feature_names(self) -> tuple[str, ...]:

@@ -80,3 +80,25 @@ def test_netcdf_round_trip(tmp_path, idata):
         back.posterior["gate.transition"].values, idata.posterior["gate.transition"].values
     )
     assert "regime_posterior" in back.groups()
+
+
+def test_regime_variables_plot_with_arviz(tmp_path, small_fit, idata):
+    # The regime report's quantities are posterior variables ArviZ can plot and summarize.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    post = idata.posterior
+    reg = small_fit.regimes()
+    np.testing.assert_allclose(post["regime_duration"].values[0], reg.duration_draws)
+    np.testing.assert_allclose(post["regime_volatility_level"].values[0], reg.level_draws)
+    np.testing.assert_allclose(post["regime_mean"].values[0], reg.mean_draws)
+    assert post["gate.transition_coef"].dims[-2:] == ("regime_step", "transition_feature")
+    axes = az.plot_posterior(idata, var_names=["regime_duration"])
+    assert np.size(axes) == 2
+    axes = az.plot_forest(idata, var_names=["regime_volatility", "regime_duration"], combined=True)
+    assert len(axes[0].get_yticklabels()) == 4
+    plt.savefig(tmp_path / "forest.png")
+    plt.close("all")
+    assert (tmp_path / "forest.png").stat().st_size > 0

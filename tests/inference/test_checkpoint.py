@@ -77,6 +77,35 @@ def test_unsupported_version(saved, tmp_path):
         bm.load_fit(path)
 
 
+def test_version_1_checkpoints_load_as_gates_without_levels(sp500, tmp_path):
+    # Format 1 (before regime volatility levels and input-output transitions) wrote gate
+    # configurations without those keys; such a file must load as the model it was: a
+    # homogeneous chain whose regimes differ only in their expert weights.
+    model = bm.BayesianMoE(
+        experts=["ar"],
+        window=8,
+        gate=bm.MarkovGate(2, volatility_levels=False, transition_features=(), stickiness=10.0),
+    )
+    fit = model.fit(sp500.iloc[-300:], num_steps=5, num_draws=4, progress=False)
+    path = tmp_path / "new.safetensors"
+    fit.save(path)
+    config = fit.model.config()
+    old_gate = {
+        k: config["gate"][k]
+        for k in ("n_regimes", "stickiness", "concentration", "input_dependent", "assignment",
+                  "horizon_strength")
+    }
+    config["gate"] = old_gate
+    old = _rewrite(path, tmp_path, metadata={"format_version": "1", "model": json.dumps(config)})
+    loaded = bm.load_fit(old)
+    assert not loaded.model.gate.volatility_levels and loaded.model.gate.transition_features == ()
+    np.testing.assert_allclose(
+        loaded.regimes().filtered.to_numpy(), fit.regimes().filtered.to_numpy(), rtol=1e-12
+    )
+    a, b = fit.forecast(num_samples=100, seed=1), loaded.forecast(num_samples=100, seed=1)
+    np.testing.assert_array_equal(a.samples, b.samples)
+
+
 def test_missing_pieces_are_named(saved, tmp_path):
     path = _rewrite(saved, tmp_path, drop=("data/values",))
     with pytest.raises(bm.CheckpointError, match="malformed.*data/values"):

@@ -13,7 +13,18 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from bayes_moe.models.distributions import cat_batch, decompose, index_batch, mean_and_variance
+import numpy as np
+from scipy import stats
+
+from bayes_moe.models.distributions import (
+    cat_batch,
+    decompose,
+    index_batch,
+    location,
+    mean_and_variance,
+    regime_log_prob,
+    rescale,
+)
 
 DT = torch.float64
 S, N, D = 3, 6, 2
@@ -142,3 +153,47 @@ def test_unsupported_family_raises_type_error(d):
         index_batch(d, (0,))
     with pytest.raises(TypeError, match="unsupported predictive family"):
         cat_batch([d, d])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rescale_stretches_about_the_location(family):
+    # Y' = mu + c (Y - mu): same location, covariance times c^2, log density by the
+    # change of variables log p(mu + (y - mu) / c) - D log c.
+    d = _make(family)
+    lam = torch.tensor([0.0, 0.4, -0.3], dtype=DT)[:, None]  # one level per draw, (S, 1)
+    stretched = rescale(d, lam)
+    assert type(stretched) is type(d) and stretched.batch_shape == d.batch_shape
+    torch.testing.assert_close(location(stretched), location(d), rtol=0, atol=0)
+    _, var = mean_and_variance(d)
+    _, var_c = mean_and_variance(stretched)
+    torch.testing.assert_close(var_c, var * (2 * lam).exp()[..., None], rtol=1e-13, atol=0)
+    y, mu = _value(), location(d)
+    by_hand = d.log_prob(mu + (y - mu) * (-lam).exp()[..., None]) - D * lam
+    torch.testing.assert_close(stretched.log_prob(y), by_hand, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_regime_log_prob_equals_rescaled_distributions(family):
+    # regime_log_prob evaluates K stretched copies without building them: it must equal
+    # rescale(d, lambda_k).log_prob for every regime, with draws as a batch dimension.
+    d = _make(family)
+    levels = torch.tensor([[0.0, 0.5, 1.1], [0.0, 0.2, 0.3], [0.0, 0.9, 1.0]], dtype=DT)
+    y = _value()[0]  # (N, D), the observed response shared by all draws
+    out = regime_log_prob(d, y, levels)
+    assert out.shape == (S, N, 3)
+    for k in range(3):
+        expected = rescale(d, levels[:, k : k + 1]).log_prob(y)
+        torch.testing.assert_close(out[..., k], expected, rtol=1e-13, atol=1e-13)
+
+
+def test_rescaled_student_t_matches_scipy():
+    # Reference: scipy.stats.t(df, loc, scale * exp(lambda)).logpdf.
+    d = dist.StudentT(torch.tensor(5.0, dtype=DT), torch.tensor(0.3, dtype=DT), torch.tensor(1.7, dtype=DT))
+    d = d.expand([1]).to_event(1)
+    y = np.array([-4.0, -0.2, 0.3, 2.5, 9.0])
+    lam = 0.6
+    got = regime_log_prob(d, torch.as_tensor(y[:, None]), torch.tensor([0.0, lam], dtype=DT))
+    np.testing.assert_allclose(got[:, 0].numpy(), stats.t(5.0, 0.3, 1.7).logpdf(y), rtol=1e-12)
+    np.testing.assert_allclose(
+        got[:, 1].numpy(), stats.t(5.0, 0.3, 1.7 * np.exp(lam)).logpdf(y), rtol=1e-12
+    )

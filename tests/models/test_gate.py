@@ -1,4 +1,6 @@
-"""The Markov gate: priors, weights and the stationary initial distribution."""
+"""The Markov gate: priors, weights, levels, transitions and the initial distribution."""
+
+import dataclasses
 
 import numpy as np
 import pyro
@@ -79,3 +81,71 @@ def test_invalid_configurations():
         bm.MarkovGate(0)
     with pytest.raises(ValueError, match="assignment has 3 entries"):
         bm.MarkovGate(2, assignment=[0, 1, 2])
+
+
+def test_volatility_levels_are_ordered_and_start_at_the_experts_scale(inputs):
+    # lambda_0 = 0 and lambda_k = lambda_{k-1} + delta_k with delta_k > 0 (Gamma prior):
+    # recomputed from the sampled steps; ordered in every draw, so labels are identified.
+    gate = bm.MarkovGate(4)
+    assert gate.volatility_levels
+    for seed in range(5):
+        out, trace = _run(gate, inputs, ["short", "linear"], seed=seed)
+        step = trace.nodes["level_step"]["value"]
+        expected = torch.cat([torch.zeros(1, dtype=step.dtype), step.cumsum(-1)])
+        torch.testing.assert_close(out.log_scale, expected)
+        assert (out.log_scale.diff() > 0).all() and out.log_scale[0] == 0.0
+    # Hamilton's model (a fixed assignment) and one regime have no levels.
+    assert not bm.MarkovGate(2, assignment=[0, 1]).volatility_levels
+    out, trace = _run(bm.MarkovGate(1), inputs, ["short"])
+    assert "level_step" not in trace.nodes and out.log_scale.tolist() == [0.0]
+
+
+def test_input_output_transitions_follow_the_formula_and_are_causal(inputs):
+    # Pi_n[i, j] ~ Pi[i, j] exp(beta_j' x_n), beta_0 = 0, x_n the transition features at
+    # origin n; rows sum to one; changing x after origin n leaves Pi_1..Pi_n alone.
+    gate = bm.MarkovGate(3)
+    names = ("log_rv_5", "log_rv_22", "log_ewma_var")
+    assert gate.transition_features == names
+    out, trace = _run(gate, inputs, ["short", "linear"], seed=2)
+    assert out.time_varying and out.log_trans_t.shape == (inputs.n_origins, 3, 3)
+    trans = trace.nodes["transition"]["value"]
+    coef = trace.nodes["transition_coef"]["value"]
+    beta = torch.cat([torch.zeros(1, 3, dtype=trans.dtype), coef])
+    x = inputs.origin_vol[:, 0, [VOL_FEATURES.index(f) for f in names]]
+    by_hand = trans[None] * torch.exp(x @ beta.T)[:, None, :]
+    by_hand = by_hand / by_hand.sum(-1, keepdim=True)
+    torch.testing.assert_close(out.log_trans_t.exp(), by_hand)
+    torch.testing.assert_close(out.log_trans, trans.log())
+    cut = 100
+    vol = inputs.vol.clone()
+    vol[inputs.origins[cut + 1] :] += 5.0
+    moved = dataclasses.replace(inputs, vol=vol)
+    params = {k: v["value"] for k, v in trace.nodes.items() if v["type"] == "sample"}
+    out_moved = poutine.condition(gate.model, data=params)(moved, ["short", "linear"])
+    torch.testing.assert_close(out_moved.log_trans_t[: cut + 1], out.log_trans_t[: cut + 1])
+    assert not torch.allclose(out_moved.log_trans_t[cut + 1 :], out.log_trans_t[cut + 1 :])
+
+
+def test_slow_summaries_belong_to_the_regimes_by_default():
+    gate = bm.MarkovGate(3)
+    assert gate.expert_features == tuple(f for f in VOL_FEATURES if f not in SLOW_VOL_FEATURES)
+    assert bm.MarkovGate(3, transition_features=()).expert_features == VOL_FEATURES
+    # A fast transition feature informs both the regime switch and the experts.
+    assert bm.MarkovGate(3, transition_features=["log_rv_1"]).expert_features == VOL_FEATURES
+    assert bm.MarkovGate(2, assignment=[0, 1]).transition_features == ()
+    assert bm.MarkovGate(1).expert_features == VOL_FEATURES
+    with pytest.raises(ValueError, match="transition_features must be a non-empty subset"):
+        bm.MarkovGate(3, transition_features=["vix"])
+
+
+def test_initial_levels_are_log_ratios_of_rolling_volatility_quantiles():
+    # Oracle: numpy on the same response, quantiles at (k + 1/2) / K of the 22-day
+    # rolling root mean square (windows of at least 5 days at the start).
+    rng = np.random.default_rng(0)
+    y = np.concatenate([rng.normal(0, 0.5, 400), rng.normal(0, 1.0, 400), rng.normal(0, 3, 200)])
+    steps = bm.MarkovGate(3).initial_levels(torch.as_tensor(y[:, None]))
+    sd = np.sqrt([np.mean(y[max(0, i - 21) : i + 1] ** 2) for i in range(4, len(y))])
+    q = np.quantile(sd, [1 / 6, 3 / 6, 5 / 6])
+    np.testing.assert_allclose(steps.numpy(), np.diff(np.log(q)), rtol=0.02)
+    no_levels = bm.MarkovGate(3, volatility_levels=False)
+    assert no_levels.initial_levels(torch.as_tensor(y[:, None])) is None
