@@ -171,7 +171,6 @@ def cmd_forecast(args) -> int:
 def cmd_regimes(args) -> int:
     """Regime posteriors from a checkpoint: CSV tables, a plot and NetCDF."""
     from bayes_moe import plotting
-
     from bayes_moe.report import format_regime_summary, write_regime_tables
 
     fit = _fit_from_checkpoint(args)

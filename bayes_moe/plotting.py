@@ -290,12 +290,19 @@ def plot_lfo_compare(table: pd.DataFrame, path) -> Path:
     n = len(table)
     fig, ax = plt.subplots(figsize=(7, 1.0 + 0.6 * n))
     y = -np.arange(n, dtype=float)
-    ax.errorbar(table["elpd"], y, xerr=table["se"], fmt="o", mfc="white", color="black",
-                label="elpd (± se)")
+    ax.errorbar(
+        table["elpd"], y, xerr=table["se"], fmt="o", mfc="white", color="black", label="elpd (± se)"
+    )
     best = table["elpd"].iloc[0]
     others = table.iloc[1:]
-    ax.errorbar(best - others["elpd_diff"], y[1:] - 0.25, xerr=others["dse"], fmt="^",
-                color="grey", label="difference from the best (± dse)")
+    ax.errorbar(
+        best - others["elpd_diff"],
+        y[1:] - 0.25,
+        xerr=others["dse"],
+        fmt="^",
+        color="grey",
+        label="difference from the best (± dse)",
+    )
     ax.axvline(best, color="grey", ls="--", lw=0.8)
     labels = [f"{name}  (w={w:.2f})" for name, w in zip(table.index, table["weight"])]
     ax.set_yticks(y, labels)

@@ -109,9 +109,8 @@ def statsmodels_reference(returns, k_regimes: int) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     frame = bm.data.load_sp500()
-    model = bm.BayesianMoE(
-        experts=[e for e in args.experts.split(",") if e], n_regimes=args.regimes, window=args.window
-    )
+    experts = [e for e in args.experts.split(",") if e]
+    model = bm.BayesianMoE(experts=experts, n_regimes=args.regimes, window=args.window)
     start = time.perf_counter()
     fit = model.fit(
         frame, num_steps=args.num_steps, num_draws=args.num_draws, seed=args.seed, progress=True

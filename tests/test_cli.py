@@ -64,6 +64,8 @@ def test_fit_on_a_user_csv_writes_the_report(fitted, price_file):
         "regimes.png",
         "expert_weights.png",
         "regimes_filtered.csv",
+        "regime_summary.csv",
+        "regime_posterior.png",
     } <= names
     metrics = json.loads((fitted / "metrics.json").read_text())
     prices = pd.read_csv(price_file, parse_dates=["Date"], index_col="Date")["Close"]
@@ -101,9 +103,17 @@ def test_forecast_command_matches_the_python_api(fitted, tmp_path, capsys):
     assert "origin_date" in capsys.readouterr().out
 
 
-def test_regimes_command_writes_probabilities(fitted, tmp_path):
+def test_regimes_command_writes_probabilities(fitted, tmp_path, capsys):
     out = tmp_path / "reg"
     assert main(["regimes", "--model", str(fitted / "fit.safetensors"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    # The regime report, printed and written: one row per regime, as the Python API.
+    summary = pd.read_csv(out / "regime_summary.csv", index_col=0)
+    expected = bm.load_fit(fitted / "fit.safetensors").regimes().summary()
+    np.testing.assert_allclose(summary["volatility"], expected["volatility"], rtol=1e-9)
+    np.testing.assert_allclose(summary["share_of_days"].sum(), 1.0, rtol=1e-9)
+    for k, row in expected.iterrows():
+        assert f"regime {k}: volatility %/day {row['volatility']:.2f}" in text
     filtered = pd.read_csv(out / "regimes_filtered.csv", index_col=0)
     np.testing.assert_allclose(filtered.sum(axis=1), 1.0, rtol=1e-9)
     transition = pd.read_csv(out / "transition.csv", index_col=0)
@@ -117,6 +127,12 @@ def test_demo_runs_on_the_embedded_data(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "regime on 2018-12-31" in text and "forecast from 2018-12-31" in text
     metrics = json.loads((out / "metrics.json").read_text())
+    # The regime report is printed and written, with the numbers of metrics.json.
+    summary = pd.read_csv(out / "regime_summary.csv", index_col=0)
+    assert len(summary) == 3 == len(metrics["regimes"])
+    first = metrics["regimes"][0]
+    assert f"regime 0: volatility %/day {first['volatility']:.2f}" in text
+    assert summary.loc[0, "expected_duration"] == pytest.approx(first["expected_duration"])
     assert metrics["data"]["first_date"] == "1999-02-04"
     assert metrics["elapsed_s"] > 0
 

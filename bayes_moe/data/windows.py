@@ -76,9 +76,7 @@ def vol_feature_names(names: Sequence[str] | None, what: str = "features") -> tu
     names = list(names)
     unknown = [n for n in names if n not in VOL_FEATURES]
     if unknown or not names:
-        raise ValueError(
-            f"{what} must be a non-empty subset of {list(VOL_FEATURES)}, got {names}"
-        )
+        raise ValueError(f"{what} must be a non-empty subset of {list(VOL_FEATURES)}, got {names}")
     return tuple(f for f in VOL_FEATURES if f in names)
 
 

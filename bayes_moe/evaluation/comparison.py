@@ -72,18 +72,18 @@ METHODS = ("exact", "psis")
 
 @dataclass(frozen=True)
 class LFOResult:
-    """Pointwise leave-future-out log predictive densities of one model.
+    r"""Pointwise leave-future-out log predictive densities of one model.
 
     Attributes
     ----------
     name : str
     method : {"exact", "psis"}
     log_density : Series (n,)
-        :math:`\\log p(y_i \\mid y_{1:i-1})` per test day (data units), indexed by date.
+        :math:`\log p(y_i \mid y_{1:i-1})` per test day (data units), indexed by date.
     refit_dates : list of Timestamp
         Last training day of every fit.
     pareto_k : Series (n,) or None
-        PSIS :math:`\\hat k` of each day's ratios (``psis`` only; 0 right after a fit).
+        PSIS :math:`\hat k` of each day's ratios (``psis`` only; 0 right after a fit).
     """
 
     name: str
@@ -156,7 +156,7 @@ def psis_lfo(
     progress: bool = True,
     **fit_options,
 ) -> LFOResult:
-    """Approximate one-step LFO-CV of a mixture by PSIS (module docstring).
+    r"""Approximate one-step LFO-CV of a mixture by PSIS (module docstring).
 
     Parameters
     ----------
@@ -164,7 +164,7 @@ def psis_lfo(
         Date-indexed data; the test days are its rows in ``[test_start, test_end]``.
     model : BayesianMoE
     threshold : float
-        Refit when the Pareto :math:`\\hat k` of a day's ratios exceeds it.
+        Refit when the Pareto :math:`\hat k` of a day's ratios exceeds it.
     **fit_options
         Passed to :meth:`BayesianMoE.fit` (``num_steps``, ``num_draws``, ``seed``...);
         ``horizon`` must be 1 (the estimator is for one-step-ahead predictions).
@@ -179,7 +179,7 @@ def psis_lfo(
     options = {"progress": False, **fit_options}
     visible = frame.iloc[: realized[-1] + 1]
     log_density, pareto_k, refit_dates = [], [], []
-    loglik = last_fit_row = None
+    loglik, last_fit_row, first_row = None, 0, 0
     bar = tqdm(total=len(realized), desc=f"PSIS-LFO {name}", disable=not progress, leave=False)
     for origin, day in zip(origins, realized):
         if loglik is not None:
@@ -211,7 +211,7 @@ def psis_lfo(
 
 
 def _psis(log_ratio: np.ndarray) -> tuple[np.ndarray, float]:
-    """Pareto-smoothed normalized log weights and :math:`\\hat k` (ArviZ ``psislw``)."""
+    r"""Pareto-smoothed normalized log weights and :math:`\hat k` (ArviZ ``psislw``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # arviz warns on large k; the caller acts on k
         log_weights, k = az.psislw(log_ratio - log_ratio.max())
@@ -311,7 +311,7 @@ def compare(
     progress: bool = True,
     **fit_options,
 ) -> pd.DataFrame:
-    """Compare models by leave-future-out cross-validation on ``frame``.
+    r"""Compare models by leave-future-out cross-validation on ``frame``.
 
     Parameters
     ----------
@@ -326,7 +326,7 @@ def compare(
     refit_every : int
         Test days between refits for ``exact`` (1 is exact LFO).
     threshold : float
-        Pareto :math:`\\hat k` above which ``psis`` refits.
+        Pareto :math:`\hat k` above which ``psis`` refits.
     **fit_options
         Passed to :meth:`BayesianMoE.fit` of every mixture.
 

@@ -55,9 +55,9 @@ def to_location_scale(mixture: PredictiveMixture, dates: pd.DatetimeIndex) -> Lo
     """
     weights = mixture.log_weights.exp().numpy() / mixture.n_draws  # (S, n, K, M)
     S, n, K, M = weights.shape
-    locs, scales, dfs = (np.stack(p, axis=-1) for p in zip(
-        *(_first_target_components(d) for d in mixture.experts)
-    ))  # each (S, n, M)
+    locs, scales, dfs = (
+        np.stack(p, axis=-1) for p in zip(*(_first_target_components(d) for d in mixture.experts))
+    )  # each (S, n, M)
     stretch = np.exp(mixture.log_scale.numpy())[:, None, :, None]  # (S, 1, K, 1)
     a, b = mixture.loc[0], mixture.scale[0]
 

@@ -186,7 +186,10 @@ def causal_regime(log_init, log_filtered, step_trans, horizon: int) -> torch.Ten
 
 
 def expected_stay(log_trans: torch.Tensor) -> torch.Tensor:
-    r"""Expected duration of each regime, :math:`1 / (1 - \Pi_{kk})`: ``(..., K, K) -> (..., K)``."""
+    r"""Expected duration of each regime, :math:`1 / (1 - \Pi_{kk})`.
+
+    ``(..., K, K)`` log transitions to ``(..., K)`` days.
+    """
     stay = torch.diagonal(log_trans, dim1=-2, dim2=-1).exp()
     return 1.0 / (1.0 - stay).clamp_min(1e-12)
 
@@ -312,4 +315,3 @@ def _evaluate_chunk(program: MoEProgram, draws: dict, data: ModelData) -> dict:
             [index_batch(d, (slice(None), slice(0, n_obs))) for d in comps.experts],
         ),
     }
-

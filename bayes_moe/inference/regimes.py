@@ -136,8 +136,7 @@ class RegimePosterior:
 
     @property
     def share_draws(self) -> np.ndarray:
-        """Per draw, the share of days on which each regime is the most probable one
-        (filtered): ``(S, K)``."""
+        """Per draw, the share of days each regime is the most probable (filtered): ``(S, K)``."""
         best = self.filtered_draws.argmax(-1)  # (S, N)
         return (best[..., None] == np.arange(self.n_regimes)).mean(1)
 

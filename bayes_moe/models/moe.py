@@ -62,9 +62,7 @@ class MixtureComponents:
     def regime_log_probs(self, response: torch.Tensor) -> torch.Tensor:
         r""":math:`\log p_m^{(k)}(y_n)`, each expert at each regime's level: ``S + (N, K, M)``."""
         log_scale = self.gate.log_scale
-        return torch.stack(
-            [regime_log_prob(d, response, log_scale) for d in self.experts], dim=-1
-        )
+        return torch.stack([regime_log_prob(d, response, log_scale) for d in self.experts], dim=-1)
 
     def log_emission(self, response: torch.Tensor) -> torch.Tensor:
         r"""Regime emissions :math:`\log \sum_m g_{n,k,m} p^{(k)}_m(y_n)`: shape ``S + (N, K)``."""

@@ -92,8 +92,14 @@ def test_version_1_checkpoints_load_as_gates_without_levels(sp500, tmp_path):
     config = fit.model.config()
     old_gate = {
         k: config["gate"][k]
-        for k in ("n_regimes", "stickiness", "concentration", "input_dependent", "assignment",
-                  "horizon_strength")
+        for k in (
+            "n_regimes",
+            "stickiness",
+            "concentration",
+            "input_dependent",
+            "assignment",
+            "horizon_strength",
+        )
     }
     config["gate"] = old_gate
     old = _rewrite(path, tmp_path, metadata={"format_version": "1", "model": json.dumps(config)})

@@ -240,8 +240,9 @@ def test_time_varying_with_equal_matrices_equals_homogeneous_batched():
     batch_trans = torch.stack([log_trans, log_trans.flip(-1)])  # (2, K, K)
     varying = batch_trans.unsqueeze(1).expand(2, 40, 3, 3)
     for fn in (hmm_filter, hmm_smoother):
-        homogeneous, timed = fn(log_init, batch_trans, log_emit), fn(
-            log_init, varying, log_emit, time_varying=True
+        homogeneous, timed = (
+            fn(log_init, batch_trans, log_emit),
+            fn(log_init, varying, log_emit, time_varying=True),
         )
         for a, b in zip(homogeneous, timed):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

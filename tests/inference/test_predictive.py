@@ -5,6 +5,7 @@ import pytest
 import torch
 from scipy import stats
 
+from bayes_moe.data.windows import VOL_FEATURES
 from bayes_moe.inference.hmm import hmm_propagate
 from bayes_moe.models.distributions import index_batch, rescale
 
@@ -47,7 +48,18 @@ def test_density_integrates_to_one(small_fit):
 def test_forecast_regimes_are_filtered_probabilities_propagated_one_step(small_fit):
     post = small_fit.posterior
     forecast = small_fit.forecast(num_samples=10)
-    expected = hmm_propagate(post.log_filtered[:, -1], post.transition.log(), 1).exp()
+    # The transition into the forecast day's regime responds to the transition features
+    # at the last close: Pi_T[i, j] ~ Pi[i, j] exp(beta_j' x_T), recomputed from the draws.
+    gate = small_fit.model.gate
+    inputs = small_fit.data.inputs
+    columns = [VOL_FEATURES.index(f) for f in gate.transition_features]
+    x_last = inputs.vol[inputs.origins[-1], 0, columns]
+    coef = small_fit.draws["gate/transition_coef"]  # (S, K - 1, V_x)
+    beta = torch.cat([torch.zeros_like(coef[:, :1]), coef], dim=1)
+    trans = small_fit.draws["gate/transition"] * torch.exp(beta @ x_last)[:, None, :]
+    trans = trans / trans.sum(-1, keepdim=True)
+    torch.testing.assert_close(post.log_trans_last.exp(), trans)
+    expected = hmm_propagate(post.log_filtered[:, -1], trans.log(), 1).exp()
     np.testing.assert_allclose(forecast.regime_probs["mean"], expected.mean(0).numpy(), rtol=1e-10)
     np.testing.assert_allclose(forecast.regime_probs["mean"].sum(), 1.0, rtol=1e-12)
     np.testing.assert_allclose(forecast.expert_weights.sum(), 1.0, rtol=1e-12)

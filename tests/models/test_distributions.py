@@ -9,11 +9,10 @@ indexing of the raw parameters goes wrong.
 
 from __future__ import annotations
 
+import numpy as np
 import pyro.distributions as dist
 import pytest
 import torch
-
-import numpy as np
 from scipy import stats
 
 from bayes_moe.models.distributions import (
@@ -188,8 +187,8 @@ def test_regime_log_prob_equals_rescaled_distributions(family):
 
 def test_rescaled_student_t_matches_scipy():
     # Reference: scipy.stats.t(df, loc, scale * exp(lambda)).logpdf.
-    d = dist.StudentT(torch.tensor(5.0, dtype=DT), torch.tensor(0.3, dtype=DT), torch.tensor(1.7, dtype=DT))
-    d = d.expand([1]).to_event(1)
+    df, loc, scale = (torch.tensor(v, dtype=DT) for v in (5.0, 0.3, 1.7))
+    d = dist.StudentT(df, loc, scale).expand([1]).to_event(1)
     y = np.array([-4.0, -0.2, 0.3, 2.5, 9.0])
     lam = 0.6
     got = regime_log_prob(d, torch.as_tensor(y[:, None]), torch.tensor([0.0, lam], dtype=DT))

@@ -88,9 +88,7 @@ class NoiseModel:
         if self.family not in ("studentt", "normal"):
             raise ValueError(f"family must be 'studentt' or 'normal', got {self.family!r}")
         if self.features is not None:
-            object.__setattr__(
-                self, "features", vol_feature_names(self.features, "scale_features")
-            )
+            object.__setattr__(self, "features", vol_feature_names(self.features, "scale_features"))
 
     def feature_names(self, available: Sequence[str] | None = None) -> tuple[str, ...]:
         """Names of the summaries the scale regresses on (in :data:`VOL_FEATURES` order).
