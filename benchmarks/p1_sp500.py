@@ -21,6 +21,8 @@ import argparse
 import time
 from pathlib import Path
 
+from _options import add_mixture_options  # benchmarks/ is on sys.path
+
 import bayes_moe as bm
 from bayes_moe.evaluation.backtest import backtest
 from bayes_moe.evaluation.baselines import BASELINES, P1_ANCHORS
@@ -48,12 +50,7 @@ def parse_args(argv=None):
         default="bayes_moe,experts,baselines",
         help="comma list of: bayes_moe, experts, baselines, or single names",
     )
-    parser.add_argument("--experts", default="ar,var,kalman")
-    parser.add_argument("--regimes", type=int, default=3)
-    parser.add_argument("--window", type=int, default=64)
-    parser.add_argument("--num-steps", type=int, default=1500)
-    parser.add_argument("--num-draws", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
+    add_mixture_options(parser)
     parser.add_argument("--refit-every", type=int, default=250)
     parser.add_argument("--out", default=None, help="default benchmarks/results/p1[_validation]")
     return parser.parse_args(argv)

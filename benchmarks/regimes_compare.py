@@ -19,6 +19,8 @@ import argparse
 import time
 from pathlib import Path
 
+from _options import add_mixture_options  # benchmarks/ is on sys.path
+
 import bayes_moe as bm
 from bayes_moe.io import atomic_path, write_json
 from bayes_moe.plotting import plot_lfo_compare
@@ -29,12 +31,8 @@ VALIDATION = ("2011-01-03", "2014-12-31")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", choices=["exact", "psis"], default="exact")
-    parser.add_argument("--regimes", default="1,2,3,4", help="comma list of K")
-    parser.add_argument("--experts", default="ar,var,kalman")
+    add_mixture_options(parser, regimes="1,2,3,4")
     parser.add_argument("--refit-every", type=int, default=250)
-    parser.add_argument("--num-steps", type=int, default=1500)
-    parser.add_argument("--num-draws", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="default benchmarks/results/")
     return parser.parse_args(argv)
 
@@ -45,7 +43,7 @@ def main(argv=None) -> int:
     frame = bm.data.load_sp500().loc[: VALIDATION[1]]
     experts = [e for e in args.experts.split(",") if e]
     models = {
-        f"K={k}": bm.BayesianMoE(experts=experts, n_regimes=int(k), window=64)
+        f"K={k}": bm.BayesianMoE(experts=experts, n_regimes=int(k), window=args.window)
         for k in args.regimes.split(",")
     }
     table = bm.compare(

@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from _options import add_mixture_options  # benchmarks/ is on sys.path
 
 import bayes_moe as bm
 from bayes_moe.io import write_json
@@ -42,12 +43,7 @@ TARGETS = {
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--experts", default="ar,var,kalman")
-    parser.add_argument("--regimes", type=int, default=3)
-    parser.add_argument("--window", type=int, default=64)
-    parser.add_argument("--num-steps", type=int, default=1500)
-    parser.add_argument("--num-draws", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
+    add_mixture_options(parser)
     parser.add_argument("--no-statsmodels", action="store_true", help="skip the reference fits")
     parser.add_argument("--out", default="benchmarks/results/regimes_sp500.json")
     return parser.parse_args(argv)

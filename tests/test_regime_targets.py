@@ -19,13 +19,13 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "regimes_sp500.py"
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("regimes") / "regimes.json"
-    saved = sys.argv
-    sys.argv = [str(SCRIPT), "--no-statsmodels", "--num-draws", "100", "--out", str(out)]
+    args = ["--no-statsmodels", "--num-draws", "100", "--out", str(out)]
+    sys.path.insert(0, str(SCRIPT.parent))  # as `python benchmarks/regimes_sp500.py` has it
     try:
         module = runpy.run_path(str(SCRIPT), run_name="regimes_benchmark")
-        assert module["main"](sys.argv[1:]) == 0
+        assert module["main"](args) == 0
     finally:
-        sys.argv = saved
+        sys.path.remove(str(SCRIPT.parent))
     return json.loads(out.read_text())
 
 

@@ -41,8 +41,10 @@ import torch
 from bayes_moe.data.errors import DataError
 from bayes_moe.data.validation import validate_frame
 
-#: Spans (days) of the log realized-variance summaries every expert may read.
-VOL_SPANS: tuple[int, ...] = (1, 5, 22)
+#: Spans (days) of the log realized-variance summaries every expert may read: a day, a
+#: week, a month (Corsi's HAR) and a trading year, the low-frequency level of
+#: volatility (Engle and Rangel 2008) that regimes and shorter summaries move around.
+VOL_SPANS: tuple[int, ...] = (1, 5, 22, 252)
 #: Spans (days) of the mean standardized return (its sign carries the leverage effect).
 LEVERAGE_SPANS: tuple[int, ...] = (1, 5)
 #: Decay of the exponentially weighted variance (RiskMetrics 1996).
@@ -162,7 +164,8 @@ def _vol_summaries(z: np.ndarray) -> np.ndarray:
         \qquad
         g_{t,w} = \tfrac{1}{w}\sum_{j=0}^{w-1} z_{t-j},
 
-    log realized variances over ``VOL_SPANS`` (Corsi 2009), the log of the
+    log realized variances over ``VOL_SPANS`` (Corsi 2009; the yearly one is the
+    low-frequency component of Engle and Rangel 2008), the log of the
     exponentially weighted variance with :math:`\lambda` = ``EWMA_DECAY`` (a smooth,
     long memory, as in GARCH), and mean returns over ``LEVERAGE_SPANS``, whose sign
     lets volatility respond asymmetrically to falls and rises (the leverage effect of

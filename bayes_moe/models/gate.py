@@ -140,7 +140,8 @@ class MarkovGate:
     n_regimes : int
         ``K``.
     stickiness : float
-        :math:`\kappa`, extra prior pseudo-counts on staying in the same regime.
+        :math:`\kappa`, extra prior pseudo-counts on staying in the same regime
+        (default 100: regimes are states that last months, not days).
     concentration : float
         :math:`\alpha`, pseudo-counts on every transition.
     input_dependent : bool
@@ -154,8 +155,9 @@ class MarkovGate:
         Default: on when ``n_regimes > 1`` and no ``assignment`` is fixed.
     level_prior : (float, float)
         Shape :math:`a` and rate :math:`b` of the Gamma prior on the steps
-        :math:`\delta_k` between consecutive log levels (default mean 0.5, a factor
-        of 1.65 in volatility per regime, with no mass at 0 so that regimes stay distinct).
+        :math:`\delta_k` between consecutive log levels (default mean 1, sd 0.35: a
+        factor of about e in volatility per regime, with no mass at 0 so that regimes
+        stay distinct).
     bias_scale : float
         Prior standard deviation of the regime biases :math:`b_{k,m}` around the
         horizon-group mean.
@@ -175,13 +177,13 @@ class MarkovGate:
         self,
         n_regimes: int = 3,
         *,
-        stickiness: float = 50.0,
+        stickiness: float = 100.0,
         concentration: float = 1.0,
         input_dependent: bool = True,
         assignment: Sequence[int] | None = None,
         horizon_strength: float = 0.5,
         volatility_levels: bool | None = None,
-        level_prior: Sequence[float] = (4.0, 8.0),
+        level_prior: Sequence[float] = (8.0, 8.0),
         bias_scale: float = 1.0,
         features: Sequence[str] | None = None,
         transition_features: Sequence[str] | None = None,

@@ -53,9 +53,11 @@ def test_standardization_uses_training_constants(frame):
     z = data.inputs.series.numpy()
     np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-10)
     np.testing.assert_allclose(z.std(0), 1.0, rtol=1e-10)
-    # Volatility summaries: centered log realized variance over 1, 5, 22 days.
+    # Volatility summaries: centered log realized variance over 1, 5, 22, 252 days
+    # (averaging over the rows available so far before a full span).
     zr = z[:, 0]
-    t = 100
+    t = 300
+    assert VOL_SPANS == (1, 5, 22, 252) and len(zr) > t
     for v, w in enumerate(VOL_SPANS):
         raw = np.log(np.mean(zr[t - w + 1 : t + 1] ** 2) + 0.01)
         expected = raw - data.preprocessor.vol_center[0][v]

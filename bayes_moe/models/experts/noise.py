@@ -9,9 +9,10 @@ on the input (heteroscedastic),
 
 a HAR-type regression of the log scale on the centered volatility features of
 :data:`~bayes_moe.data.windows.VOL_FEATURES`: log realized variances over 1, 5 and 22
-days (Corsi 2009), the log RiskMetrics EWMA variance, and mean returns over 1 and 5
-days, whose sign gives the
-asymmetric (leverage) response of EGARCH-type models (Nelson 1991). The noise family
+days (Corsi 2009) and over a trading year (the slowly moving, low-frequency level of
+Engle and Rangel 2008), the log RiskMetrics EWMA variance, and mean returns over 1 and
+5 days, whose sign gives the asymmetric (leverage) response of EGARCH-type models
+(Nelson 1991). The noise family
 is Normal or Student-t. With ``heteroscedastic=False`` the scale is the constant
 :math:`\sigma`.
 
@@ -26,6 +27,8 @@ F. Corsi, "A simple approximate long-memory model of realized volatility",
 J. Financial Econometrics 7(2), 2009.
 D. B. Nelson, "Conditional heteroskedasticity in asset returns: a new approach",
 Econometrica 59(2), 1991.
+R. F. Engle and J. G. Rangel, "The spline-GARCH model for low-frequency volatility
+and its global macroeconomic causes", Review of Financial Studies 21(3), 2008.
 M. A. Juárez and M. F. J. Steel, "Model-based clustering of non-Gaussian panel
 data based on skew-t distributions", JBES 28(1), 2010.
 """
