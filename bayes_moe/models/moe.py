@@ -165,7 +165,9 @@ class BayesianMoE:
     window : int
         Context window ``L``.
     gate : MarkovGate, optional
-        Custom gate (e.g. with a fixed assignment); default ``MarkovGate(n_regimes)``.
+        Custom gate (e.g. with a fixed assignment); default ``MarkovGate(n_regimes)``:
+        regimes with ordered volatility levels whose transitions respond to the
+        weekly, monthly and EWMA realized variance (:mod:`bayes_moe.models.gate`).
     expert_dropout : float
         See :class:`MoEProgram`.
 
