@@ -82,14 +82,14 @@ def test_predictive_mean_is_the_lag_regression_by_hand(returns):
         "intercept": torch.tensor([0.1], dtype=torch.float64),
         "coef": torch.tensor([[0.3, -0.2, 0.05]], dtype=torch.float64),
         "scale": torch.tensor([0.8], dtype=torch.float64),
-        "vol_coef": torch.tensor([[0.2, -0.1, 0.3, 0.15, -0.4, 0.1]], dtype=torch.float64),
+        "vol_coef": torch.tensor([[0.2, -0.1, 0.3, 0.05, 0.15, -0.4, 0.1]], dtype=torch.float64),
     }
     d = poutine.condition(expert.model, data=params)(data.inputs)
     z = data.inputs.series[:, 0].numpy()
     t = data.inputs.origins.numpy()
     expected_mean = 0.1 + 0.3 * z[t] - 0.2 * z[t - 1] + 0.05 * z[t - 2]
     f = data.inputs.vol[t, 0].numpy()  # (N, V)
-    expected_sd = 0.8 * np.exp(f @ np.array([0.2, -0.1, 0.3, 0.15, -0.4, 0.1]))
+    expected_sd = 0.8 * np.exp(f @ np.array([0.2, -0.1, 0.3, 0.05, 0.15, -0.4, 0.1]))
     np.testing.assert_allclose(d.mean[:, 0].numpy(), expected_mean, rtol=1e-12)
     np.testing.assert_allclose(d.stddev[:, 0].numpy(), expected_sd, rtol=1e-12)
 

@@ -30,7 +30,7 @@ DT = torch.float64
 WINDOW = 64
 PACF = {1: [0.6], 2: [0.7, -0.4], 3: [0.5, 0.3, -0.6]}
 STATE_SCALE, OBS_INTERCEPT, SCALE = 0.15, 0.04, 0.9
-VOL_COEF = [0.25, -0.1, 0.35, 0.1, -0.3, 0.1]
+VOL_COEF = [0.25, -0.1, 0.35, 0.05, 0.1, -0.3, 0.1]  # one per VOL_FEATURES entry
 
 
 @pytest.fixture(scope="module")
