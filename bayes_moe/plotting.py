@@ -136,20 +136,32 @@ def plot_regimes(fit, regimes, path, *, price: pd.Series | None = None) -> Path:
     return _save(fig, path)
 
 
+_FOREST_TITLES = {
+    "regime_volatility": "volatility (%/day)",
+    "regime_duration": "expected duration (days)",
+    "regime_expert_weight": "expert weight within the regime",
+}
+
+
 def plot_regime_posterior(idata, path) -> Path:
     """ArviZ forest plot of each regime's volatility, expected duration and expert weights.
 
     Posterior means with 94% HDIs, from the InferenceData of
     :meth:`~bayes_moe.MoEFit.to_inference_data`.
     """
-    names = ["regime_volatility", "regime_duration", "regime_expert_weight"]
+    names = list(_FOREST_TITLES)
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2 + 0.25 * 6))
     with warnings.catch_warnings():
         # ArviZ 0.23 calls a helper that matplotlib 3.11 deprecates; nothing to act on.
         warnings.filterwarnings("ignore", category=matplotlib.MatplotlibDeprecationWarning)
         for ax, name in zip(axes, names):
             az.plot_forest(idata, var_names=[name], combined=True, hdi_prob=0.94, ax=ax)
-            ax.set_title(name.replace("_", " "), fontsize=10)
+            ax.set_title(_FOREST_TITLES[name], fontsize=10)
+            # "regime_volatility[0]" -> "regime 0", "[1, ar]" -> "regime 1, ar": short
+            # labels that do not run into the panel on the left.
+            labels = [t.get_text().replace(name, "").strip("[]") for t in ax.get_yticklabels()]
+            ax.set_yticklabels([f"regime {label}" for label in labels], fontsize=9)
+        fig.tight_layout()
     return _save(fig, path)
 
 
