@@ -62,13 +62,22 @@ def _load_frame(args) -> pd.DataFrame | None:
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and fitting")
     group.add_argument("--target", default="ret", help="column to forecast (default: ret)")
-    group.add_argument("--experts", default="ar,var,kalman", help="comma-separated expert names")
+    group.add_argument(
+        "--experts", default="ar,var,kalman", help="comma-separated expert names, or all"
+    )
     group.add_argument("--regimes", type=int, default=3, help="number of regimes K")
     group.add_argument("--window", type=int, default=64, help="context window L (days)")
     group.add_argument("--horizon", type=int, default=1, help="forecast horizon h (days)")
     group.add_argument("--num-steps", type=int, default=1500, help="maximum SVI steps")
     group.add_argument("--num-draws", type=int, default=200, help="posterior draws kept")
     group.add_argument("--seed", type=int, default=0)
+    group.add_argument(
+        "--strategy",
+        choices=["two_stage", "joint"],
+        default="two_stage",
+        help="training of neural experts: trunks pretrained alone, then frozen (two_stage), "
+        "or trained jointly at every step (joint)",
+    )
 
 
 def _unit(horizon: int) -> str:
@@ -104,7 +113,7 @@ def _fit_and_report(args, frame: pd.DataFrame, out: Path, price=None) -> dict:
 
     start = time.perf_counter()
     model = BayesianMoE(
-        experts=[e.strip() for e in args.experts.split(",") if e.strip()],
+        experts=args.experts,
         n_regimes=args.regimes,
         window=args.window,
     )
@@ -116,7 +125,14 @@ def _fit_and_report(args, frame: pd.DataFrame, out: Path, price=None) -> dict:
     )
     from bayes_moe.inference.svi import fit_svi
 
-    fit = fit_svi(model, data, num_steps=args.num_steps, num_draws=args.num_draws, seed=args.seed)
+    fit = fit_svi(
+        model,
+        data,
+        num_steps=args.num_steps,
+        num_draws=args.num_draws,
+        seed=args.seed,
+        strategy=args.strategy,
+    )
     print("evaluating the posterior and writing the report ...", flush=True)
     metrics = write_report(fit, out, price=price)
     elapsed = time.perf_counter() - start
@@ -218,7 +234,7 @@ def cmd_backtest(args) -> int:
         raise ValueError(f"unknown baselines {unknown}; choose from {sorted(BASELINES)}")
     covariates = [c for c in frame.columns if c != args.target and frame[c].notna().all()]
     model = BayesianMoE(
-        experts=[e.strip() for e in args.experts.split(",") if e.strip()],
+        experts=args.experts,
         n_regimes=args.regimes,
         window=args.window,
     )
@@ -232,6 +248,7 @@ def cmd_backtest(args) -> int:
             num_draws=args.num_draws,
             seed=args.seed,
             horizon=args.horizon,
+            strategy=args.strategy,
         )
     }
     forecasters.update({name: BASELINES[name]() for name in names})

@@ -108,18 +108,18 @@ def load_fit(path):
             name="date",
         )
         frame = pd.DataFrame(tensors["data/values"].numpy(), index=dates, columns=columns)
-        program = model.program().eval()
+        data = prepare(
+            frame,
+            targets=list(preprocessor.targets),
+            window=model.window,
+            horizon=int(metadata["horizon"]),
+            preprocessor=preprocessor,
+        )
+        program = model.program().build(data.inputs).eval()
         state = {k[len("module/") :]: v for k, v in tensors.items() if k.startswith("module/")}
         program.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path} is a malformed bayes-moe checkpoint: {err}") from None
-    data = prepare(
-        frame,
-        targets=list(preprocessor.targets),
-        window=model.window,
-        horizon=int(metadata["horizon"]),
-        preprocessor=preprocessor,
-    )
     draws = {k[len("draws/") :]: v for k, v in tensors.items() if k.startswith("draws/")}
     diagnostics = SVIDiagnostics(
         losses=tensors["diagnostics/losses"].numpy(),
@@ -128,5 +128,7 @@ def load_fit(path):
         elapsed_s=diag["elapsed_s"],
         guide=diag["guide"],
         seed=diag["seed"],
+        strategy=diag.get("strategy", "joint"),
+        pretrain_s=diag.get("pretrain_s", 0.0),
     )
     return MoEFit(model=model, program=program, data=data, draws=draws, diagnostics=diagnostics)

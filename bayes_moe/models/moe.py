@@ -31,7 +31,7 @@ from torch import nn
 from bayes_moe.data.windows import ExpertInputs, ModelData, prepare
 from bayes_moe.inference.hmm import hmm_log_evidence
 from bayes_moe.models.distributions import regime_log_prob
-from bayes_moe.models.experts import Expert, expert_spec, make_expert
+from bayes_moe.models.experts import Expert, expert_list, expert_spec
 from bayes_moe.models.gate import GateOutput, MarkovGate
 
 if TYPE_CHECKING:
@@ -111,6 +111,13 @@ class MoEProgram(nn.Module):
         """
         return inputs.with_scale_features(self.gate.expert_features)
 
+    def build(self, inputs: ExpertInputs) -> MoEProgram:
+        """Let every expert create its data-shaped parts (:meth:`Expert.build`); returns self."""
+        expert_inputs = self.expert_inputs(inputs)
+        for expert in self.experts:
+            expert.build(expert_inputs)
+        return self
+
     def components(self, inputs: ExpertInputs) -> MixtureComponents:
         """Sample every parameter (sites ``"<label>/<param>"``, ``"gate/<param>"``)."""
         expert_inputs = self.expert_inputs(inputs)
@@ -157,9 +164,10 @@ class BayesianMoE:
 
     Parameters
     ----------
-    experts : sequence of str, mapping or Expert
-        Expert names (``bm.list_experts()``), config mappings
-        (``{"name": "ar", "order": 0}``) or instances.
+    experts : str or sequence of str, mapping or Expert
+        ``"all"`` (every family of ``bm.list_experts()``), comma-separated names
+        (``"ar,tcn,gru"``), or a sequence of names, config mappings
+        (``{"name": "ar", "order": 0}``) and instances.
     n_regimes : int
         Number of regimes ``K`` (ignored when ``gate`` is given).
     window : int
@@ -181,16 +189,14 @@ class BayesianMoE:
 
     def __init__(
         self,
-        experts: Sequence[str | Mapping | Expert] = ("ar", "var", "kalman"),
+        experts: str | Sequence[str | Mapping | Expert] = ("ar", "var", "kalman"),
         n_regimes: int = 3,
         window: int = 64,
         *,
         gate: MarkovGate | None = None,
         expert_dropout: float = 0.0,
     ):
-        self.experts = [make_expert(e) for e in experts]
-        if not self.experts:
-            raise ValueError("a mixture needs at least one expert")
+        self.experts = expert_list(experts)
         self.gate = gate if gate is not None else MarkovGate(n_regimes)
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -198,9 +204,13 @@ class BayesianMoE:
         if not 0.0 <= expert_dropout < 1.0:
             raise ValueError(f"expert_dropout must be in [0, 1), got {expert_dropout}")
         self.expert_dropout = float(expert_dropout)
-        longest = max((getattr(e, "order", 0) for e in self.experts), default=0)
-        if longest > self.window:
-            raise ValueError(f"an expert needs {longest} lags but the window is {self.window}")
+        for e in self.experts:
+            needed = max(getattr(e, "order", 0), getattr(e, "length", None) or 0)
+            if needed > self.window:
+                raise ValueError(
+                    f"expert {e.name!r} needs {needed} days of history but the window is "
+                    f"{self.window}"
+                )
 
     @property
     def n_regimes(self) -> int:

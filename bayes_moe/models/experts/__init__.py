@@ -8,13 +8,15 @@ contract test (``tests/models/experts/test_contract.py``) checks it on arrival.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from bayes_moe.models.experts.ar import AR
 from bayes_moe.models.experts.base import CAPACITY_CLASSES, HORIZON_GROUPS, Expert
 from bayes_moe.models.experts.kalman import Kalman
+from bayes_moe.models.experts.neural import NEURAL_EXPERTS
 from bayes_moe.models.experts.noise import NoiseModel
 from bayes_moe.models.experts.var import VAR
+from bayes_moe.models.experts.window import WindowExpert
 
 _REGISTRY: dict[str, type[Expert]] = {}
 
@@ -27,7 +29,7 @@ def register_expert(cls: type[Expert]) -> type[Expert]:
     return cls
 
 
-for _cls in (AR, VAR, Kalman):
+for _cls in (AR, VAR, Kalman, *NEURAL_EXPERTS):
     register_expert(_cls)
 
 
@@ -58,6 +60,30 @@ def make_expert(spec: str | Mapping | Expert) -> Expert:
     raise TypeError(f"cannot make an expert from {spec!r}")
 
 
+def expert_list(experts: str | Sequence[str | Mapping | Expert]) -> list[Expert]:
+    """Build the experts of a mixture.
+
+    ``experts`` is ``"all"`` (every registered family, in :func:`list_experts`
+    order), a comma-separated string of names (``"ar,tcn,gru"``), or a sequence of
+    names, config mappings and instances. ValueError for an empty choice or an
+    unknown name (before anything is built).
+    """
+    if isinstance(experts, str):
+        if experts.strip() == "all":
+            names: list = list_experts()
+        else:
+            names = [name.strip() for name in experts.split(",") if name.strip()]
+        specs: list = names
+    else:
+        specs = list(experts)
+    if not specs:
+        raise ValueError("a mixture needs at least one expert")
+    for spec in specs:
+        if isinstance(spec, str):
+            expert_class(spec)
+    return [make_expert(spec) for spec in specs]
+
+
 def expert_spec(expert: Expert) -> dict:
     """The config mapping that :func:`make_expert` turns back into ``expert``."""
     return {"name": expert.name, **expert.config()}
@@ -71,7 +97,9 @@ __all__ = [
     "Kalman",
     "NoiseModel",
     "VAR",
+    "WindowExpert",
     "expert_class",
+    "expert_list",
     "expert_spec",
     "list_experts",
     "make_expert",

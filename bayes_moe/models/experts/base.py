@@ -69,8 +69,8 @@ class Expert(nn.Module, ABC):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if getattr(cls, "__abstractmethods__", None):
-            return
+        if getattr(cls, "__abstractmethods__", None) or getattr(cls, "name", None) is None:
+            return  # an abstract class, or a base class (WindowExpert) that names no family
         if getattr(cls, "group", None) not in HORIZON_GROUPS:
             raise TypeError(f"{cls.__name__}.group must be one of {HORIZON_GROUPS}")
         if getattr(cls, "capacity", None) not in CAPACITY_CLASSES:
@@ -102,6 +102,13 @@ class Expert(nn.Module, ABC):
         -------
         Distribution
             ``p_m(y_{t+h} | F_t)`` for every origin.
+        """
+
+    def build(self, inputs: ExpertInputs) -> None:
+        """Create what depends on the data's shape (a neural trunk's input width).
+
+        Called before fitting and before a checkpoint's weights are loaded; the
+        default has nothing to build. Raises ValueError for inputs the expert cannot read.
         """
 
     def config(self) -> dict:

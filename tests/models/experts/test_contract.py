@@ -310,6 +310,7 @@ def test_fitting_raises_the_log_predictive_density(sp500_frame, spec, targets, d
         seed=0,
         progress=False,
         convergence_tol=None,
+        pretrain_steps=100,  # stage one of neural experts (two-stage strategy)
     )
     fitted = fit.posterior.log_predictive_density.mean().item()
     initial = _initial_guide_lpd(model, fit.data, seed=0)

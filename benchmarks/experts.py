@@ -1,0 +1,197 @@
+"""Cost of the neural experts, and the time to fit a mixture of all of them.
+
+Part one (default), per neural expert at its default size:
+
+* parameter count (trunk, head and scale model, one target);
+* forward + backward time of the trunk over the full sample (every origin of the
+  S&P 500, 4,945 windows of L = 64 days), float32 and float64, one thread: what one
+  SVI step would cost if the trunk were trained jointly in full batch;
+* time and peak memory of forward + backward as the window grows, L = 64 .. 4096,
+  over a batch of 256 windows (float32). Peak memory is the growth of the process's
+  maximum resident set, measured in a fresh process per expert with L increasing.
+
+Part two (``--fit``): the mixture of ar + var + kalman + the eight neural experts, 3
+regimes, window 64, fitted on the S&P 500 (1999-2018) with the default two-stage
+strategy; wall time of each stage and the ELBO reached.
+
+Writes ``results/experts.json`` and ``results/experts.png`` (part one) and
+``results/experts_fit.json`` (part two), atomically.
+
+Usage::
+
+    python benchmarks/experts.py             # part one, ~3 minutes
+    python benchmarks/experts.py --fit       # part two, ~5-10 minutes
+    python benchmarks/experts.py --quick     # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+import bayes_moe as bm  # noqa: E402
+from bayes_moe.io import atomic_path, write_json  # noqa: E402
+from bayes_moe.models.experts import make_expert  # noqa: E402
+from bayes_moe.models.experts.neural import NEURAL_EXPERTS  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NAMES = [cls.name for cls in NEURAL_EXPERTS]
+LENGTHS = [64, 128, 256, 512, 1024, 2048, 4096]
+SCALING_BATCH = 256
+
+
+def _fwd_bwd_seconds(trunk, x, repeats):
+    """Median wall time of forward + backward of ``trunk(x)[:, -1].sum()``."""
+    times = []
+    for i in range(repeats + 1):
+        trunk.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        trunk(x)[:, -1].pow(2).sum().backward()
+        if i:  # the first call warms up
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def full_sample(name, inputs, repeats):
+    """Parameter count and full-sample forward + backward time at the model's window."""
+    expert = make_expert(name)
+    n_params = expert.n_parameters(inputs)
+    x = expert.window_batch(inputs)
+    out = {"n_parameters": n_params, "n_windows": int(x.shape[0]), "window": int(x.shape[1])}
+    for dtype in (torch.float32, torch.float64):
+        trunk = expert.trunk.to(dtype)
+        out[f"fwd_bwd_s_{str(dtype)[6:]}"] = _fwd_bwd_seconds(trunk, x.to(dtype), repeats)
+    return out
+
+
+def scaling(name, lengths, repeats):
+    """Forward + backward time and peak-memory growth as ``L`` grows (this process)."""
+    torch.manual_seed(0)
+    trunk = make_expert(name).trunk_class(1, **make_expert(name).trunk_options)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rows = []
+    for L in lengths:
+        x = torch.randn(SCALING_BATCH, L, 1)
+        seconds = _fwd_bwd_seconds(trunk, x, repeats)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        rows.append({"length": L, "fwd_bwd_s": seconds, "peak_mib": (peak - base) / 1024})
+    return rows
+
+
+def _scaling_in_subprocess(name, lengths, repeats):
+    here = str(Path(__file__).parent)
+    code = (
+        f"import json, sys, torch; torch.set_num_threads(1); sys.path.insert(0, {here!r});"
+        f"import experts; print(json.dumps(experts.scaling({name!r}, {lengths!r}, {repeats})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode:
+        return {"error": done.stderr.strip().splitlines()[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def part_one(args):
+    torch.set_num_threads(1)
+    frame = bm.data.load_sp500()
+    data = bm.BayesianMoE(experts="ar", window=64).prepare(frame)
+    lengths = LENGTHS[:3] if args.quick else LENGTHS
+    repeats = 1 if args.quick else 3
+    results = {}
+    for name in NAMES:
+        print(f"{name}: full sample ...", flush=True)
+        results[name] = full_sample(name, data.inputs, repeats)
+        print(f"{name}: window scaling ...", flush=True)
+        results[name]["scaling"] = _scaling_in_subprocess(name, lengths, repeats)
+    write_json(
+        {"threads": 1, "scaling_batch": SCALING_BATCH, "experts": results}, RESULTS / "experts.json"
+    )
+    _plot(results, RESULTS / "experts.png")
+    print(f"{'expert':<18}{'params':>8}{'f32 s':>8}{'f64 s':>8}   s at L=64..max  (MiB at max)")
+    for name, r in results.items():
+        scale = r["scaling"]
+        tail = (
+            "error"
+            if isinstance(scale, dict)
+            else (
+                f"{scale[0]['fwd_bwd_s']:.3f}..{scale[-1]['fwd_bwd_s']:.3f}"
+                f" ({scale[-1]['peak_mib']:.0f})"
+            )
+        )
+        print(
+            f"{name:<18}{r['n_parameters']:>8}{r['fwd_bwd_s_float32']:>8.2f}"
+            f"{r['fwd_bwd_s_float64']:>8.2f}   {tail}"
+        )
+
+
+def _plot(results, path):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in results.items():
+        if isinstance(r["scaling"], dict):
+            continue
+        L = [row["length"] for row in r["scaling"]]
+        axes[0].loglog(L, [row["fwd_bwd_s"] for row in r["scaling"]], marker="o", label=name)
+        axes[1].loglog(L, [max(row["peak_mib"], 0.1) for row in r["scaling"]], marker="o")
+    axes[0].set(
+        xlabel="window length L",
+        ylabel="forward + backward (s)",
+        title=f"time, batch of {SCALING_BATCH} windows, float32",
+    )
+    axes[1].set(xlabel="window length L", ylabel="peak memory growth (MiB)", title="memory")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def part_two(args):
+    frame = bm.data.load_sp500()
+    experts = ["ar", "var", "kalman", *NAMES]
+    model = bm.BayesianMoE(experts=experts, n_regimes=3, window=64)
+    start = time.perf_counter()
+    fit = model.fit(
+        frame,
+        num_steps=20 if args.quick else 1500,
+        pretrain_steps=20 if args.quick else 400,
+        num_draws=200,
+        seed=0,
+    )
+    wall = time.perf_counter() - start
+    d = fit.diagnostics
+    out = {
+        "experts": experts,
+        "n_days": int(fit.data.n_observed),
+        "wall_s": wall,
+        "pretrain_s": d.pretrain_s,
+        "joint_s": d.elapsed_s,
+        "joint_steps": d.num_steps,
+        "joint_step_s": d.step_time_s,
+        "elbo_per_day": -d.final_loss / d.n_observations,
+        "in_sample_log_score_standardized": float(fit.posterior.log_predictive_density.mean()),
+    }
+    write_json(out, RESULTS / "experts_fit.json")
+    print(json.dumps(out, indent=1))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fit", action="store_true", help="fit the mixture of all experts")
+    parser.add_argument("--quick", action="store_true", help="smoke run")
+    args = parser.parse_args(argv)
+    (part_two if args.fit else part_one)(args)
+
+
+if __name__ == "__main__":
+    main()
