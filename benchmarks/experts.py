@@ -179,6 +179,7 @@ def part_two(args):
         "joint_steps": d.num_steps,
         "joint_step_s": d.step_time_s,
         "elbo_per_day": -d.final_loss / d.n_observations,
+        "units": "nats per day of the standardized returns",
         "in_sample_log_score_standardized": float(fit.posterior.log_predictive_density.mean()),
     }
     write_json(out, RESULTS / "experts_fit.json")
