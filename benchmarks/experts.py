@@ -7,8 +7,8 @@ Part one (default), per neural expert at its default size:
   S&P 500, 4,945 windows of L = 64 days), float32 and float64, one thread: what one
   SVI step would cost if the trunk were trained jointly in full batch;
 * time and peak memory of forward + backward as the window grows, L = 64 .. 4096,
-  over a batch of 256 windows (float32). Peak memory is the growth of the process's
-  maximum resident set, measured in a fresh process per expert with L increasing.
+  over a batch of 256 windows (float32). Memory is what autograd saves for the
+  backward pass (distinct storages, counted exactly), the part that grows with L.
 
 Part two (``--fit``): the mixture of ar + var + kalman + the eight neural experts, 3
 regimes, window 64, fitted on the S&P 500 (1999-2018) with the default two-stage
@@ -28,10 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -40,6 +37,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 import bayes_moe as bm  # noqa: E402
 from bayes_moe.io import atomic_path, write_json  # noqa: E402
@@ -76,30 +74,35 @@ def full_sample(name, inputs, repeats):
     return out
 
 
+def saved_activation_mib(trunk, x):
+    """MiB of the distinct tensors autograd saves for backward in ``trunk(x)``.
+
+    What training holds in memory beyond the weights, counted exactly (each storage
+    once) with :func:`torch.autograd.graph.saved_tensors_hooks`.
+    """
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        trunk(x)[:, -1].pow(2).sum()
+    return sum(storages.values()) / 2**20
+
+
 def scaling(name, lengths, repeats):
-    """Forward + backward time and peak-memory growth as ``L`` grows (this process)."""
+    """Forward + backward time and saved-activation memory as ``L`` grows."""
     torch.manual_seed(0)
-    trunk = make_expert(name).trunk_class(1, **make_expert(name).trunk_options)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    expert = make_expert(name)
+    trunk = expert.trunk_class(1, **expert.trunk_options)
     rows = []
-    for L in lengths:
+    for L in tqdm(lengths, desc=f"{name} window scaling", leave=False):
         x = torch.randn(SCALING_BATCH, L, 1)
         seconds = _fwd_bwd_seconds(trunk, x, repeats)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        rows.append({"length": L, "fwd_bwd_s": seconds, "peak_mib": (peak - base) / 1024})
+        memory = saved_activation_mib(trunk, x)
+        rows.append({"length": L, "fwd_bwd_s": seconds, "memory_mib": memory})
     return rows
-
-
-def _scaling_in_subprocess(name, lengths, repeats):
-    here = str(Path(__file__).parent)
-    code = (
-        f"import json, sys, torch; torch.set_num_threads(1); sys.path.insert(0, {here!r});"
-        f"import experts; print(json.dumps(experts.scaling({name!r}, {lengths!r}, {repeats})))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if done.returncode:
-        return {"error": done.stderr.strip().splitlines()[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def part_one(args):
@@ -112,22 +115,19 @@ def part_one(args):
     for name in NAMES:
         print(f"{name}: full sample ...", flush=True)
         results[name] = full_sample(name, data.inputs, repeats)
-        print(f"{name}: window scaling ...", flush=True)
-        results[name]["scaling"] = _scaling_in_subprocess(name, lengths, repeats)
+        results[name]["scaling"] = scaling(name, lengths, repeats)
     write_json(
         {"threads": 1, "scaling_batch": SCALING_BATCH, "experts": results}, RESULTS / "experts.json"
     )
     _plot(results, RESULTS / "experts.png")
-    print(f"{'expert':<18}{'params':>8}{'f32 s':>8}{'f64 s':>8}   s at L=64..max  (MiB at max)")
+    print(
+        f"{'expert':<18}{'params':>8}{'f32 s':>8}{'f64 s':>8}   s at L=64..max  (MiB saved at max)"
+    )
     for name, r in results.items():
         scale = r["scaling"]
         tail = (
-            "error"
-            if isinstance(scale, dict)
-            else (
-                f"{scale[0]['fwd_bwd_s']:.3f}..{scale[-1]['fwd_bwd_s']:.3f}"
-                f" ({scale[-1]['peak_mib']:.0f})"
-            )
+            f"{scale[0]['fwd_bwd_s']:.3f}..{scale[-1]['fwd_bwd_s']:.3f}"
+            f" ({scale[-1]['memory_mib']:.0f})"
         )
         print(
             f"{name:<18}{r['n_parameters']:>8}{r['fwd_bwd_s_float32']:>8.2f}"
@@ -138,17 +138,17 @@ def part_one(args):
 def _plot(results, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, r in results.items():
-        if isinstance(r["scaling"], dict):
-            continue
         L = [row["length"] for row in r["scaling"]]
         axes[0].loglog(L, [row["fwd_bwd_s"] for row in r["scaling"]], marker="o", label=name)
-        axes[1].loglog(L, [max(row["peak_mib"], 0.1) for row in r["scaling"]], marker="o")
+        axes[1].loglog(L, [max(row["memory_mib"], 0.1) for row in r["scaling"]], marker="o")
     axes[0].set(
         xlabel="window length L",
         ylabel="forward + backward (s)",
         title=f"time, batch of {SCALING_BATCH} windows, float32",
     )
-    axes[1].set(xlabel="window length L", ylabel="peak memory growth (MiB)", title="memory")
+    axes[1].set(
+        xlabel="window length L", ylabel="saved activations (MiB)", title="memory held for backward"
+    )
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
