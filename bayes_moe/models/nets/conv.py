@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bayes_moe.models.nets.options import positive_int
+
 #: Activations of the plain CNN, the depthwise-separable trunk and the TCN.
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
@@ -55,12 +57,6 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "tanh": torch.tanh,
 }
-
-
-def _positive(name: str, value: int, minimum: int = 1) -> int:
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _activation(name: str) -> str:
@@ -190,10 +186,10 @@ class CausalCNN(ConvTrunk):
         activation: str = "relu",
     ):
         super().__init__()
-        in_channels = _positive("in_channels", in_channels)
-        self.channels = _positive("channels", channels)
-        self.layers = _positive("layers", layers)
-        self.kernel_size = _positive("kernel_size", kernel_size)
+        in_channels = positive_int("in_channels", in_channels)
+        self.channels = positive_int("channels", channels)
+        self.layers = positive_int("layers", layers)
+        self.kernel_size = positive_int("kernel_size", kernel_size)
         self.activation = _activation(activation)
         self.out_features = self.channels
         widths = [in_channels] + [self.channels] * self.layers
@@ -308,10 +304,10 @@ class DepthwiseSeparableCNN(ConvTrunk):
         residual: bool = True,
     ):
         super().__init__()
-        in_channels = _positive("in_channels", in_channels)
-        self.channels = _positive("channels", channels)
-        self.blocks = _positive("blocks", blocks)
-        self.kernel_size = _positive("kernel_size", kernel_size)
+        in_channels = positive_int("in_channels", in_channels)
+        self.channels = positive_int("channels", channels)
+        self.blocks = positive_int("blocks", blocks)
+        self.kernel_size = positive_int("kernel_size", kernel_size)
         self.activation = _activation(activation)
         self.residual = bool(residual)
         self.out_features = self.channels
@@ -509,11 +505,11 @@ class MobileNet1d(ConvTrunk):
         kernel_size: int = 3,
     ):
         super().__init__()
-        in_channels = _positive("in_channels", in_channels)
-        self.channels = _positive("channels", channels)
-        self.expansion = _positive("expansion", expansion)
-        self.blocks = _positive("blocks", blocks)
-        self.kernel_size = _positive("kernel_size", kernel_size)
+        in_channels = positive_int("in_channels", in_channels)
+        self.channels = positive_int("channels", channels)
+        self.expansion = positive_int("expansion", expansion)
+        self.blocks = positive_int("blocks", blocks)
+        self.kernel_size = positive_int("kernel_size", kernel_size)
         self.out_features = self.channels
         self.lift = nn.Linear(in_channels, self.channels)
         self.layers = nn.ModuleList(
@@ -623,18 +619,18 @@ class EfficientNetLite1d(ConvTrunk):
         se_ratio: float = 0.25,
     ):
         super().__init__()
-        in_channels = _positive("in_channels", in_channels)
-        self.stem_channels = _positive("stem_channels", stem_channels)
-        self.stem_kernel_size = _positive("stem_kernel_size", stem_kernel_size)
-        self.channels = [_positive("channels", c) for c in channels]
-        self.expansions = [_positive("expansions", t) for t in expansions]
-        self.kernel_sizes = [_positive("kernel_sizes", k) for k in kernel_sizes]
+        in_channels = positive_int("in_channels", in_channels)
+        self.stem_channels = positive_int("stem_channels", stem_channels)
+        self.stem_kernel_size = positive_int("stem_kernel_size", stem_kernel_size)
+        self.channels = [positive_int("channels", c) for c in channels]
+        self.expansions = [positive_int("expansions", t) for t in expansions]
+        self.kernel_sizes = [positive_int("kernel_sizes", k) for k in kernel_sizes]
         if not len(self.channels) == len(self.expansions) == len(self.kernel_sizes):
             raise ValueError(
                 "channels, expansions and kernel_sizes need one entry per block, got "
                 f"{len(self.channels)}, {len(self.expansions)}, {len(self.kernel_sizes)}"
             )
-        self.head_channels = _positive("head_channels", head_channels)
+        self.head_channels = positive_int("head_channels", head_channels)
         self.squeeze_excite = bool(squeeze_excite)
         if not 0 < se_ratio <= 1:
             raise ValueError(f"se_ratio must be in (0, 1], got {se_ratio!r}")
@@ -762,10 +758,10 @@ class TCN(ConvTrunk):
         activation: str = "relu",
     ):
         super().__init__()
-        in_channels = _positive("in_channels", in_channels)
-        self.channels = _positive("channels", channels)
-        self.levels = _positive("levels", levels)
-        self.kernel_size = _positive("kernel_size", kernel_size)
+        in_channels = positive_int("in_channels", in_channels)
+        self.channels = positive_int("channels", channels)
+        self.levels = positive_int("levels", levels)
+        self.kernel_size = positive_int("kernel_size", kernel_size)
         self.activation = _activation(activation)
         self.out_features = self.channels
         self.lift = nn.Linear(in_channels, self.channels)

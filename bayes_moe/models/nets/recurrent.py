@@ -59,17 +59,12 @@ import torch
 from torch import nn
 
 from bayes_moe.inference.scan import associative_scan
+from bayes_moe.models.nets.options import positive_int
 
 #: Ways a linear recurrence is evaluated.
 MODES: tuple[str, ...] = ("scan", "loop")
 #: Ways the GRU is evaluated.
 GRU_MODES: tuple[str, ...] = ("fused", "loop")
-
-
-def _positive(name: str, value: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _check_mode(mode: str, modes: tuple[str, ...]) -> str:
@@ -130,9 +125,9 @@ class _Recurrent(nn.Module):
 
     def __init__(self, in_channels: int, hidden: int, layers: int, mode: str, modes: tuple):
         super().__init__()
-        self.in_channels = _positive("in_channels", in_channels)
-        self.hidden = _positive("hidden", hidden)
-        self.layers = _positive("layers", layers)
+        self.in_channels = positive_int("in_channels", in_channels)
+        self.hidden = positive_int("hidden", hidden)
+        self.layers = positive_int("layers", layers)
         self.modes = modes
         self.mode = _check_mode(mode, modes)
         self.out_features = self.hidden

@@ -145,7 +145,7 @@ def test_vmap_over_weight_draws_equals_a_loop(cls, options):
 
 
 def test_bad_options():
-    with pytest.raises(ValueError, match="hidden must be a positive integer"):
+    with pytest.raises(ValueError, match="hidden must be an integer >= 1"):
         GRU(1, hidden=0)
     with pytest.raises(ValueError, match="mode must be one of"):
         SRU(1, mode="fused")
