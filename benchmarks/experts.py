@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -36,16 +38,20 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 import bayes_moe as bm  # noqa: E402
 from bayes_moe.io import atomic_path, write_json  # noqa: E402
 from bayes_moe.models.experts import make_expert  # noqa: E402
+from bayes_moe.models.experts.long_range import LONG_RANGE_EXPERTS  # noqa: E402
 from bayes_moe.models.experts.neural import NEURAL_EXPERTS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-NAMES = [cls.name for cls in NEURAL_EXPERTS]
+NAMES = [cls.name for cls in (*NEURAL_EXPERTS, *LONG_RANGE_EXPERTS)]
+#: Lengths whose exact-attention score tensors would need more are skipped.
+MEMORY_BUDGET_MIB = 6144
 LENGTHS = [64, 128, 256, 512, 1024, 2048, 4096]
 SCALING_BATCH = 256
 
@@ -91,17 +97,86 @@ def saved_activation_mib(trunk, x):
     return sum(storages.values()) / 2**20
 
 
-def scaling(name, lengths, repeats):
-    """Forward + backward time and saved-activation memory as ``L`` grows."""
+def make_trunk(name, length):
+    """The default trunk of expert ``name`` over one channel for windows of ``length``."""
     torch.manual_seed(0)
     expert = make_expert(name)
-    trunk = expert.trunk_class(1, **expert.trunk_options)
+    options = dict(expert.trunk_options)
+    if getattr(expert.trunk_class, "window_dependent", False):
+        options["length"] = length
+    return expert.trunk_class(1, **options)
+
+
+def _peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def scaling(name, lengths, repeats, batch):
+    """Forward + backward time, saved activations and peak memory as ``L`` grows.
+
+    Runs in a fresh process per expert, lengths in increasing order, so the process's
+    peak resident memory after length ``L`` is the peak of ``L`` (memory grows with L);
+    the peak before the first length is subtracted. A length whose attention-size
+    tensors alone would pass :data:`MEMORY_BUDGET_MIB` is skipped and marked so.
+    """
+    torch.set_num_threads(1)
+    base = _peak_rss_mib()
     rows = []
-    for L in tqdm(lengths, desc=f"{name} window scaling", leave=False):
-        x = torch.randn(SCALING_BATCH, L, 1)
+    for L in lengths:
+        trunk = make_trunk(name, L)
+        if (
+            getattr(trunk, "causal", "")
+            and _quadratic(name)
+            and _quadratic_mib(L, batch) > MEMORY_BUDGET_MIB
+        ):
+            rows.append({"length": L, "skipped": f"needs > {MEMORY_BUDGET_MIB} MiB (L^2 scores)"})
+            continue
+        x = torch.randn(batch, L, 1)
         seconds = _fwd_bwd_seconds(trunk, x, repeats)
         memory = saved_activation_mib(trunk, x)
-        rows.append({"length": L, "fwd_bwd_s": seconds, "memory_mib": memory})
+        rows.append(
+            {
+                "length": L,
+                "fwd_bwd_s": seconds,
+                "memory_mib": memory,
+                "peak_rss_mib": _peak_rss_mib() - base,
+            }
+        )
+    return rows
+
+
+def _quadratic(name):
+    return name == "attention"
+
+
+def _quadratic_mib(L, batch):
+    """Bytes of one float32 ``(batch, heads, L, L)`` score tensor per layer, times 4 (saved
+    scores and probabilities, two layers), in MiB, for the exact-attention trunk."""
+    heads = getattr(make_trunk("attention", 64), "heads", 1)
+    return 4 * batch * heads * L * L * 4 / 2**20
+
+
+def fitted_slopes(rows, key, min_length=256):
+    """Least-squares slope of ``log key`` on ``log L`` over ``L >= min_length``."""
+    points = [(r["length"], r[key]) for r in rows if key in r and r["length"] >= min_length]
+    if len(points) < 2:
+        return None
+    L, v = np.log([p[0] for p in points]), np.log([max(p[1], 1e-9) for p in points])
+    return float(np.polyfit(L, v, 1)[0])
+
+
+def _scaling_worker(name, lengths, repeats, batch, queue):
+    queue.put(scaling(name, lengths, repeats, batch))
+
+
+def scaling_in_process(name, lengths, repeats, batch):
+    """:func:`scaling` in a fresh process (its own peak-memory counter)."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_scaling_worker, args=(name, lengths, repeats, batch, queue))
+    process.start()
+    rows = queue.get()
+    process.join()
     return rows
 
 
@@ -111,45 +186,77 @@ def part_one(args):
     data = bm.BayesianMoE(experts="ar", window=64).prepare(frame)
     lengths = LENGTHS[:3] if args.quick else LENGTHS
     repeats = 1 if args.quick else 3
+    names = NAMES if args.experts is None else args.experts.split(",")
     results = {}
-    for name in NAMES:
-        print(f"{name}: full sample ...", flush=True)
+    for name in tqdm(names, desc="experts"):
         results[name] = full_sample(name, data.inputs, repeats)
-        results[name]["scaling"] = scaling(name, lengths, repeats)
-    write_json(
-        {"threads": 1, "scaling_batch": SCALING_BATCH, "experts": results}, RESULTS / "experts.json"
-    )
+        rows = scaling_in_process(name, lengths, repeats, SCALING_BATCH)
+        results[name]["scaling"] = rows
+        results[name]["slope_time"] = fitted_slopes(rows, "fwd_bwd_s")
+        results[name]["slope_memory"] = fitted_slopes(rows, "memory_mib")
+        results[name]["slope_peak_rss"] = fitted_slopes(rows, "peak_rss_mib")
+    doc = {
+        "threads": 1,
+        "scaling_batch": SCALING_BATCH,
+        "slopes": "least-squares slope of log(value) on log(L) for L >= 256",
+        "experts": results,
+    }
+    write_json(doc, RESULTS / "experts.json")
     _plot(results, RESULTS / "experts.png")
     print(
-        f"{'expert':<18}{'params':>8}{'f32 s':>8}{'f64 s':>8}   s at L=64..max  (MiB saved at max)"
+        f"{'expert':<18}{'params':>8}{'f32 s':>8}{'f64 s':>8}  slope t  slope mem   "
+        "s at L=64..max  (MiB saved at max)"
     )
     for name, r in results.items():
-        scale = r["scaling"]
+        done = [row for row in r["scaling"] if "fwd_bwd_s" in row]
         tail = (
-            f"{scale[0]['fwd_bwd_s']:.3f}..{scale[-1]['fwd_bwd_s']:.3f}"
-            f" ({scale[-1]['memory_mib']:.0f})"
+            f"{done[0]['fwd_bwd_s']:.3f}..{done[-1]['fwd_bwd_s']:.3f} at L={done[-1]['length']}"
+            f" ({done[-1]['memory_mib']:.0f})"
         )
+        slope_t = "-" if r["slope_time"] is None else f"{r['slope_time']:.2f}"
+        slope_m = "-" if r["slope_memory"] is None else f"{r['slope_memory']:.2f}"
         print(
             f"{name:<18}{r['n_parameters']:>8}{r['fwd_bwd_s_float32']:>8.2f}"
-            f"{r['fwd_bwd_s_float64']:>8.2f}   {tail}"
+            f"{r['fwd_bwd_s_float64']:>8.2f}  {slope_t:>7}  {slope_m:>9}   {tail}"
         )
 
 
 def _plot(results, path):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for name, r in results.items():
-        L = [row["length"] for row in r["scaling"]]
-        axes[0].loglog(L, [row["fwd_bwd_s"] for row in r["scaling"]], marker="o", label=name)
-        axes[1].loglog(L, [max(row["memory_mib"], 0.1) for row in r["scaling"]], marker="o")
+        rows = [row for row in r["scaling"] if "fwd_bwd_s" in row]
+        L = [row["length"] for row in rows]
+        style = {"lw": 2.5, "color": "k"} if name == "attention" else {"lw": 1}
+        slope_t = r.get("slope_time")
+        slope_m = r.get("slope_memory")
+        axes[0].loglog(
+            L,
+            [row["fwd_bwd_s"] for row in rows],
+            marker="o",
+            ms=3,
+            label=f"{name} ({slope_t:.2f})" if slope_t is not None else name,
+            **style,
+        )
+        axes[1].loglog(
+            L,
+            [max(row["memory_mib"], 0.1) for row in rows],
+            marker="o",
+            ms=3,
+            label=f"{name} ({slope_m:.2f})" if slope_m is not None else name,
+            **style,
+        )
     axes[0].set(
         xlabel="window length L",
         ylabel="forward + backward (s)",
-        title=f"time, batch of {SCALING_BATCH} windows, float32",
+        title=f"time, {SCALING_BATCH} windows, float32, 1 thread (slope)",
     )
     axes[1].set(
-        xlabel="window length L", ylabel="saved activations (MiB)", title="memory held for backward"
+        xlabel="window length L",
+        ylabel="saved activations (MiB)",
+        title="memory held for backward (slope)",
     )
-    axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
@@ -158,8 +265,8 @@ def _plot(results, path):
 
 def part_two(args):
     frame = bm.data.load_sp500()
-    experts = ["ar", "var", "kalman", *NAMES]
-    model = bm.BayesianMoE(experts=experts, n_regimes=3, window=64)
+    model = bm.BayesianMoE(experts="all", n_regimes=3, window=64)
+    experts = [e.name for e in model.experts]
     start = time.perf_counter()
     fit = model.fit(
         frame,
@@ -190,6 +297,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fit", action="store_true", help="fit the mixture of all experts")
     parser.add_argument("--quick", action="store_true", help="smoke run")
+    parser.add_argument("--experts", default=None, help="comma list (default: every window expert)")
     args = parser.parse_args(argv)
     (part_two if args.fit else part_one)(args)
 

@@ -13,21 +13,32 @@ Writes ``metrics.json`` (shape documented in ``bayes_moe.evaluation.calibration`
 
     python benchmarks/p1_sp500.py                      # the full protocol (< 60 min, 2 cores)
     python benchmarks/p1_sp500.py --validation --models bayes_moe --regimes 2
+    python benchmarks/p1_sp500.py --experts all --jobs 2   # every expert alone, the full
+                                                          # mixture and the default one
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import tempfile
 import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+import torch
 from _options import add_mixture_options  # benchmarks/ is on sys.path
+from tqdm.auto import tqdm
 
 import bayes_moe as bm
 from bayes_moe.evaluation.backtest import backtest
 from bayes_moe.evaluation.baselines import BASELINES, P1_ANCHORS
 from bayes_moe.evaluation.moe_forecaster import MoEForecaster
+from bayes_moe.inference.pretrain_cache import PretrainCache
 from bayes_moe.io import atomic_path
+from bayes_moe.models.experts import expert_list
+from bayes_moe.models.moe import DEFAULT_EXPERTS
 from bayes_moe.report import write_backtest_report
 
 TEST = ("2015-01-02", "2018-12-31")
@@ -47,34 +58,130 @@ def parse_args(argv=None):
     parser.add_argument("--validation", action="store_true", help="test on 2011-2014 instead")
     parser.add_argument(
         "--models",
-        default="bayes_moe,experts,baselines",
-        help="comma list of: bayes_moe, experts, baselines, or single names",
+        default="bayes_moe,default,experts,baselines",
+        help="comma list of: bayes_moe (the --experts mixture), default (the default "
+        "mixture, when --experts differs from it), experts (each alone), baselines, or "
+        "single names (expert_tcn, garch_t, ...)",
     )
     add_mixture_options(parser)
     parser.add_argument("--refit-every", type=int, default=250)
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="models backtested at once, in processes"
+    )
+    parser.add_argument(
+        "--pretrain-cache",
+        default=None,
+        help="folder of stage-one results to reuse (default: a temporary one for the run)",
+    )
     parser.add_argument("--out", default=None, help="default benchmarks/results/p1[_validation]")
     return parser.parse_args(argv)
 
 
-def forecasters(args, covariates):
-    """The forecasters requested by ``--models``."""
+def expert_names(experts: str) -> list[str]:
+    """``--experts`` as a list of names (``all``: every registered expert)."""
+    return [e.name for e in expert_list(experts)]
+
+
+def model_specs(args) -> dict[str, tuple]:
+    """The models requested by ``--models``: name -> picklable spec, longest first."""
     wanted = [m.strip() for m in args.models.split(",") if m.strip()]
-    experts = [e.strip() for e in args.experts.split(",") if e.strip()]
-    fit_options = {"num_steps": args.num_steps, "num_draws": args.num_draws, "seed": args.seed}
-    out = {}
+    experts = expert_names(args.experts)
+    specs = {}
     if "bayes_moe" in wanted:
-        model = bm.BayesianMoE(experts=experts, n_regimes=args.regimes, window=args.window)
-        out["bayes_moe"] = MoEForecaster(model, covariates=covariates, **fit_options)
+        specs["bayes_moe"] = ("mixture", tuple(experts), args.regimes)
+    if "default" in wanted and experts != list(DEFAULT_EXPERTS):
+        specs["bayes_moe_default"] = ("mixture", tuple(DEFAULT_EXPERTS), args.regimes)
     for expert in experts:
         if "experts" in wanted or f"expert_{expert}" in wanted:
-            alone = bm.BayesianMoE(experts=[expert], n_regimes=1, window=args.window)
-            out[f"expert_{expert}"] = MoEForecaster(
-                alone, covariates=covariates, name=f"expert_{expert}", **fit_options
-            )
-    for name, make in BASELINES.items():
+            specs[f"expert_{expert}"] = ("mixture", (expert,), 1)
+    for name in BASELINES:
         if "baselines" in wanted or name in wanted:
-            out[name] = make()
-    return out
+            specs[name] = ("baseline", name)
+    return specs
+
+
+def make_forecaster(name: str, spec: tuple, args, covariates, cache):
+    """The forecaster of one spec of :func:`model_specs`."""
+    if spec[0] == "baseline":
+        return BASELINES[spec[1]]()
+    _, experts, regimes = spec
+    model = bm.BayesianMoE(experts=list(experts), n_regimes=regimes, window=args.window)
+    return MoEForecaster(
+        model,
+        covariates=covariates,
+        name=name,
+        num_steps=args.num_steps,
+        num_draws=args.num_draws,
+        seed=args.seed,
+        pretrain_cache=cache,
+    )
+
+
+def load_frame():
+    """S&P 500 with NASDAQ, range features and VIX (arch.data), and the mixture's columns."""
+    frame = bm.data.add_vix(bm.data.load_sp500())
+    # The mixture reads returns only (and range features); VIX (2014-) is left to har_vix.
+    covariates = [c for c in frame.columns if c != "ret" and frame[c].notna().all()]
+    return frame, covariates
+
+
+def run_model(name: str, spec: tuple, args, cache_dir: str):
+    """Backtest one model; returns ``(name, BacktestResult or None, error or None)``.
+
+    Runs in a worker process with ``--jobs > 1``: it loads the data itself, and a
+    failure is returned, not raised, so that the other models' results are kept.
+    """
+    torch.set_num_threads(1)
+    test_start, test_end = VALIDATION if args.validation else TEST
+    frame, covariates = load_frame()
+    cache = PretrainCache(cache_dir)
+    try:
+        forecaster = make_forecaster(name, spec, args, covariates, cache)
+        result = backtest(
+            frame.loc[:test_end],
+            forecaster,
+            test_start=test_start,
+            test_end=test_end,
+            refit_every=args.refit_every,
+            name=name,
+            progress=args.jobs == 1,
+        )
+    except Exception as err:  # reported in the report, the other models go on
+        return name, None, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
+    return name, result, None
+
+
+def run_all(specs: dict, args, cache_dir: str):
+    """Every model, serially or in ``--jobs`` processes; results in the order of ``specs``."""
+    done: dict = {}
+    failures: dict = {}
+
+    def record(name, result, error):
+        if error is not None:
+            failures[name] = error
+            print(f"{name} FAILED: {error.splitlines()[0]}", flush=True)
+            return
+        done[name] = result
+        summary = result.summary()
+        print(
+            f"{name}: log score {summary['log_score']:.4f}  CRPS {summary['crps']:.4f}  "
+            f"cov90 {summary['coverage_90']:.3f}  ({result.elapsed_s:.0f} s)",
+            flush=True,
+        )
+
+    if args.jobs <= 1:
+        for name, spec in specs.items():
+            print(f"{name} ...", flush=True)
+            record(*run_model(name, spec, args, cache_dir))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+            futures = [
+                pool.submit(run_model, name, spec, args, cache_dir) for name, spec in specs.items()
+            ]
+            for future in tqdm(as_completed(futures), total=len(futures), desc="P1 models"):
+                record(*future.result())
+    return {name: done[name] for name in specs if name in done}, failures
 
 
 def targets_section(doc: dict, validation: bool) -> list[str]:
@@ -116,59 +223,48 @@ def targets_section(doc: dict, validation: bool) -> list[str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     start_all = time.perf_counter()
-    test_start, test_end = VALIDATION if args.validation else TEST
     out = Path(
         args.out
         or ("benchmarks/results/p1_validation" if args.validation else "benchmarks/results/p1")
     )
-    frame = bm.data.add_vix(bm.data.load_sp500())
-    # The mixture reads returns only (and range features); VIX (2014-) is left to har_vix.
-    covariates = [c for c in frame.columns if c != "ret" and frame[c].notna().all()]
-    results = {}
-    for name, forecaster in forecasters(args, covariates).items():
-        print(f"{name} ...", flush=True)
-        results[name] = backtest(
-            frame.loc[:test_end],
-            forecaster,
-            test_start=test_start,
-            test_end=test_end,
-            refit_every=args.refit_every,
-            name=name,
-        )
-        summary = results[name].summary()
-        print(
-            f"  log score {summary['log_score']:.4f}  CRPS {summary['crps']:.4f}  "
-            f"cov90 {summary['coverage_90']:.3f}  ({results[name].elapsed_s:.0f} s)",
-            flush=True,
-        )
+    specs = model_specs(args)  # unknown expert names fail here, before any work
+    with tempfile.TemporaryDirectory(prefix="p1-pretrain-") as tmp_cache:
+        results, failures = run_all(specs, args, args.pretrain_cache or tmp_cache)
+    if not results:
+        print("every model failed; nothing written")
+        return 1
+    first = results[next(iter(results))]
     protocol = {
         "name": "P1-validation" if args.validation else "P1",
         "data": "S&P 500, arch.data, ret = 100*diff(log(Adj Close)); mixture frame from "
         "1999-02-04 (feature warm-up)",
-        "test_start": str(results[next(iter(results))].table.index[0].date()),
-        "test_end": str(results[next(iter(results))].table.index[-1].date()),
-        "n_test_days": len(results[next(iter(results))].table),
+        "test_start": str(first.table.index[0].date()),
+        "test_end": str(first.table.index[-1].date()),
+        "n_test_days": len(first.table),
         "refit_every": args.refit_every,
         "window": "expanding",
         "horizon": 1,
         "mixture": {
-            "experts": args.experts,
+            "experts": ",".join(expert_names(args.experts)),
             "n_regimes": args.regimes,
             "window": args.window,
             "num_steps": args.num_steps,
             "num_draws": args.num_draws,
             "seed": args.seed,
         },
+        "failures": {name: error.splitlines()[0] for name, error in failures.items()},
     }
     doc = write_backtest_report(results, out, protocol=protocol)
     report = out / "report.md"
     text = report.read_text() + "\n".join(targets_section(doc, args.validation)) + "\n"
+    for name, error in failures.items():
+        text += f"\n**{name} failed** (the other models are reported above):\n\n```\n{error}```\n"
     elapsed = time.perf_counter() - start_all
-    text += f"\nTotal wall time: {elapsed / 60:.1f} min.\n"
+    text += f"\nTotal wall time: {elapsed / 60:.1f} min ({args.jobs} job(s)).\n"
     with atomic_path(report) as tmp:
         tmp.write_text(text)
     print(f"written to {out}/ in {elapsed / 60:.1f} min")
-    return 0
+    return 0 if not failures else 1
 
 
 if __name__ == "__main__":

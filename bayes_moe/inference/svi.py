@@ -38,11 +38,13 @@ A. Kucukelbir et al., "Automatic differentiation variational inference", JMLR 18
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import (
     AutoLowRankMultivariateNormal,
@@ -57,6 +59,7 @@ from tqdm.auto import tqdm
 from bayes_moe._runtime import torch_threads
 from bayes_moe.data.windows import ModelData
 from bayes_moe.inference.pretrain import pretrain_expert
+from bayes_moe.inference.pretrain_cache import PretrainCache
 from bayes_moe.models.experts.window import WindowExpert
 from bayes_moe.models.moe import BayesianMoE, MoEProgram
 
@@ -174,6 +177,8 @@ def fit_svi(
     strategy: str = "two_stage",
     pretrain_steps: int = 400,
     pretrain_batch: int = 256,
+    pretrain_cache: PretrainCache | None = None,
+    init_values: Mapping[str, torch.Tensor] | None = None,
 ):
     """Fit ``model`` to ``data`` by SVI and draw from the approximate posterior.
 
@@ -208,6 +213,15 @@ def fit_svi(
     pretrain_steps, pretrain_batch : int
         Stage one of ``"two_stage"``: minibatch SVI steps per window expert and
         origins per minibatch.
+    pretrain_cache : PretrainCache, optional
+        Stage-one results to reuse and to add to (exact: a hit gives the same trunk
+        as training again). Every window expert is pretrained with ``seed`` itself, not
+        a seed that depends on its position, so that mixtures that differ in other
+        experts (a leave-one-expert-out study) share its entry.
+    init_values : mapping of str to Tensor, optional
+        Initial values of the guide's locations by site name (``"ar/coef"``,
+        ``"gate/bias"``), e.g. the posterior medians of an earlier fit for a warm
+        start; they take precedence over stage one's. Other sites start as usual.
 
     Returns
     -------
@@ -232,16 +246,24 @@ def fit_svi(
     n_obs = data.n_observed
 
     with pyro.settings.context(module_local_params=True), torch_threads(num_threads):
+        warm_start = _check_init_values(program, inputs, response, init_values or {})
         start = time.perf_counter()
-        init_values = {}
+        start_values = {}
         if strategy == "two_stage":
-            init_values = _pretrain_window_experts(
-                program, inputs, response, pretrain_steps, pretrain_batch, seed, progress
+            start_values = _pretrain_window_experts(
+                program,
+                inputs,
+                response,
+                PretrainSettings(pretrain_steps, pretrain_batch),
+                seed,
+                progress,
+                pretrain_cache,
             )
         pretrain_s = time.perf_counter() - start
+        start_values.update(warm_start)
         pyro.set_rng_seed(seed)
         autoguide = make_guide(
-            program, guide, init_scale=init_scale, response=response, init_values=init_values
+            program, guide, init_scale=init_scale, response=response, init_values=start_values
         )
         elbo = Trace_ELBO()(program, autoguide)
         elbo(inputs, response)  # creates the guide's parameters
@@ -283,26 +305,63 @@ def fit_svi(
     return MoEFit(model=model, program=program, data=data, draws=draws, diagnostics=diagnostics)
 
 
-def _pretrain_window_experts(program, inputs, response, num_steps, batch_size, seed, progress):
+def _pretrain_window_experts(program, inputs, response, settings, seed, progress, cache):
     """Stage one: train each window expert alone, freeze it; return init values of stage two."""
     expert_inputs = program.expert_inputs(inputs)
     values = {}
-    for i, (label, expert) in enumerate(zip(program.labels, program.experts)):
+    for label, expert in zip(program.labels, program.experts):
         if not isinstance(expert, WindowExpert):
             continue
-        result = pretrain_expert(
-            expert,
-            expert_inputs,
-            response,
-            num_steps=num_steps,
-            batch_size=batch_size,
-            seed=seed + i,
-            progress=progress,
-        )
+        options = {**settings.as_dict(), "seed": seed}
+        key = cache.key(expert, expert_inputs, response, options) if cache is not None else None
+        result = cache.load(key, expert, expert_inputs) if cache is not None else None
+        if result is None:
+            result = pretrain_expert(expert, expert_inputs, response, **options, progress=progress)
+            if cache is not None:
+                cache.save(key, expert, result)
         values.update({f"{label}/{name}": v for name, v in result.init_values.items()})
         if expert.bayesian == "head":
             expert.freeze()
     return values
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """Stage-one optimisation settings (the keywords of :func:`pretrain_expert`)."""
+
+    num_steps: int = 400
+    batch_size: int = 256
+
+    def as_dict(self) -> dict:
+        """``{"num_steps": ..., "batch_size": ...}``."""
+        return {"num_steps": self.num_steps, "batch_size": self.batch_size}
+
+
+def _check_init_values(program, inputs, response, values: Mapping[str, torch.Tensor]) -> dict:
+    """``values`` as float64 tensors; ValueError naming a site that is unknown or misshapen."""
+    if not values:
+        return {}
+    with torch.no_grad():
+        trace = poutine.trace(program).get_trace(inputs, response)
+    shapes = {
+        name: site["value"].shape
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    }
+    out = {}
+    for name, value in values.items():
+        value = torch.as_tensor(value, dtype=torch.float64)
+        if name not in shapes:
+            raise ValueError(
+                f"init_values: {name!r} is not a site of the model; sites: {sorted(shapes)}"
+            )
+        if value.shape != shapes[name]:
+            raise ValueError(
+                f"init_values: site {name!r} has shape {tuple(shapes[name])}, "
+                f"got {tuple(value.shape)}"
+            )
+        out[name] = value
+    return out
 
 
 def _converged(losses: list[float], window: int, tol: float, *, min_steps: int) -> bool:

@@ -56,13 +56,17 @@ from bayes_moe.models.experts.noise import NoiseModel
 BAYESIAN_MODES: tuple[str, ...] = ("head", "full")
 #: Prior scale of one-dimensional trunk parameters (biases) under ``bayesian="full"``.
 BIAS_PRIOR_SCALE: float = 0.1
+#: Window length of the probe trunk built to validate options before data are read.
+PROBE_LENGTH: int = 64
 
 
 class WindowExpert(Expert):
     """Base class of the neural experts: a trunk over a window and a Bayesian head.
 
     Subclasses set :attr:`trunk_class` (a trunk of :mod:`bayes_moe.models.nets`) and
-    the class attributes of :class:`Expert`; their keyword options are the trunk's.
+    the class attributes of :class:`Expert`; their keyword options are the trunk's. A
+    trunk whose weights depend on the window length (``window_dependent = True``, e.g.
+    Linformer's projections along time) is built with ``length=L``.
 
     Parameters
     ----------
@@ -125,7 +129,7 @@ class WindowExpert(Expert):
         self.noise = NoiseModel(family, heteroscedastic, scale_features)
         self.trunk_options = dict(trunk_options)
         try:  # bad trunk options fail here, before any data is read
-            probe = self.trunk_class(1, **self.trunk_options)
+            probe = self.trunk_class(1, **self._length_option(self.length or PROBE_LENGTH))
         except TypeError as err:
             raise ValueError(
                 f"{self.name}: invalid trunk options {self.trunk_options}: {err}"
@@ -169,7 +173,14 @@ class WindowExpert(Expert):
                 f"{self.name}: window length {self.length} > the model's window {inputs.window}"
             )
         if self.trunk is None:
-            self.trunk = self.trunk_class(len(self.reads(inputs)), **self.trunk_options)
+            options = self._length_option(self.window_length(inputs))
+            self.trunk = self.trunk_class(len(self.reads(inputs)), **options)
+
+    def _length_option(self, length: int) -> dict:
+        """The trunk's options, with ``length=L`` for a trunk whose weights depend on ``L``."""
+        if getattr(self.trunk_class, "window_dependent", False):
+            return {**self.trunk_options, "length": int(length)}
+        return self.trunk_options
 
     def freeze(self) -> None:
         """Fix the trunk weights and cache its features (two-stage training)."""

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +134,10 @@ class ConvTrunk(nn.Module):
     """
 
     out_features: int
+    #: Each state reads inputs up to its own step only (see :mod:`bayes_moe.models.nets`).
+    causal: ClassVar[str] = "masked"
+    #: The weights do not depend on the window length.
+    window_dependent: ClassVar[bool] = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Hidden states ``(N, L, out_features)`` of a batch ``(N, L, c)``."""

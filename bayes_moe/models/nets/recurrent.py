@@ -55,6 +55,8 @@ G. E. Blelloch, "Prefix sums and their applications", CMU-CS-90-190, 1990.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -122,6 +124,10 @@ class _Recurrent(nn.Module):
     """Shared options of the recurrent trunks."""
 
     out_features: int
+    #: Each state reads inputs up to its own step only (see :mod:`bayes_moe.models.nets`).
+    causal: ClassVar[str] = "masked"
+    #: The weights do not depend on the window length.
+    window_dependent: ClassVar[bool] = False
 
     def __init__(self, in_channels: int, hidden: int, layers: int, mode: str, modes: tuple):
         super().__init__()

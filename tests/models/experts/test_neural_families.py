@@ -7,6 +7,12 @@ SYNTHETIC DATA (known ground truth), one series per family:
   uncorrelated with every lag, so invisible to a linear autoregression;
 - planted dilated pattern (tcn): r_t = 0.45 r_{t-16} + 0.35 r_{t-32} + e_t, reached by
   the TCN's dilations 1..16 and not by two lags;
+- long lags (attention, performer, linformer, nystromformer, mamba, hyena):
+  r_t = 0.5 r_{t-25} + 0.3 r_{t-38} + e_t, a dependency 25 and 38 days back that two
+  lags cannot see and the whole 40-day window can;
+- two planted periods (timesnet): r_t = 0.9 sin(2 pi t / 16 + phi_1) +
+  0.7 sin(2 pi t / 6 + phi_2) + e_t, with noise e_t of unit variance; a frequency
+  filter over the window isolates them, while AR(2) can follow one sinusoid at most;
 - slowly drifting level and volatility (gru, minimalrnn, sru): r_t = mu_t + s_t e_t
   with mu_t = 0.98 mu_{t-1} + 0.1 u_t and log s_t a slow AR(1); the best forecast is a
   long exponential average, which a recurrence learns and two lags do not. (The AR
@@ -45,6 +51,23 @@ def _dilated(rng, n):
     return r
 
 
+def _long_lags(rng, n):
+    e = rng.standard_normal(n)
+    r = np.zeros(n)
+    for t in range(38, n):
+        r[t] = 0.5 * r[t - 25] + 0.3 * r[t - 38] + e[t]
+    return r
+
+
+def _periods(rng, n):
+    t = np.arange(n)
+    phase = rng.uniform(0, 2 * np.pi, size=2)
+    signal = 0.9 * np.sin(2 * np.pi * t / 16 + phase[0]) + 0.7 * np.sin(
+        2 * np.pi * t / 6 + phase[1]
+    )
+    return signal + rng.standard_normal(n)
+
+
 def _drifting(rng, n):
     mu, log_s = np.zeros(n), np.zeros(n)
     for t in range(1, n):
@@ -62,6 +85,13 @@ SERIES = {
     "gru": _drifting,
     "minimalrnn": _drifting,
     "sru": _drifting,
+    "attention": _long_lags,
+    "performer": _long_lags,
+    "linformer": _long_lags,
+    "nystromformer": _long_lags,
+    "mamba": _long_lags,
+    "hyena": _long_lags,
+    "timesnet": _periods,
 }
 
 

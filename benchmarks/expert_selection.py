@@ -1,0 +1,361 @@
+"""Expert selection: each expert's weight in each regime, and what leaving it out costs on P1.
+
+For a mixture (default: every registered expert, 3 regimes), under protocol P1
+(S&P 500, test 2015-2018, refit every 250 days, filtering in between):
+
+1. The full mixture is backtested. At every refit its posterior medians are saved
+   (``fits/<last training day>.safetensors``) and, per posterior draw, each expert's
+   mixture weight in each regime averaged over the training days,
+   :math:`\\bar g^{(s)}_{k,m} = \\frac1N \\sum_t g^{(s)}_{t,k,m}`; the report gives its
+   posterior mean and 94% interval (3% and 97% quantiles over draws) at the first
+   refit (training days 1999-2014).
+2. Leave-one-expert-out: for every expert ``m`` the mixture without ``m`` is backtested
+   through the same protocol. Each refit reuses the full mixture's stage-one trunks
+   (the :class:`~bayes_moe.inference.pretrain_cache.PretrainCache` gives them exactly)
+   and starts stage two warm from the full fit's posterior medians of the same refit
+   with ``m``'s sites, column of ``gate/bias`` and row of ``gate/coef`` removed; it then
+   runs ``--loo-steps`` SVI steps. The log score lost is the mean daily difference
+   full minus without-``m`` (positive: ``m`` helps), with a Newey-West standard error.
+
+Writes ``expert_selection.json``, ``expert_selection.md`` and ``expert_selection.png``
+into ``--out`` (atomically).
+
+    python benchmarks/expert_selection.py --experts all --jobs 2
+    python benchmarks/expert_selection.py --experts ar,var,tcn --validation  # 2011-2014
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import tempfile
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from _options import add_mixture_options  # noqa: E402  (benchmarks/ is on sys.path)
+from p1_sp500 import TEST, VALIDATION, expert_names, load_frame  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+import bayes_moe as bm  # noqa: E402
+from bayes_moe.evaluation.backtest import backtest  # noqa: E402
+from bayes_moe.evaluation.calibration import comparisons  # noqa: E402
+from bayes_moe.evaluation.moe_forecaster import MoEForecaster  # noqa: E402
+from bayes_moe.inference.pretrain_cache import PretrainCache  # noqa: E402
+from bayes_moe.io import atomic_path, write_json  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "expert_selection"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_mixture_options(parser)
+    parser.set_defaults(experts="all")
+    parser.add_argument("--validation", action="store_true", help="test on 2011-2014 instead")
+    parser.add_argument("--refit-every", type=int, default=250)
+    parser.add_argument(
+        "--loo-steps", type=int, default=400, help="SVI steps of each warm-started refit"
+    )
+    parser.add_argument("--leave-out", default=None, help="comma list (default: every expert)")
+    parser.add_argument("--jobs", type=int, default=1, help="left-out experts run at once")
+    parser.add_argument("--pretrain-cache", default=None, help="stage-one folder to reuse")
+    parser.add_argument("--out", default=None, help=f"default {RESULTS}")
+    return parser.parse_args(argv)
+
+
+def fit_file(folder: Path, train_end) -> Path:
+    """Where the full mixture's posterior medians of one refit are kept."""
+    return Path(folder) / f"{train_end.date()}.safetensors"
+
+
+def expert_weights(fit) -> np.ndarray:
+    """Per draw, each expert's gate weight in each regime averaged over days: ``(S, K, M)``.
+
+    The weight :math:`g_{t,k,m}` within regime ``k`` (rows sum to one over experts),
+    regimes labelled by volatility level, regime 0 the calmest.
+    """
+    return fit.posterior.regime_expert_weights.numpy()
+
+
+def without_expert(values: dict, labels: list[str], left_out: str) -> dict:
+    """Posterior medians of the full mixture as initial values of the mixture without one.
+
+    Drops ``left_out``'s sites, its column of ``gate/bias`` ``(K, M)`` and its row of
+    ``gate/coef`` ``(M, V)``.
+    """
+    m = labels.index(left_out)
+    keep = [i for i in range(len(labels)) if i != m]
+    out = {}
+    for name, value in values.items():
+        if name.startswith(f"{left_out}/"):
+            continue
+        if name == "gate/bias":
+            value = value[:, keep]
+        elif name == "gate/coef":
+            value = value[keep]
+        out[name] = value
+    return out
+
+
+class SavingForecaster(MoEForecaster):
+    """The full mixture; saves each refit's posterior medians and expert weights."""
+
+    def __init__(self, model, *, folder: Path, **options):
+        super().__init__(model, name="full", **options)
+        self.folder = Path(folder)
+
+    def __call__(self, train):
+        predict = super().__call__(train)
+        fit = predict.fit
+        medians = {k: v.median(0).values.contiguous() for k, v in fit.draws.items()}
+        medians["__weights__"] = torch.from_numpy(expert_weights(fit))
+        path = fit_file(self.folder, train.index[-1])
+        with atomic_path(path) as tmp:
+            save_file(medians, str(tmp), metadata={"labels": ",".join(fit.program.labels)})
+        return predict
+
+
+class WarmForecaster(MoEForecaster):
+    """The mixture without one expert, warm-started from the full fit of the same refit."""
+
+    def __init__(self, model, *, folder: Path, labels: list[str], left_out: str, **options):
+        super().__init__(model, name=f"without_{left_out}", **options)
+        self.folder, self.labels, self.left_out = Path(folder), labels, left_out
+
+    def __call__(self, train):
+        values = load_file(str(fit_file(self.folder, train.index[-1])))
+        values.pop("__weights__")
+        init = without_expert(values, self.labels, self.left_out)
+        options = {**self.fit_options, "init_values": init}
+        refit = MoEForecaster(
+            self.model, target=self.target, covariates=self.covariates, name=self.name, **options
+        )
+        return refit(train)
+
+
+def _protocol(args):
+    test_start, test_end = VALIDATION if args.validation else TEST
+    return test_start, test_end
+
+
+def run_full(args, folder: Path, cache_dir: str):
+    """Phase 1: the full mixture through the backtest."""
+    test_start, test_end = _protocol(args)
+    frame, covariates = load_frame()
+    experts = expert_names(args.experts)
+    model = bm.BayesianMoE(experts=experts, n_regimes=args.regimes, window=args.window)
+    forecaster = SavingForecaster(
+        model,
+        folder=folder,
+        covariates=covariates,
+        num_steps=args.num_steps,
+        num_draws=args.num_draws,
+        seed=args.seed,
+        pretrain_cache=PretrainCache(cache_dir),
+    )
+    return backtest(
+        frame.loc[:test_end],
+        forecaster,
+        test_start=test_start,
+        test_end=test_end,
+        refit_every=args.refit_every,
+        name="full",
+    )
+
+
+def run_without(left_out: str, args, folder: str, cache_dir: str):
+    """Phase 2, one expert: ``(name, result or None, error or None)`` (worker process)."""
+    torch.set_num_threads(1)
+    test_start, test_end = _protocol(args)
+    frame, covariates = load_frame()
+    labels = expert_names(args.experts)
+    rest = [e for e in labels if e != left_out]
+    model = bm.BayesianMoE(experts=rest, n_regimes=args.regimes, window=args.window)
+    forecaster = WarmForecaster(
+        model,
+        folder=Path(folder),
+        labels=labels,
+        left_out=left_out,
+        covariates=covariates,
+        num_steps=args.loo_steps,
+        num_draws=args.num_draws,
+        seed=args.seed,
+        pretrain_cache=PretrainCache(cache_dir),
+    )
+    try:
+        result = backtest(
+            frame.loc[:test_end],
+            forecaster,
+            test_start=test_start,
+            test_end=test_end,
+            refit_every=args.refit_every,
+            name=f"without_{left_out}",
+            progress=args.jobs == 1,
+        )
+    except Exception as err:  # reported; the other experts go on
+        return left_out, None, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
+    return left_out, result, None
+
+
+def weight_table(folder: Path, labels: list[str]) -> dict:
+    """Posterior mean and 94% interval of each expert's weight per regime, first refit."""
+    first = sorted(Path(folder).glob("*.safetensors"))[0]
+    weights = load_file(str(first))["__weights__"].numpy()  # (S, K, M)
+    mean = weights.mean(0)
+    lo, hi = np.quantile(weights, [0.03, 0.97], axis=0)
+    return {
+        "refit": first.stem,
+        "experts": {
+            label: {
+                f"regime_{k}": {
+                    "mean": float(mean[k, m]),
+                    "hdi_3%": float(lo[k, m]),
+                    "hdi_97%": float(hi[k, m]),
+                }
+                for k in range(weights.shape[1])
+            }
+            for m, label in enumerate(labels)
+        },
+    }
+
+
+def markdown(doc: dict) -> str:
+    """The report: one row per expert, weights per regime and the log score lost."""
+    K = len(next(iter(doc["weights"]["experts"].values())))
+    head = "| expert | " + " | ".join(f"weight in regime {k} (94% interval)" for k in range(K))
+    head += " | log score lost when left out (NW se) | t |"
+    lines = [
+        f"# Expert selection, {doc['protocol']['name']}",
+        "",
+        f"Full mixture: log score {doc['full']['log_score']:.4f}, CRPS "
+        f"{doc['full']['crps']:.4f}, 90% coverage {doc['full']['coverage_90']:.3f}. Weights "
+        f"from the refit on data up to {doc['weights']['refit']}, averaged over its "
+        "training days; regime 0 is the calmest.",
+        "",
+        head,
+        "|---" * (K + 3) + "|",
+    ]
+    rows = []
+    for label, regimes in doc["weights"]["experts"].items():
+        cells = [
+            f"{w['mean']:.3f} ({w['hdi_3%']:.3f}-{w['hdi_97%']:.3f})" for w in regimes.values()
+        ]
+        loo = doc["left_out"].get(label)
+        lost = "failed" if loo is None else f"{loo['mean_diff']:+.4f} ({loo['nw_se']:.4f})"
+        t = "" if loo is None else f"{loo['t_stat']:+.2f}"
+        row = f"| {label} | " + " | ".join(cells) + f" | {lost} | {t} |"
+        rows.append((loo["mean_diff"] if loo else -np.inf, row))
+    lines += [row for _, row in sorted(rows, key=lambda r: -r[0])]
+    lines += ["", f"Wall time {doc['elapsed_min']:.1f} min, {doc['jobs']} job(s)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict, path: Path) -> None:
+    """Weights per regime (points with 94% intervals) and the log score lost (bars, 2 se)."""
+    labels = list(doc["weights"]["experts"])
+    K = len(next(iter(doc["weights"]["experts"].values())))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.35 * len(labels) + 2), sharey=True)
+    y = np.arange(len(labels))
+    for k in range(K):
+        w = [doc["weights"]["experts"][e][f"regime_{k}"] for e in labels]
+        mean = np.array([v["mean"] for v in w])
+        err = np.array([[v["mean"] - v["hdi_3%"], v["hdi_97%"] - v["mean"]] for v in w]).T
+        offset = 0.2 * (k - (K - 1) / 2)
+        left.errorbar(mean, y + offset, xerr=err, fmt="o", ms=3, label=f"regime {k}")
+    left.set_xlabel("mixture weight (posterior mean, 94% interval)")
+    left.set_yticks(y, labels)
+    left.legend(fontsize=8)
+    lost = np.array([doc["left_out"].get(e, {}).get("mean_diff", np.nan) for e in labels])
+    se = np.array([doc["left_out"].get(e, {}).get("nw_se", np.nan) for e in labels])
+    right.barh(y, lost, xerr=2 * se, color=np.where(lost > 0, "tab:blue", "tab:red"))
+    right.axvline(0, color="k", lw=0.8)
+    right.set_xlabel("log score lost when left out (nats/day, bars: 2 NW se)")
+    fig.suptitle(f"Expert selection, {doc['protocol']['name']}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    labels = expert_names(args.experts)  # unknown names fail here
+    leave_out = labels if args.leave_out is None else args.leave_out.split(",")
+    leave_out = [e.strip() for e in leave_out if e.strip()]
+    unknown = sorted(set(leave_out) - set(labels))
+    if unknown:
+        raise SystemExit(f"--leave-out names experts not in the mixture: {unknown}")
+    out = Path(args.out or (str(RESULTS) + ("_validation" if args.validation else "")))
+    out.mkdir(parents=True, exist_ok=True)
+    folder = out / "fits"
+    with tempfile.TemporaryDirectory(prefix="selection-pretrain-") as tmp_cache:
+        cache_dir = args.pretrain_cache or tmp_cache
+        print("full mixture ...", flush=True)
+        full = run_full(args, folder, cache_dir)
+        results, failures = {"full": full}, {}
+        if args.jobs <= 1:
+            outcomes = (run_without(m, args, str(folder), cache_dir) for m in leave_out)
+            for name, result, error in tqdm(outcomes, total=len(leave_out), desc="left out"):
+                if error:
+                    failures[name] = error
+                else:
+                    results[name] = result
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+                futures = [
+                    pool.submit(run_without, m, args, str(folder), cache_dir) for m in leave_out
+                ]
+                for future in tqdm(as_completed(futures), total=len(futures), desc="left out"):
+                    name, result, error = future.result()
+                    if error:
+                        failures[name] = error
+                    else:
+                        results[name] = result
+    for name, error in failures.items():
+        print(f"without {name} FAILED: {error.splitlines()[0]}", flush=True)
+    without = {f"without_{m}": r for m, r in results.items() if m != "full"}
+    compared = comparisons({"full": full, **without}, "full")
+    doc = {
+        "protocol": {
+            "name": "P1-validation" if args.validation else "P1",
+            "test": list(_protocol(args)),
+            "refit_every": args.refit_every,
+            "experts": labels,
+            "n_regimes": args.regimes,
+            "window": args.window,
+            "num_steps": args.num_steps,
+            "loo_steps": args.loo_steps,
+            "num_draws": args.num_draws,
+            "seed": args.seed,
+        },
+        "full": full.summary(),
+        "weights": weight_table(folder, labels),
+        "left_out": {
+            m: {**compared[f"without_{m}"], **{"log_score": results[m].summary()["log_score"]}}
+            for m in leave_out
+            if m in results
+        },
+        "failures": {m: e.splitlines()[0] for m, e in failures.items()},
+        "jobs": args.jobs,
+        "elapsed_min": (time.perf_counter() - start) / 60,
+    }
+    write_json(doc, out / "expert_selection.json")
+    with atomic_path(out / "expert_selection.md") as tmp:
+        tmp.write_text(markdown(doc))
+    plot(doc, out / "expert_selection.png")
+    print(markdown(doc))
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
