@@ -177,6 +177,7 @@ def fit_svi(
     strategy: str = "two_stage",
     pretrain_steps: int = 400,
     pretrain_batch: int = 256,
+    pretrain_holdout: float = 0.2,
     pretrain_cache: PretrainCache | None = None,
     init_values: Mapping[str, torch.Tensor] | None = None,
 ):
@@ -211,8 +212,11 @@ def fit_svi(
     strategy : {"two_stage", "joint"}
         How window (neural) experts are trained; see the module docstring.
     pretrain_steps, pretrain_batch : int
-        Stage one of ``"two_stage"``: minibatch SVI steps per window expert and
+        Stage one of ``"two_stage"``: most minibatch SVI steps per window expert and
         origins per minibatch.
+    pretrain_holdout : float
+        Share of the latest origins stage one holds out for early stopping (0: none;
+        :mod:`bayes_moe.inference.pretrain`).
     pretrain_cache : PretrainCache, optional
         Stage-one results to reuse and to add to (exact: a hit gives the same trunk
         as training again). Every window expert is pretrained with ``seed`` itself, not
@@ -235,6 +239,8 @@ def fit_svi(
         raise ValueError(f"num_draws must be >= 1, got {num_draws}")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}")
+    if not 0.0 <= pretrain_holdout < 1.0:
+        raise ValueError(f"pretrain_holdout must be in [0, 1), got {pretrain_holdout}")
     if pretrain_steps < 1 or pretrain_batch < 1:
         raise ValueError(
             f"pretrain_steps and pretrain_batch must be >= 1: {pretrain_steps}, {pretrain_batch}"
@@ -254,7 +260,7 @@ def fit_svi(
                 program,
                 inputs,
                 response,
-                PretrainSettings(pretrain_steps, pretrain_batch),
+                PretrainSettings(pretrain_steps, pretrain_batch, pretrain_holdout),
                 seed,
                 progress,
                 pretrain_cache,
@@ -331,10 +337,11 @@ class PretrainSettings:
 
     num_steps: int = 400
     batch_size: int = 256
+    holdout: float = 0.2
 
     def as_dict(self) -> dict:
-        """``{"num_steps": ..., "batch_size": ...}``."""
-        return {"num_steps": self.num_steps, "batch_size": self.batch_size}
+        """``{"num_steps": ..., "batch_size": ..., "holdout": ...}``."""
+        return {"num_steps": self.num_steps, "batch_size": self.batch_size, "holdout": self.holdout}
 
 
 def _check_init_values(program, inputs, response, values: Mapping[str, torch.Tensor]) -> dict:

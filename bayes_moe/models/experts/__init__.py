@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from bayes_moe.models.experts.ar import AR
 from bayes_moe.models.experts.base import CAPACITY_CLASSES, HORIZON_GROUPS, Expert
 from bayes_moe.models.experts.kalman import Kalman
+from bayes_moe.models.experts.long_range import LONG_RANGE_EXPERTS
 from bayes_moe.models.experts.neural import NEURAL_EXPERTS
 from bayes_moe.models.experts.noise import NoiseModel
 from bayes_moe.models.experts.var import VAR
@@ -29,7 +30,7 @@ def register_expert(cls: type[Expert]) -> type[Expert]:
     return cls
 
 
-for _cls in (AR, VAR, Kalman, *NEURAL_EXPERTS):
+for _cls in (AR, VAR, Kalman, *NEURAL_EXPERTS, *LONG_RANGE_EXPERTS):
     register_expert(_cls)
 
 

@@ -26,7 +26,9 @@ Two degrees of Bayesianity (``bayesian=``):
 ``"full"``
     Mean-field priors on every trunk weight as well,
     :math:`\psi_j \sim \mathcal N(0, 1/\mathrm{fan\_in}_j)` for weight matrices and
-    :math:`\mathcal N(0, 0.1^2)` for vectors (biases). Posterior draws carry leading
+    :math:`\mathcal N(0, 0.1^2)` for vectors (biases), centred instead where a trunk's
+    ``prior_locations()`` says so (TimesNet's identity filter :math:`G = 1`, Hyena's sine
+    frequencies). Posterior draws carry leading
     batch dimensions ``S``; they are evaluated with :func:`torch.func.vmap` over
     :func:`torch.func.functional_call`, in chunks of :attr:`WindowExpert.draw_chunk`.
 
@@ -227,12 +229,19 @@ class WindowExpert(Expert):
         return nn.functional.layer_norm(h, (h.shape[-1],))
 
     def _sample_trunk(self) -> dict[str, torch.Tensor]:
-        """Sample every trunk weight from its prior: sites ``trunk_<name>``."""
+        """Sample every trunk weight from its prior: sites ``trunk_<name>``.
+
+        Prior means are zero except where the trunk's ``prior_locations()`` names a
+        parameter whose neutral value is not (TimesNet's identity filter, Hyena's sine
+        frequencies).
+        """
         params = {}
+        locations = getattr(self.trunk, "prior_locations", dict)()
         for name, p in self.trunk.named_parameters():
             fan_in = p[0].numel() if p.dim() >= 2 else 0
             sd = 1.0 / math.sqrt(fan_in) if fan_in else BIAS_PRIOR_SCALE
-            prior = dist.Normal(torch.zeros((), dtype=p.dtype), sd).expand(p.shape)
+            loc = torch.tensor(float(locations.get(name, 0.0)), dtype=p.dtype)
+            prior = dist.Normal(loc, sd).expand(p.shape)
             params[name] = pyro.sample("trunk_" + name.replace(".", "_"), prior.to_event(p.dim()))
         return params
 

@@ -23,7 +23,8 @@ origin, so there is no look-ahead.
 ``<= t`` only, up to the rounding of the FFT: its long convolutions are *linear*
 convolutions computed by FFT with zero padding to ``2L`` (:func:`causal_fft_conv`),
 so no output reads a later input through wrap-around, but an earlier state moves by
-float rounding (about ``1e-7`` relative in float32) when a later input moves;
+float rounding (about ``1e-7`` relative in float32, ``1e-16`` in float64) when a later
+input moves: causal to rounding, not bit for bit like a direct convolution;
 :func:`causal_direct_conv` is the ``O(L^2)`` reference it is tested against.
 
 Both trunks' kernels are pure functions (:func:`spectral_filter`,
@@ -268,12 +269,12 @@ class TimesNet(nn.Module):
     .. math::
 
         u_t &= A x_t + a \in \mathbb R^{d}, \\
-        \tilde u &= \mathcal F^{-1}\big(G \odot \mathcal F u\big)
-            \qquad \text{(per channel, } G_\omega \in \mathbb C^{d}\text{;
-            :func:`spectral_filter`)}, \\
+        \tilde u &= \mathcal F^{-1}\big(G \odot \mathcal F u\big),
+            \qquad G_\omega \in \mathbb C^{d}, \\
         z &= \big(\tilde u_{L-k+1}, \dots, \tilde u_L\big) \in \mathbb R^{k d}, \\
-        h &= \sigma\big(W_J \cdots \sigma(W_1 z + b_1) \cdots + b_J\big) \in \mathbb R^{H}.
+        h &= \sigma\big(W_J \cdots \sigma(W_1 z + b_1) \cdots + b_J\big) \in \mathbb R^{H},
 
+    the filter per channel by :func:`spectral_filter`, with
     :math:`G_\omega = \mathrm{filter\_real}_\omega + i\, \mathrm{filter\_imag}_\omega`,
     initialised to :math:`G = 1` (the identity). The imaginary part is a parameter
     for the bins :math:`1 \le \omega < L/2` only: at :math:`\omega = 0` and (``L``
@@ -297,9 +298,10 @@ class TimesNet(nn.Module):
     top-``k`` frequencies of the batch-averaged FFT amplitude, folds the 1D series
     into a 2D (cycles x period) array for each, applies a 2D Inception convolution,
     and mixes the results with softmax weights of those amplitudes. That selection is
-    data-dependent (shapes depend on the detected periods), which neither
-    :func:`torch.func.vmap` over weight draws nor a fixed parameter count allows, and
-    it is far larger than this budget. This trunk is the seed's form instead: a
+    data-dependent (the 2D shapes follow the detected periods, read back as Python
+    integers), which evaluation under :func:`torch.func.vmap` over weight draws does
+    not allow, and its Inception blocks are far beyond this parameter budget. This
+    trunk is the seed's form instead: a
     learned, per-channel frequency response, fixed across windows (linear and
     time-invariant), with the nonlinearity after it.
 
@@ -325,7 +327,7 @@ class TimesNet(nn.Module):
     Shapes ``(N, L, c) -> (N, 1, H)``; ``L`` must equal ``length``. Parameters:
     :math:`(c + 1) d + L d + (k d + 1) H + (J - 1)(H + 1) H` (4,192 at ``c = 1``,
     ``L = 64``, defaults). One CPU thread, forward + backward over ``(4945, 64, 1)``,
-    defaults: 0.09-0.12 s (a shared machine).
+    defaults: 0.06-0.10 s (a shared machine).
 
     References
     ----------
@@ -398,6 +400,10 @@ class TimesNet(nn.Module):
         c, d, H = in_channels, channels, hidden
         return (c + 1) * d + length * d + (steps * d + 1) * H + (layers - 1) * (H + 1) * H
 
+    def prior_locations(self) -> dict[str, float]:
+        """Prior means of a fully Bayesian expert that are not zero: the identity filter."""
+        return {"filter_real": 1.0}
+
     def frequency_response(self) -> torch.Tensor:
         r""":math:`G_\omega`, complex, shape ``(L // 2 + 1, d)`` (real at DC and Nyquist)."""
         nyquist = 1 - self.length % 2  # a Nyquist bin exists when L is even
@@ -431,7 +437,8 @@ class HyenaFilter(nn.Module):
         \hat h(t) &= W_{\mathrm{out}}\, \sin\!\big(\nu \odot (W_J \cdots
             \sin(\nu \odot (W_1 \mathrm{PE}(t) + b_1)) \cdots + b_J)\big)
             \in \mathbb R^{N D}, \\
-        h^{n}_d(t) &= w_d(t)\, \hat h_{n d}(t), \qquad t = 0, \dots, L - 1,
+        h^{n}_d(t) &= w_d(t)\, \hat h_{n d}(t) + [t = 0]\, D^n_d,
+            \qquad t = 0, \dots, L - 1,
 
     with :math:`\mathrm{PE}` of :func:`hyena_positions`, the window :math:`w` of
     :func:`decay_window`, and one learned frequency vector :math:`\nu \in \mathbb
@@ -441,9 +448,7 @@ class HyenaFilter(nn.Module):
     tap ``t`` is the same for every ``L``. ``skip`` (:math:`D^n`, :math:`N \times D`)
     is the reference implementation's per-channel bias term,
     :math:`y = h * u + D \odot u`, added here to the tap at lag 0 (the same
-    convolution, one elementwise pass fewer):
-
-    .. math:: h^{n}_d(t) = w_d(t)\, \hat h_{n d}(t) + [t = 0]\, D^n_d.
+    convolution, one elementwise pass fewer).
 
     Parameters
     ----------
@@ -586,7 +591,9 @@ class Hyena(nn.Module):
     Shapes ``(N_b, L, c) -> (N_b, L, D)``, any ``L``. Parameters: :meth:`n_params`
     (4,576 at ``c = 1`` with the defaults). Cost per block :math:`O(L \log L)` per
     channel for the long convolutions and :math:`O(L)` for the rest. One CPU thread,
-    forward + backward over ``(4945, 64, 1)``, defaults: 0.45-0.6 s (a shared machine).
+    forward + backward over ``(4945, 64, 1)``, defaults: 0.7-0.8 s (a shared machine;
+    the FFTs and the complex products are about half of it), and about 90 MB to
+    evaluate it without gradients.
     """
 
     out_features: int
@@ -649,6 +656,10 @@ class Hyena(nn.Module):
             "filter_scale": self.filter_scale,
             "frequency": self.frequency,
         }
+
+    def prior_locations(self) -> dict[str, float]:
+        """Prior means of a fully Bayesian expert that are not zero: the sine frequencies."""
+        return {f"blocks.{i}.filters.frequency": self.frequency for i in range(self.layers)}
 
     @property
     def receptive_field(self) -> None:

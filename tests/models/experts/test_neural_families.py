@@ -7,7 +7,13 @@ SYNTHETIC DATA (known ground truth), one series per family:
   uncorrelated with every lag, so invisible to a linear autoregression;
 - planted dilated pattern (tcn): r_t = 0.45 r_{t-16} + 0.35 r_{t-32} + e_t, reached by
   the TCN's dilations 1..16 and not by two lags;
-- long lags (attention, performer, linformer, nystromformer, mamba, hyena):
+- level shifts (mamba): r_t = mu_t + e_t with mu_t piecewise constant, a new
+  N(0, 1) level on about 2% of days; the best forecast is the mean since the last
+  break, up to ~50 days back, which a selective state space can learn to reset (its
+  input-dependent step) and two lags cannot. (A dependency at exact lags, below, is
+  one a diagonal real SSM with a few states cannot pick out: measured -1.718 against
+  AR(2) -1.716.)
+- long lags (attention, performer, linformer, nystromformer, hyena):
   r_t = 0.5 r_{t-25} + 0.3 r_{t-38} + e_t, a dependency 25 and 38 days back that two
   lags cannot see and the whole 40-day window can;
 - two planted periods (timesnet): r_t = 0.9 sin(2 pi t / 16 + phi_1) +
@@ -59,6 +65,15 @@ def _long_lags(rng, n):
     return r
 
 
+def _level_shifts(rng, n):
+    mu, level = np.zeros(n), 0.0
+    for t in range(n):
+        if rng.uniform() < 0.02:
+            level = rng.standard_normal()
+        mu[t] = level
+    return mu + rng.standard_normal(n)
+
+
 def _periods(rng, n):
     t = np.arange(n)
     phase = rng.uniform(0, 2 * np.pi, size=2)
@@ -89,7 +104,7 @@ SERIES = {
     "performer": _long_lags,
     "linformer": _long_lags,
     "nystromformer": _long_lags,
-    "mamba": _long_lags,
+    "mamba": _level_shifts,
     "hyena": _long_lags,
     "timesnet": _periods,
 }

@@ -18,6 +18,7 @@ from torch.func import functional_call
 import bayes_moe as bm
 from bayes_moe.data.windows import prepare
 from bayes_moe.models.experts import make_expert
+from bayes_moe.models.experts.long_range import LONG_RANGE_EXPERTS
 from bayes_moe.models.experts.neural import NEURAL_EXPERTS
 
 WINDOW = 32
@@ -28,7 +29,7 @@ def data(sp500):
     return prepare(sp500.iloc[:400], targets=["ret"], window=WINDOW)
 
 
-@pytest.mark.parametrize("cls", NEURAL_EXPERTS, ids=lambda c: c.name)
+@pytest.mark.parametrize("cls", NEURAL_EXPERTS + LONG_RANGE_EXPERTS, ids=lambda c: c.name)
 def test_default_size_is_under_50k_parameters(cls, data):
     expert = cls()
     n = expert.n_parameters(data.inputs)
@@ -65,7 +66,7 @@ def test_head_is_the_documented_regression_on_normalized_features(data):
     torch.testing.assert_close(d.stddev[:, 0], sd, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["cnn", "gru", "sru"])
+@pytest.mark.parametrize("name", ["cnn", "gru", "sru", "performer", "timesnet", "mamba"])
 def test_full_bayesian_draws_equal_functional_call_per_draw(data, name):
     # Oracle: each posterior draw of the trunk weights put into the trunk on its own.
     expert = make_expert({"name": name, "bayesian": "full"})
@@ -87,6 +88,19 @@ def test_full_bayesian_draws_equal_functional_call_per_draw(data, name):
             torch.testing.assert_close(batched.mean[s], loc, rtol=1e-5, atol=1e-5)
         # Different weight draws give different forecasts.
         assert (batched.mean[0] - batched.mean[1]).abs().max() > 1e-3
+
+
+def test_full_bayesian_priors_centre_on_the_neutral_trunk(data):
+    # TimesNet's filter prior is centred on the identity G = 1 and Hyena's sine
+    # frequencies on their initial value; everything else on zero.
+    for name, site, centre in [
+        ("timesnet", "trunk_filter_real", 1.0),
+        ("hyena", "trunk_blocks_0_filters_frequency", 1.0),
+        ("hyena", "trunk_lift_weight", 0.0),
+    ]:
+        expert = make_expert({"name": name, "bayesian": "full"})
+        trace = poutine.trace(expert.model).get_trace(data.inputs)
+        assert float(trace.nodes[site]["fn"].mean.mean()) == pytest.approx(centre)
 
 
 def _trunk_state(fit, label):
