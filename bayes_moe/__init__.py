@@ -13,6 +13,7 @@ distributions.
 from bayes_moe import data
 from bayes_moe.evaluation.comparison import compare
 from bayes_moe.inference.checkpoint import CheckpointError
+from bayes_moe.inference.pretrain_cache import PretrainCache
 from bayes_moe.inference.results import MoEFit
 from bayes_moe.inference.svi import fit_svi
 from bayes_moe.models import experts
@@ -27,6 +28,7 @@ __all__ = [
     "CheckpointError",
     "MarkovGate",
     "MoEFit",
+    "PretrainCache",
     "compare",
     "data",
     "experts",

@@ -27,11 +27,9 @@ into ``--out`` (atomically).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import tempfile
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import matplotlib
@@ -41,9 +39,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _options import add_mixture_options  # noqa: E402  (benchmarks/ is on sys.path)
+from _parallel import run_tasks  # noqa: E402
 from p1_sp500 import TEST, VALIDATION, expert_names, load_frame  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
 import bayes_moe as bm  # noqa: E402
 from bayes_moe.evaluation.backtest import backtest  # noqa: E402
@@ -301,29 +299,9 @@ def main(argv=None) -> int:
         cache_dir = args.pretrain_cache or tmp_cache
         print("full mixture ...", flush=True)
         full = run_full(args, folder, cache_dir)
-        results, failures = {"full": full}, {}
-        if args.jobs <= 1:
-            outcomes = (run_without(m, args, str(folder), cache_dir) for m in leave_out)
-            for name, result, error in tqdm(outcomes, total=len(leave_out), desc="left out"):
-                if error:
-                    failures[name] = error
-                else:
-                    results[name] = result
-        else:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
-                futures = [
-                    pool.submit(run_without, m, args, str(folder), cache_dir) for m in leave_out
-                ]
-                for future in tqdm(as_completed(futures), total=len(futures), desc="left out"):
-                    name, result, error = future.result()
-                    if error:
-                        failures[name] = error
-                    else:
-                        results[name] = result
-    for name, error in failures.items():
-        print(f"without {name} FAILED: {error.splitlines()[0]}", flush=True)
-    without = {f"without_{m}": r for m, r in results.items() if m != "full"}
+        tasks = [(m, args, str(folder), cache_dir) for m in leave_out]
+        results, failures = run_tasks(run_without, tasks, jobs=args.jobs, desc="left out")
+    without = {f"without_{m}": r for m, r in results.items()}
     compared = comparisons({"full": full, **without}, "full")
     doc = {
         "protocol": {

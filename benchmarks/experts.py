@@ -6,21 +6,26 @@ Part one (default), per neural expert at its default size:
 * forward + backward time of the trunk over the full sample (every origin of the
   S&P 500, 4,945 windows of L = 64 days), float32 and float64, one thread: what one
   SVI step would cost if the trunk were trained jointly in full batch;
-* time and peak memory of forward + backward as the window grows, L = 64 .. 4096,
-  over a batch of 256 windows (float32). Memory is what autograd saves for the
-  backward pass (distinct storages, counted exactly), the part that grows with L.
+* as the window grows, L = 64 .. 4096, over a batch of 256 windows (float32): time of
+  forward + backward, the memory autograd saves for the backward pass (distinct
+  storages, counted exactly: the part that grows with L) and the peak resident memory
+  of a fresh process measuring that expert alone; and the slopes of log time and log
+  memory on log L fitted over L >= 256 (1: linear, 2: quadratic). Exact attention is
+  measured while its score tensors fit a 6 GiB budget (to L = 1024).
 
-Part two (``--fit``): the mixture of ar + var + kalman + the eight neural experts, 3
+Part two (``--fit``): the mixture of every registered expert (``experts="all"``), 3
 regimes, window 64, fitted on the S&P 500 (1999-2018) with the default two-stage
 strategy; wall time of each stage and the ELBO reached.
 
-Writes ``results/experts.json`` and ``results/experts.png`` (part one) and
-``results/experts_fit.json`` (part two), atomically.
+Writes ``results/experts.json`` and ``results/experts.png`` (part one; ``--experts``
+re-measures a subset and keeps the others' rows) and ``results/experts_fit.json``
+(part two), atomically.
 
 Usage::
 
-    python benchmarks/experts.py             # part one, ~3 minutes
-    python benchmarks/experts.py --fit       # part two, ~5-10 minutes
+    python benchmarks/experts.py             # part one, ~15 minutes
+    python benchmarks/experts.py --experts attention,performer,linformer  # a subset
+    python benchmarks/experts.py --fit       # part two, ~5-15 minutes
     python benchmarks/experts.py --quick     # smoke run
 """
 
@@ -124,12 +129,13 @@ def scaling(name, lengths, repeats, batch):
     rows = []
     for L in lengths:
         trunk = make_trunk(name, L)
-        if (
-            getattr(trunk, "causal", "")
-            and _quadratic(name)
-            and _quadratic_mib(L, batch) > MEMORY_BUDGET_MIB
-        ):
+        if _quadratic(name) and _quadratic_mib(L, batch) > MEMORY_BUDGET_MIB:
             rows.append({"length": L, "skipped": f"needs > {MEMORY_BUDGET_MIB} MiB (L^2 scores)"})
+            continue
+        done = [r for r in rows if "peak_rss_mib" in r]
+        if done and done[-1]["peak_rss_mib"] * L / done[-1]["length"] > MEMORY_BUDGET_MIB:
+            # memory grows at least linearly in L: this length would pass the budget
+            rows.append({"length": L, "skipped": f"would need > {MEMORY_BUDGET_MIB} MiB"})
             continue
         x = torch.randn(batch, L, 1)
         seconds = _fwd_bwd_seconds(trunk, x, repeats)
@@ -195,6 +201,13 @@ def part_one(args):
         results[name]["slope_time"] = fitted_slopes(rows, "fwd_bwd_s")
         results[name]["slope_memory"] = fitted_slopes(rows, "memory_mib")
         results[name]["slope_peak_rss"] = fitted_slopes(rows, "peak_rss_mib")
+    if args.experts is not None and (RESULTS / "experts.json").exists():
+        # A subset re-measured: keep the other experts' earlier rows.
+        earlier = json.loads((RESULTS / "experts.json").read_text())["experts"]
+        results = {**{k: v for k, v in earlier.items() if k not in results}, **results}
+        for r in results.values():
+            r.setdefault("slope_time", fitted_slopes(r["scaling"], "fwd_bwd_s"))
+            r.setdefault("slope_memory", fitted_slopes(r["scaling"], "memory_mib"))
     doc = {
         "threads": 1,
         "scaling_batch": SCALING_BATCH,

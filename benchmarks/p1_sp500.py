@@ -20,16 +20,14 @@ Writes ``metrics.json`` (shape documented in ``bayes_moe.evaluation.calibration`
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import tempfile
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 from _options import add_mixture_options  # benchmarks/ is on sys.path
-from tqdm.auto import tqdm
+from _parallel import run_tasks
 
 import bayes_moe as bm
 from bayes_moe.evaluation.backtest import backtest
@@ -148,40 +146,19 @@ def run_model(name: str, spec: tuple, args, cache_dir: str):
         )
     except Exception as err:  # reported in the report, the other models go on
         return name, None, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
+    summary = result.summary()
+    print(
+        f"{name}: log score {summary['log_score']:.4f}  CRPS {summary['crps']:.4f}  "
+        f"cov90 {summary['coverage_90']:.3f}  ({result.elapsed_s:.0f} s)",
+        flush=True,
+    )
     return name, result, None
 
 
 def run_all(specs: dict, args, cache_dir: str):
     """Every model, serially or in ``--jobs`` processes; results in the order of ``specs``."""
-    done: dict = {}
-    failures: dict = {}
-
-    def record(name, result, error):
-        if error is not None:
-            failures[name] = error
-            print(f"{name} FAILED: {error.splitlines()[0]}", flush=True)
-            return
-        done[name] = result
-        summary = result.summary()
-        print(
-            f"{name}: log score {summary['log_score']:.4f}  CRPS {summary['crps']:.4f}  "
-            f"cov90 {summary['coverage_90']:.3f}  ({result.elapsed_s:.0f} s)",
-            flush=True,
-        )
-
-    if args.jobs <= 1:
-        for name, spec in specs.items():
-            print(f"{name} ...", flush=True)
-            record(*run_model(name, spec, args, cache_dir))
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
-            futures = [
-                pool.submit(run_model, name, spec, args, cache_dir) for name, spec in specs.items()
-            ]
-            for future in tqdm(as_completed(futures), total=len(futures), desc="P1 models"):
-                record(*future.result())
-    return {name: done[name] for name in specs if name in done}, failures
+    tasks = [(name, spec, args, cache_dir) for name, spec in specs.items()]
+    return run_tasks(run_model, tasks, jobs=args.jobs, desc="P1 models")
 
 
 def targets_section(doc: dict, validation: bool) -> list[str]:
