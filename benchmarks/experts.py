@@ -55,6 +55,7 @@ from bayes_moe.models.experts.neural import NEURAL_EXPERTS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAMES = [cls.name for cls in (*NEURAL_EXPERTS, *LONG_RANGE_EXPERTS)]
+LONG_RANGE_NAMES = {cls.name for cls in LONG_RANGE_EXPERTS}
 #: Lengths whose exact-attention score tensors would need more are skipped.
 MEMORY_BUDGET_MIB = 6144
 LENGTHS = [64, 128, 256, 512, 1024, 2048, 4096]
@@ -236,10 +237,15 @@ def part_one(args):
 
 def _plot(results, path):
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for name, r in results.items():
+    colors = plt.get_cmap("tab20").colors
+    for i, (name, r) in enumerate(results.items()):
         rows = [row for row in r["scaling"] if "fwd_bwd_s" in row]
         L = [row["length"] for row in rows]
-        style = {"lw": 2.5, "color": "k"} if name == "attention" else {"lw": 1}
+        style = {"lw": 1, "color": colors[i % len(colors)]}
+        if name in LONG_RANGE_NAMES:
+            style["ls"] = "--"
+        if name == "attention":
+            style = {"lw": 2.5, "color": "k"}
         slope_t = r.get("slope_time")
         slope_m = r.get("slope_memory")
         axes[0].loglog(
@@ -266,7 +272,7 @@ def _plot(results, path):
     axes[1].set(
         xlabel="window length L",
         ylabel="saved activations (MiB)",
-        title="memory held for backward (slope)",
+        title="memory held for backward (slope); dashed: long-range experts",
     )
     for ax in axes:
         ax.legend(fontsize=7, ncol=2)
