@@ -13,6 +13,7 @@ distributions.
 from bayes_moe import data
 from bayes_moe.evaluation.comparison import compare
 from bayes_moe.inference.checkpoint import CheckpointError
+from bayes_moe.inference.divergence import NonFiniteLossError
 from bayes_moe.inference.pretrain_cache import PretrainCache
 from bayes_moe.inference.results import MoEFit
 from bayes_moe.inference.svi import fit_svi
@@ -28,6 +29,7 @@ __all__ = [
     "CheckpointError",
     "MarkovGate",
     "MoEFit",
+    "NonFiniteLossError",
     "PretrainCache",
     "compare",
     "data",

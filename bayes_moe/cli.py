@@ -7,6 +7,8 @@ Examples
     bayes-moe demo --out report
     bayes-moe fit --dataset sp500 --out runs/sp500
     bayes-moe fit --data prices.csv --date-col Date --price-col Close --out runs/mine
+    bayes-moe fit --data prices.csv --price-col Close --columns ret_ndx --out runs/mine
+    bayes-moe fit --data prices.csv --price-col Close --drop-columns Volume --out runs/mine
     bayes-moe forecast --model runs/sp500/fit.safetensors
     bayes-moe regimes --model runs/sp500/fit.safetensors --out runs/sp500/regimes
     bayes-moe backtest --dataset sp500 --test-start 2015-01-02 --refit-every 250 --out bt
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +27,9 @@ import pandas as pd
 from bayes_moe import data as bm_data
 from bayes_moe.data.errors import DataError
 from bayes_moe.inference.checkpoint import CheckpointError, load_fit
-from bayes_moe.io import atomic_path, write_csv, write_json
+from bayes_moe.inference.divergence import NonFiniteLossError
+from bayes_moe.inference.posterior import DEFAULT_KEEP_DRAWS
+from bayes_moe.io import atomic_path, check_output_folder, write_csv, write_json
 from bayes_moe.models.moe import BayesianMoE
 
 DATASETS = {"sp500": bm_data.load_sp500, "nasdaq": bm_data.load_nasdaq}
@@ -40,6 +45,59 @@ def _add_data_arguments(parser: argparse.ArgumentParser, *, required: bool) -> N
     group.add_argument("--return-col", help="column that already holds returns")
     for col in ("open", "high", "low", "close"):
         group.add_argument(f"--{col}-col", help=f"{col} prices for range-volatility features")
+    group.add_argument(
+        "--allow-outliers",
+        action="store_true",
+        help="accept target values more than 100 robust standard deviations from the "
+        "median (refused by default as likely data errors)",
+    )
+
+
+def _add_column_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "columns (the model reads only the columns its experts read; these narrow the offer)"
+    )
+    group.add_argument(
+        "--columns",
+        help="comma list: the only columns offered to the model besides the target "
+        "(names as loaded: ret, open, high, low, close and the file's other columns)",
+    )
+    group.add_argument(
+        "--drop-columns", help="comma list: columns removed from the data before anything else"
+    )
+
+
+def _column_list(text: str | None) -> list[str] | None:
+    """A comma list of column names (None when the flag is absent)."""
+    if text is None:
+        return None
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _choose_columns(args, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str] | None]:
+    """Apply ``--drop-columns`` to the frame; return it and the ``--columns`` offer (or None).
+
+    DataError names unknown columns (with the available ones) and a dropped target.
+    """
+    drop = _column_list(args.drop_columns) or []
+    _require_known(drop, frame, "--drop-columns")
+    if args.target in drop:
+        raise DataError(f"--drop-columns removes the target column {args.target!r}")
+    frame = frame.drop(columns=drop)
+    offer = _column_list(args.columns)
+    if offer is None:
+        return frame, None
+    _require_known(offer, frame, "--columns")
+    return frame, [c for c in frame.columns if c in offer and c != args.target]
+
+
+def _require_known(names: list[str], frame: pd.DataFrame, flag: str) -> None:
+    unknown = [name for name in names if name not in frame.columns]
+    if unknown:
+        raise DataError(
+            f"{flag}: unknown column(s) {unknown}; the data has columns "
+            f"{[str(c) for c in frame.columns]}"
+        )
 
 
 def _load_frame(args) -> pd.DataFrame | None:
@@ -80,6 +138,27 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _keep_draws(text: str) -> int | None:
+    """``--keep-draws``: a positive integer, or ``all`` (None)."""
+    if text == "all":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
+    return int(text)
+
+
+def _add_keep_draws_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keep-draws",
+        type=_keep_draws,
+        default=DEFAULT_KEEP_DRAWS,
+        metavar="N",
+        help="posterior draws whose per-day values (regime probabilities, Viterbi paths, "
+        "predictive samples, log-likelihood) are written to the NetCDF file; summaries use "
+        f"every draw (default: {DEFAULT_KEEP_DRAWS}; 'all' keeps every draw)",
+    )
+
+
 def _unit(horizon: int) -> str:
     return "%/day" if horizon == 1 else f"% per {horizon} days"
 
@@ -94,9 +173,13 @@ def _print_summary(metrics: dict, elapsed: float, out: Path) -> None:
     quantiles = ", ".join(f"q{q}={v:+.3f}" for q, v in fc["quantiles"].items())
     ins = metrics["in_sample"]
     print(
-        f"regime on {now['date']}: {now['regime']} of {len(metrics['expected_duration_days'])} "
-        f"(filtered probability {now['filtered_probability']:.3f} "
-        f"+/- {now['filtered_probability_sd']:.3f}; regime volatility {now['volatility']:.2f})\n"
+        f"regime on {now['date']}, the forecast origin: {now['regime']} of "
+        f"{len(metrics['expected_duration_days'])} (filtered probability "
+        f"{now['filtered_probability']:.3f} +/- {now['filtered_probability_sd']:.3f}; "
+        f"regime volatility {now['volatility']:.2f})\n"
+        f"regime {now['regime']} on the next trading day after {now['date']}: predicted "
+        f"probability {now['next_day_probability']:.3f} +/- {now['next_day_probability_sd']:.3f}"
+        "\n"
         f"forecast from {fc['origin_date']} for h={fc['horizon']}: mean {fc['mean']:+.4f}, "
         f"sd {fc['std']:.4f}; {quantiles}\n"
         f"in-sample one-step: log score {ins['mean_log_score']:.4f} nats/day, "
@@ -108,7 +191,7 @@ def _print_summary(metrics: dict, elapsed: float, out: Path) -> None:
     )
 
 
-def _fit_and_report(args, frame: pd.DataFrame, out: Path, price=None) -> dict:
+def _fit_and_report(args, frame: pd.DataFrame, out: Path, price=None, covariates=None) -> dict:
     from bayes_moe.report import write_report
 
     start = time.perf_counter()
@@ -117,10 +200,19 @@ def _fit_and_report(args, frame: pd.DataFrame, out: Path, price=None) -> dict:
         n_regimes=args.regimes,
         window=args.window,
     )
-    data = model.prepare(frame, args.target, horizon=args.horizon)  # validates before fitting
+    # validates the columns the experts read and their values, before fitting
+    data = model.prepare(
+        frame,
+        args.target,
+        covariates=covariates,
+        horizon=args.horizon,
+        allow_outliers=getattr(args, "allow_outliers", False),  # demo: embedded data
+    )
+    check_output_folder(out)  # before fitting: the report replaces it whole at the end
     print(
         f"fitting {model.labels} with {model.n_regimes} regimes on {data.n_observed} days "
-        f"({data.dates[0].date()} .. {data.dates[-1].date()})",
+        f"({data.dates[0].date()} .. {data.dates[-1].date()}), reading columns "
+        f"{list(data.inputs.columns)}",
         flush=True,
     )
     from bayes_moe.inference.svi import fit_svi
@@ -134,11 +226,8 @@ def _fit_and_report(args, frame: pd.DataFrame, out: Path, price=None) -> dict:
         strategy=args.strategy,
     )
     print("evaluating the posterior and writing the report ...", flush=True)
-    metrics = write_report(fit, out, price=price)
-    elapsed = time.perf_counter() - start
-    metrics["elapsed_s"] = elapsed
-    write_json(metrics, out / "metrics.json")
-    _print_summary(metrics, elapsed, out)
+    metrics = write_report(fit, out, price=price, started=start, keep_draws=args.keep_draws)
+    _print_summary(metrics, metrics["elapsed_s"], out)
     return metrics
 
 
@@ -158,14 +247,17 @@ def cmd_fit(args) -> int:
         price = frame["adj_close"].rename("S&P 500 (adjusted close)")
     elif args.price_col and args.price_col in frame.columns:
         price = frame[args.price_col]
-    _fit_and_report(args, frame, Path(args.out), price=price)
+    frame, covariates = _choose_columns(args, frame)
+    _fit_and_report(args, frame, Path(args.out), price=price, covariates=covariates)
     return 0
 
 
 def _fit_from_checkpoint(args):
     fit = load_fit(args.model)
     frame = _load_frame(args)
-    return fit.update(frame) if frame is not None else fit
+    if frame is None:
+        return fit
+    return fit.update(frame, allow_outliers=args.allow_outliers)
 
 
 def cmd_forecast(args) -> int:
@@ -187,16 +279,20 @@ def cmd_forecast(args) -> int:
 def cmd_regimes(args) -> int:
     """Regime posteriors from a checkpoint: CSV tables, a plot and NetCDF."""
     from bayes_moe import plotting
+    from bayes_moe.inference.arviz import compact_dataset
     from bayes_moe.report import format_regime_summary, write_regime_tables
 
     fit = _fit_from_checkpoint(args)
-    regimes = fit.regimes()
+    regimes = fit.regimes(args.keep_draws)
     out = Path(args.out)
     write_regime_tables(regimes, out)
     write_csv(regimes.transition, out / "transition.csv")
     write_csv(regimes.expert_weights, out / "expert_weights.csv")
+    dataset = compact_dataset(regimes.to_dataset())  # float32, int8 Viterbi paths
     with atomic_path(out / "regimes.nc") as tmp:
-        regimes.to_dataset().to_netcdf(str(tmp), engine="h5netcdf")
+        dataset.to_netcdf(
+            str(tmp), engine="h5netcdf", encoding={v: {"zlib": True} for v in dataset.data_vars}
+        )
     with atomic_path(out / "regimes.png") as tmp:
         plotting.plot_regimes(fit, regimes, tmp)
     current = regimes.current()
@@ -213,32 +309,48 @@ def cmd_regimes(args) -> int:
 
 
 def cmd_backtest(args) -> int:
-    """Rolling-origin backtest of the mixture and the baselines; calibration report."""
-    from bayes_moe.evaluation.backtest import backtest
-    from bayes_moe.evaluation.baselines import BASELINES, applicable_baselines
+    """Rolling-origin backtest of the mixture and the baselines; calibration report.
+
+    Before any fit: the data, each requested baseline's inputs, the test period, the
+    first training sample and the output folder are checked (exit status 2 with the
+    problem named). During the backtest a refit or a model that raises is recorded and
+    the others go on; the report lists the failures, and the exit status is then 1.
+    """
+    from bayes_moe.evaluation.backtest import origin_rows
+    from bayes_moe.evaluation.baselines import BASELINES
     from bayes_moe.evaluation.moe_forecaster import MoEForecaster
     from bayes_moe.report import write_backtest_report
 
     frame = _load_frame(args)
     if args.dataset == "sp500" and args.with_vix:
         frame = bm_data.add_vix(frame)
-    names = (
-        applicable_baselines(frame)
-        if args.baselines == "all"
-        else [
-            b.strip() for b in args.baselines.split(",") if b.strip() and args.baselines != "none"
-        ]
-    )
-    unknown = [n for n in names if n not in BASELINES]
-    if unknown:
-        raise ValueError(f"unknown baselines {unknown}; choose from {sorted(BASELINES)}")
-    covariates = [c for c in frame.columns if c != args.target and frame[c].notna().all()]
+    frame, covariates = _choose_columns(args, frame)
+    names = _baseline_names(args, frame)  # unknown baselines or missing inputs: refused
     model = BayesianMoE(
         experts=args.experts,
         n_regimes=args.regimes,
         window=args.window,
     )
-    model.prepare(frame, args.target, covariates=covariates, horizon=args.horizon)  # validate
+    # validates the columns the experts read (vix, with gaps, is read by har_vix alone)
+    data = model.prepare(
+        frame,
+        args.target,
+        covariates=covariates,
+        horizon=args.horizon,
+        allow_outliers=args.allow_outliers,
+    )
+    origins, realized = origin_rows(
+        frame, test_start=args.test_start, test_end=args.test_end, horizon=args.horizon
+    )
+    first_train = frame.iloc[: origins[0] + 1]  # the smallest training sample
+    model.prepare(
+        first_train,
+        args.target,
+        covariates=covariates,
+        horizon=args.horizon,
+        allow_outliers=args.allow_outliers,
+    )
+    out = check_output_folder(Path(args.out))
     forecasters = {
         "bayes_moe": MoEForecaster(
             model,
@@ -249,39 +361,90 @@ def cmd_backtest(args) -> int:
             seed=args.seed,
             horizon=args.horizon,
             strategy=args.strategy,
+            allow_outliers=args.allow_outliers,
         )
     }
     forecasters.update({name: BASELINES[name]() for name in names})
-    results = {}
-    for name, forecaster in forecasters.items():
-        print(f"backtesting {name} ...", flush=True)
-        results[name] = backtest(
-            frame,
-            forecaster,
-            test_start=args.test_start,
-            test_end=args.test_end,
-            refit_every=args.refit_every,
-            horizon=args.horizon,
-            target=args.target,
-            name=name,
-        )
+    results, failed = _run_backtests(frame, forecasters, args)
     protocol = {
         "data": str(args.data) if args.data else args.dataset,
         "target": args.target,
-        "test_start": str(results["bayes_moe"].table.index[0].date()),
-        "test_end": str(results["bayes_moe"].table.index[-1].date()),
-        "n_test_days": len(results["bayes_moe"].table),
+        "test_start": str(frame.index[realized[0]].date()),
+        "test_end": str(frame.index[realized[-1]].date()),
+        "n_test_days": len(realized),
         "refit_every": args.refit_every,
         "window": "expanding",
         "horizon": args.horizon,
         "experts": model.labels,
+        "columns": list(data.inputs.columns),
         "n_regimes": model.n_regimes,
     }
-    doc = write_backtest_report(results, Path(args.out), protocol=protocol)
-    table = pd.DataFrame(doc["models"]).T[["log_score", "crps", "coverage_90", "pit_ks_pvalue"]]
-    print(table.sort_values("log_score", ascending=False).to_string(float_format="%.4f"))
+    doc = write_backtest_report(results, out, protocol=protocol, failures=failed)
+    if doc["models"]:
+        table = pd.DataFrame(doc["models"]).T[["log_score", "crps", "coverage_90", "n_days"]]
+        table["n_days"] = table["n_days"].astype(int)
+        print(table.sort_values("log_score", ascending=False).to_string(float_format="%.4f"))
     print(f"report written to {args.out}/")
+    if doc["failures"]:
+        print(
+            f"bayes-moe backtest: {len(doc['failures'])} part(s) failed; the others are "
+            f"reported (see 'Failures' in {args.out}/report.md)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _baseline_names(args, frame: pd.DataFrame) -> list[str]:
+    """The baselines ``--baselines`` asks for, each checked against the data's columns."""
+    from bayes_moe.evaluation.baselines import applicable_baselines, check_baselines
+
+    if args.baselines == "all":
+        return applicable_baselines(frame)
+    if args.baselines == "none":
+        return []
+    names = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    check_baselines(names, frame)
+    return names
+
+
+def _run_backtests(frame: pd.DataFrame, forecasters: dict, args) -> tuple[dict, list]:
+    """Backtest each forecaster in turn; a failure is recorded and the others go on.
+
+    Returns the results of the forecasters that produced any forecast and the
+    :class:`~bayes_moe.evaluation.backtest.BacktestFailure` records of those that did not
+    (failed refits of the others are in their results). Each failure is printed to stderr.
+    """
+    from bayes_moe.evaluation.backtest import BacktestError, BacktestFailure, backtest
+
+    results, failed = {}, []
+    for name, forecaster in forecasters.items():
+        print(f"backtesting {name} ...", flush=True)
+        try:
+            results[name] = backtest(
+                frame,
+                forecaster,
+                test_start=args.test_start,
+                test_end=args.test_end,
+                refit_every=args.refit_every,
+                horizon=args.horizon,
+                target=args.target,
+                name=name,
+                on_error="record",
+            )
+            records = results[name].failures
+        except BacktestError as err:  # every refit failed
+            records = err.failures
+            failed += records
+        except Exception as err:  # outside the refits: scoring, say
+            records = [BacktestFailure.from_exception(name, err)]
+            failed += records
+        for record in records:
+            when = record.refit_date
+            where = "" if when is None else f" (refit on data up to {when.date()})"
+            message = f"{record.error_type}: {record.message}"
+            print(f"bayes-moe backtest: {name} failed{where}: {message}", file=sys.stderr)
+    return results, failed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,12 +455,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="fit on the embedded S&P 500 data and write a report")
     demo.add_argument("--out", default="report", help="report folder (default: report)")
     _add_model_arguments(demo)
+    _add_keep_draws_argument(demo)
     demo.set_defaults(func=cmd_demo)
 
     fit = sub.add_parser("fit", help="fit on a dataset or your own file and write a report")
     _add_data_arguments(fit, required=True)
+    _add_column_arguments(fit)
     _add_model_arguments(fit)
     fit.add_argument("--out", required=True, help="report folder (gets fit.safetensors)")
+    _add_keep_draws_argument(fit)
     fit.set_defaults(func=cmd_fit)
 
     forecast = sub.add_parser("forecast", help="forecast from a fitted checkpoint")
@@ -313,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bt = sub.add_parser("backtest", help="rolling-origin backtest against the baselines")
     _add_data_arguments(bt, required=True)
+    _add_column_arguments(bt)
     _add_model_arguments(bt)
     bt.add_argument("--test-start", required=True, help="first test day (YYYY-MM-DD)")
     bt.add_argument("--test-end", help="last test day (default: the last row)")
@@ -328,18 +495,40 @@ def build_parser() -> argparse.ArgumentParser:
     regimes.add_argument("--model", required=True, type=Path, help="fit.safetensors checkpoint")
     _add_data_arguments(regimes, required=False)
     regimes.add_argument("--out", required=True, help="output folder")
+    _add_keep_draws_argument(regimes)
     regimes.set_defaults(func=cmd_regimes)
     return parser
 
 
+def _warning_printer(command: str):
+    """A :func:`warnings.showwarning` that prints ``bayes-moe <command>: warning: ...``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        kind = "" if category is UserWarning else f" ({category.__name__})"
+        print(f"bayes-moe {command}: warning{kind}: {message}", file=sys.stderr, flush=True)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; bad input exits with status 2 and a message naming the problem."""
+    """Entry point; bad input exits with status 2 and a message naming the problem.
+
+    A fit whose optimisation diverges (:class:`~bayes_moe.NonFiniteLossError`) exits
+    with status 1 and the message naming the step and the parameters concerned.
+    Warnings (a model with more parameters than observations, say) are printed to
+    stderr as ``bayes-moe <command>: warning: ...`` and do not stop the command.
+    """
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_printer(args.command)
+            return args.func(args)
     except (DataError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"bayes-moe {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as err:
+        print(f"bayes-moe {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """The report folder of a fit: forecast, regimes, plots, InferenceData, metrics.
 
-Used by ``bayes-moe demo`` and ``bayes-moe fit``. Every file is written atomically.
+Used by ``bayes-moe demo`` and ``bayes-moe fit``. Every file is written atomically, and
+the folder as a whole (:func:`bayes_moe.io.atomic_folder`).
 """
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
@@ -13,28 +15,34 @@ import numpy as np
 import pandas as pd
 
 from bayes_moe import plotting
-from bayes_moe.io import atomic_path, write_csv, write_json
+from bayes_moe.inference.arviz import compact
+from bayes_moe.inference.posterior import DEFAULT_KEEP_DRAWS
+from bayes_moe.io import atomic_folder, atomic_path, write_csv, write_json
 
 COVERAGE_LEVELS = (0.5, 0.9)
 
 
-def in_sample_calibration(fit, *, num_samples: int = 1000) -> dict:
+def in_sample_calibration(fit, summary=None) -> dict:
     """Mean one-step log score and empirical coverage of central intervals, in sample.
 
     Each day is scored under the causal predictive from the previous close with the
-    fitted posterior draws (regimes filtered, not smoothed). It is in-sample: the
-    parameters saw these days; out-of-sample scores come from backtests.
+    fitted posterior draws (regimes filtered, not smoothed). A day lies in the central
+    interval of level ``a`` when its PIT, the exact predictive CDF at the realized value
+    (:attr:`~bayes_moe.inference.posterior.PosteriorSummary.pit`), lies in
+    ``[(1 - a) / 2, (1 + a) / 2]``: no sampling, and no per-day draws held. It is
+    in-sample: the parameters saw these days; out-of-sample scores come from backtests.
+    ``summary``: the fit's posterior summary to read (default
+    :meth:`MoEFit.posterior_summary`).
     """
-    data = fit.data
-    realized = data.unstandardize(data.observed_response.numpy())[:, 0]
-    log_lik = fit.pointwise_log_likelihood().to_numpy()  # (N_obs, S)
-    log_score = np.logaddexp.reduce(log_lik, axis=1) - np.log(log_lik.shape[1])
-    mixture = fit.predictive(end=data.origin_dates[data.n_observed - 1])
-    samples = mixture.sample(num_samples, seed=1)[..., 0]  # (num_samples, N_obs)
-    out = {"mean_log_score": float(log_score.mean()), "n_days": int(len(realized))}
+    summary = fit.posterior_summary() if summary is None else summary
+    log_lik = summary.log_predictive_density.numpy()  # (S, N_obs), standardized
+    log_lik = log_lik - np.log(fit.data.preprocessor.target_scale).sum()
+    log_score = np.logaddexp.reduce(log_lik, axis=0) - np.log(log_lik.shape[0])
+    pit = summary.pit.numpy()  # (N_obs,)
+    out = {"mean_log_score": float(log_score.mean()), "n_days": int(len(pit))}
     for level in COVERAGE_LEVELS:
-        lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=0)
-        out[f"coverage_{int(level * 100)}"] = float(np.mean((realized >= lo) & (realized <= hi)))
+        inside = (pit >= (1 - level) / 2) & (pit <= (1 + level) / 2)
+        out[f"coverage_{int(level * 100)}"] = float(np.mean(inside))
     return out
 
 
@@ -67,9 +75,22 @@ def format_regime_summary(table: pd.DataFrame, *, unit: str = "%/day") -> str:
 
 
 def summary(fit, forecast, regimes) -> dict:
-    """A JSON-serializable summary of the fit: data, diagnostics, regime now, forecast."""
+    """A JSON-serializable summary of the fit: data, diagnostics, regime now, forecast.
+
+    Two regime probabilities are reported, each with the day it is for:
+    ``regime_now["filtered_probability"]`` is P(regime on ``regime_now["date"]``, the
+    last close and the forecast origin | data up to that close), and
+    ``regime_now["next_day_probability"]`` is P(the same regime on the next trading
+    day | the same data) (:meth:`MoEFit.regime_forecast` with ``steps=1``).
+    ``forecast["regime_probabilities"]`` are for the day the forecast is for,
+    ``forecast["regime_probabilities_days_after_origin"]`` (= ``h``) trading days after
+    ``forecast["origin_date"]``; ``forecast["filtered_regime_probabilities"]`` are those
+    of the origin itself.
+    """
     data = fit.data
     current = regimes.current()
+    next_day = fit.regime_forecast(1)
+    filtered_at_origin = regimes.last_filtered_draws.mean(0)
     quantiles = forecast.quantiles((0.05, 0.25, 0.5, 0.75, 0.95))
     return {
         "data": {
@@ -86,6 +107,8 @@ def summary(fit, forecast, regimes) -> dict:
             "filtered_probability": current["probability"],
             "filtered_probability_sd": current["probability_sd"],
             "volatility": float(regimes.volatility["mean"].iloc[current["regime"]]),
+            "next_day_probability": float(next_day["mean"].iloc[current["regime"]]),
+            "next_day_probability_sd": float(next_day["sd"].iloc[current["regime"]]),
         },
         "transition_mean": regimes.transition.to_numpy().tolist(),
         "expected_duration_days": regimes.expected_duration["mean"].tolist(),
@@ -98,28 +121,60 @@ def summary(fit, forecast, regimes) -> dict:
             "std": forecast.std,
             "quantiles": {f"{q:g}": float(v) for q, v in quantiles.items()},
             "regime_probabilities": forecast.regime_probs["mean"].tolist(),
+            "regime_probabilities_days_after_origin": forecast.horizon,
+            "filtered_regime_probabilities": filtered_at_origin.tolist(),
             "expert_weights": forecast.expert_weights.to_dict(),
         },
     }
 
 
-def write_report(fit, out, *, price: pd.Series | None = None, num_samples: int = 2000) -> dict:
+def write_report(
+    fit,
+    out,
+    *,
+    price: pd.Series | None = None,
+    num_samples: int = 2000,
+    started: float | None = None,
+    keep_draws: int | None = DEFAULT_KEEP_DRAWS,
+) -> dict:
     """Write the report folder ``out`` and return the metrics dictionary.
 
     Files: ``forecast.json``, ``forecast.csv``, ``fan_chart.png``, ``regimes.png``,
     ``regime_posterior.png``, ``expert_weights.png``, ``elbo.png``,
     ``regime_summary.csv``, ``regimes_filtered.csv``, ``regimes_smoothed.csv``,
-    ``regimes_viterbi.csv``, ``inference_data.nc``, ``fit.safetensors`` (checkpoint)
-    and ``metrics.json``.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    forecast = fit.forecast(num_samples=num_samples, seed=0)
-    regimes = fit.regimes()
-    metrics = summary(fit, forecast, regimes)
-    metrics["in_sample"] = in_sample_calibration(fit)
+    ``regimes_viterbi.csv``, ``inference_data.nc``, ``fit.safetensors`` (checkpoint),
+    ``metrics.json`` and ``manifest.json``. The folder is written whole
+    (:func:`bayes_moe.io.atomic_folder`): an existing report folder ``out`` is replaced
+    only once the new one is complete. With ``started`` (a :func:`time.perf_counter`
+    reading), ``metrics["elapsed_s"]`` is the time from it to the writing of the metrics.
 
-    idata = fit.to_inference_data()
+    ``inference_data.nc`` holds every posterior draw of the global parameters, per-day
+    summaries over all draws and the per-day values (predictive samples, regime
+    probabilities, Viterbi paths, log-likelihood) of ``keep_draws`` thinned draws
+    (None: every draw), per-day values in float32, compressed
+    (:func:`~bayes_moe.inference.arviz.to_inference_data`,
+    :func:`~bayes_moe.inference.arviz.compact`). ``elpd_loo`` in ``metrics.json`` is
+    computed from every draw's log-likelihood before thinning.
+    """
+    with atomic_folder(out) as folder:
+        return _write_report_files(
+            fit,
+            folder,
+            price=price,
+            num_samples=num_samples,
+            started=started,
+            keep_draws=keep_draws,
+        )
+
+
+def _write_report_files(fit, out: Path, *, price, num_samples: int, started, keep_draws) -> dict:
+    """The files of :func:`write_report`, written into the (new, empty) folder ``out``."""
+    regimes = fit.regimes(keep_draws)  # first: the forecast reads its posterior summary
+    forecast = fit.forecast(num_samples=num_samples, seed=0)
+    metrics = summary(fit, forecast, regimes)
+    metrics["in_sample"] = in_sample_calibration(fit, fit.posterior_summary(keep_draws))
+
+    idata = fit.to_inference_data(keep_draws=keep_draws)  # every draw's log-likelihood
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pareto-k warnings are reported in the numbers
         loo = az.loo(idata)
@@ -128,8 +183,12 @@ def write_report(fit, out, *, price: pd.Series | None = None, num_samples: int =
         p_loo=float(loo["p_loo"]),
         pareto_k_above_0_7=int(np.sum(np.asarray(loo["pareto_k"]) > 0.7)),
     )
+    metrics["inference_data"] = {
+        "draws": fit.n_draws,
+        "kept_draws": int(idata.posterior_predictive.sizes["draw"]),
+    }
     with atomic_path(out / "inference_data.nc") as tmp:
-        idata.to_netcdf(str(tmp), engine="h5netcdf")
+        compact(idata, log_likelihood="kept").to_netcdf(str(tmp), engine="h5netcdf")
     fit.save(out / "fit.safetensors")
 
     write_json(metrics["forecast"], out / "forecast.json")
@@ -144,6 +203,8 @@ def write_report(fit, out, *, price: pd.Series | None = None, num_samples: int =
     ):
         with atomic_path(out / name) as tmp:
             draw(tmp)
+    if started is not None:
+        metrics["elapsed_s"] = time.perf_counter() - started
     write_json(metrics, out / "metrics.json")
     return metrics
 
@@ -168,20 +229,66 @@ def _markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
     return "\n".join(lines)
 
 
-def write_backtest_report(results: dict, out, *, protocol: dict, reference="bayes_moe") -> dict:
+def write_backtest_report(
+    results: dict, out, *, protocol: dict, reference="bayes_moe", failures=()
+) -> dict:
     """Write a calibration study of backtest results to ``out``; return the metrics.
 
     Files: ``metrics.json`` (the documented shape, see
     :func:`bayes_moe.evaluation.calibration.metrics`), ``report.md``,
     ``scores_<model>.csv`` (per-day scores), ``pit_histograms.png``,
-    ``coverage_curves.png``, and with the mixture present ``score_differences.png``
-    and ``calibration_by_regime.png``.
+    ``coverage_curves.png``, with the mixture present ``score_differences.png``
+    and ``calibration_by_regime.png``, and ``manifest.json``. ``failures``: the
+    :class:`~bayes_moe.evaluation.backtest.BacktestFailure` records of models that
+    produced no result; they and the failed refits of the others are listed in
+    ``metrics.json`` and in a "Failures" section of ``report.md``. The folder is written
+    whole (:func:`bayes_moe.io.atomic_folder`): an existing report folder ``out`` is
+    replaced only once the new one is complete.
     """
+    with atomic_folder(out) as folder:
+        return _write_backtest_files(results, folder, protocol, reference, failures)
+
+
+def _write_backtest_files(results: dict, out: Path, protocol, reference, failures) -> dict:
+    """The files of :func:`write_backtest_report`, written into the new folder ``out``."""
     from bayes_moe.evaluation import calibration
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    doc = calibration.metrics(results, protocol=protocol, reference=reference)
+    doc = calibration.metrics(results, protocol=protocol, reference=reference, failures=failures)
+    lines = ["# Calibration study", "", "## Protocol", ""]
+    lines += [f"- **{k}**: {v}" for k, v in protocol.items()]
+    lines += _failure_lines(doc)
+    if results:
+        lines += _score_lines(results, out, doc, reference)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    write_json(doc, out / "metrics.json")
+    return doc
+
+
+def _failure_lines(doc: dict) -> list[str]:
+    """The "Failures" section of ``report.md`` (empty when nothing failed)."""
+    if not doc["failures"]:
+        return []
+    table = pd.DataFrame(doc["failures"]).set_index("model").astype(object)
+    failed = ", ".join(doc["failed_models"]) or "none"
+    return [
+        "",
+        "## Failures",
+        "",
+        "A failed refit leaves the test days of its block without a forecast from that model: "
+        "its scores below are means over its remaining days (`n_days`; `n_days_missing` "
+        "counts the others), so they are not directly comparable with a complete model's, "
+        "and the paired comparisons use the days both models have. A model all of whose "
+        f"refits failed has no scores (here: {failed}).",
+        "",
+        _markdown_table(table.where(table.notna(), "")),
+    ]
+
+
+def _score_lines(results: dict, out: Path, doc: dict, reference: str) -> list[str]:
+    """Write the score tables and plots into ``out``; return their ``report.md`` lines."""
+    from bayes_moe.evaluation import calibration
+
     for name, result in results.items():
         write_csv(result.table, out / f"scores_{name}.csv")
     curves = calibration.coverage_curves(results)
@@ -204,17 +311,15 @@ def write_backtest_report(results: dict, out, *, protocol: dict, reference="baye
             "berkowitz_pvalue",
             "interval_score_90",
             "n_days",
+            "n_days_missing",
             "elapsed_s",
         )
-        if c in models.columns
+        if c in models.columns and (c != "n_days_missing" or models[c].any())
     ]
     models = models[columns].sort_values("log_score", ascending=False)
+    for count in {"n_days", "n_days_missing"} & set(columns):
+        models[count] = models[count].astype(int)
     lines = [
-        "# Calibration study",
-        "",
-        "## Protocol",
-        "",
-        *[f"- **{k}**: {v}" for k, v in protocol.items()],
         "",
         "## Scores (log score: nats/day, higher is better; CRPS: lower is better)",
         "",
@@ -256,7 +361,4 @@ def write_backtest_report(results: dict, out, *, protocol: dict, reference="baye
             "",
             "![By regime](calibration_by_regime.png)",
         ]
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    write_json(doc, out / "metrics.json")
-    return doc
+    return lines

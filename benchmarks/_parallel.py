@@ -16,20 +16,36 @@ from tqdm.auto import tqdm
 
 
 def run_tasks(
-    function: Callable, tasks: Iterable[tuple], *, jobs: int, desc: str
+    function: Callable,
+    tasks: Iterable[tuple],
+    *,
+    jobs: int,
+    desc: str,
+    on_result: Callable[[str, object], None] | None = None,
 ) -> tuple[dict, dict]:
-    """``({name: result}, {name: error})`` of every task, in the order of ``tasks``."""
+    """``({name: result}, {name: error})`` of every task, in the order of ``tasks``.
+
+    ``on_result(name, result)``, if given, is called in this process as soon as a task
+    succeeds (to keep its result on disk before the others finish).
+    """
     tasks = list(tasks)
     outcomes = []
+
+    def finished(outcome):
+        outcomes.append(outcome)
+        name, result, error = outcome
+        if error is None and on_result is not None:
+            on_result(name, result)
+
     if jobs <= 1:
         for arguments in tqdm(tasks, desc=desc):
-            outcomes.append(function(*arguments))
+            finished(function(*arguments))
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
             futures = [pool.submit(function, *arguments) for arguments in tasks]
             for future in tqdm(as_completed(futures), total=len(futures), desc=desc):
-                outcomes.append(future.result())
+                finished(future.result())
     results = {name: result for name, result, error in outcomes if error is None}
     errors = {name: error for name, _, error in outcomes if error is not None}
     for name, error in errors.items():

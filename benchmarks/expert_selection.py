@@ -18,7 +18,10 @@ For a mixture (default: every registered expert, 3 regimes), under protocol P1
    full minus without-``m`` (positive: ``m`` helps), with a Newey-West standard error.
 
 Writes ``expert_selection.json``, ``expert_selection.md`` and ``expert_selection.png``
-into ``--out`` (atomically).
+into ``--out`` (atomically). Each finished backtest's per-day scores are kept in
+``--out/runs/<name>.csv`` next to the protocol they were run under; a run that is
+stopped and started again with the same options skips what is done (``--fresh``
+starts over).
 
     python benchmarks/expert_selection.py --experts all --jobs 2
     python benchmarks/expert_selection.py --experts ar,var,tcn --validation  # 2011-2014
@@ -27,6 +30,8 @@ into ``--out`` (atomically).
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import tempfile
 import time
 import traceback
@@ -37,6 +42,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from _options import add_mixture_options  # noqa: E402  (benchmarks/ is on sys.path)
 from _parallel import run_tasks  # noqa: E402
@@ -47,6 +53,7 @@ import bayes_moe as bm  # noqa: E402
 from bayes_moe.evaluation.backtest import backtest  # noqa: E402
 from bayes_moe.evaluation.calibration import comparisons  # noqa: E402
 from bayes_moe.evaluation.moe_forecaster import MoEForecaster  # noqa: E402
+from bayes_moe.evaluation.scoring import summarize  # noqa: E402
 from bayes_moe.inference.pretrain_cache import PretrainCache  # noqa: E402
 from bayes_moe.io import atomic_path, write_json  # noqa: E402
 
@@ -66,7 +73,57 @@ def parse_args(argv=None):
     parser.add_argument("--jobs", type=int, default=1, help="left-out experts run at once")
     parser.add_argument("--pretrain-cache", default=None, help="stage-one folder to reuse")
     parser.add_argument("--out", default=None, help=f"default {RESULTS}")
+    parser.add_argument("--fresh", action="store_true", help="discard finished runs in --out")
     return parser.parse_args(argv)
+
+
+class SavedRun:
+    """The per-day score table of a finished backtest, as kept in ``runs/<name>.csv``."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def summary(self) -> dict:
+        return summarize(self.table)
+
+
+class RunStore:
+    """Finished backtests of one protocol in ``folder``; another protocol is refused.
+
+    ``protocol.json`` records the options the runs were made under; each run's score
+    table is written atomically, so a stopped job resumes at the first missing run.
+    """
+
+    def __init__(self, folder: Path, protocol: dict, *, fresh: bool = False):
+        self.folder = Path(folder)
+        if fresh and self.folder.exists():
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / "protocol.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved != protocol:
+                changed = sorted(k for k in protocol if saved.get(k) != protocol[k])
+                raise SystemExit(
+                    f"{self.folder} holds runs of another protocol (differs in {changed}); "
+                    "pass --fresh to discard them or --out to use another folder"
+                )
+        else:
+            write_json(protocol, path)
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{name}.csv"
+
+    def load(self, name: str) -> SavedRun | None:
+        path = self._path(name)
+        if not path.exists():
+            return None
+        return SavedRun(pd.read_csv(path, index_col=0, parse_dates=True))
+
+    def save(self, name: str, result) -> SavedRun:
+        with atomic_path(self._path(name)) as tmp:
+            result.table.to_csv(tmp)
+        return SavedRun(result.table)
 
 
 def fit_file(folder: Path, train_end) -> Path:
@@ -247,7 +304,8 @@ def markdown(doc: dict) -> str:
             f"{w['mean']:.3f} ({w['hdi_3%']:.3f}-{w['hdi_97%']:.3f})" for w in regimes.values()
         ]
         loo = doc["left_out"].get(label)
-        lost = "failed" if loo is None else f"{loo['mean_diff']:+.4f} ({loo['nw_se']:.4f})"
+        missing = "failed" if label in doc["failures"] else "not run"
+        lost = missing if loo is None else f"{loo['mean_diff']:+.4f} ({loo['nw_se']:.4f})"
         t = "" if loo is None else f"{loo['t_stat']:+.2f}"
         row = f"| {label} | " + " | ".join(cells) + f" | {lost} | {t} |"
         rows.append((loo["mean_diff"] if loo else -np.inf, row))
@@ -283,6 +341,22 @@ def plot(doc: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def protocol(args, labels: list[str]) -> dict:
+    """The options every run of one report shares."""
+    return {
+        "name": "P1-validation" if args.validation else "P1",
+        "test": [str(d) for d in _protocol(args)],
+        "refit_every": args.refit_every,
+        "experts": labels,
+        "n_regimes": args.regimes,
+        "window": args.window,
+        "num_steps": args.num_steps,
+        "loo_steps": args.loo_steps,
+        "num_draws": args.num_draws,
+        "seed": args.seed,
+    }
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
@@ -295,33 +369,31 @@ def main(argv=None) -> int:
     out = Path(args.out or (str(RESULTS) + ("_validation" if args.validation else "")))
     out.mkdir(parents=True, exist_ok=True)
     folder = out / "fits"
+    if args.fresh and folder.exists():
+        shutil.rmtree(folder)
+    store = RunStore(out / "runs", protocol(args, labels), fresh=args.fresh)
     with tempfile.TemporaryDirectory(prefix="selection-pretrain-") as tmp_cache:
         cache_dir = args.pretrain_cache or tmp_cache
-        print("full mixture ...", flush=True)
-        full = run_full(args, folder, cache_dir)
-        tasks = [(m, args, str(folder), cache_dir) for m in leave_out]
-        results, failures = run_tasks(run_without, tasks, jobs=args.jobs, desc="left out")
-    without = {f"without_{m}": r for m, r in results.items()}
-    compared = comparisons({"full": full, **without}, "full")
+        full = store.load("full")
+        if full is None:
+            print("full mixture ...", flush=True)
+            full = store.save("full", run_full(args, folder, cache_dir))
+        todo = [m for m in leave_out if store.load(f"without_{m}") is None]
+        print(f"left out: {len(leave_out) - len(todo)} done, {len(todo)} to run", flush=True)
+        tasks = [(m, args, str(folder), cache_dir) for m in todo]
+        results, failures = run_tasks(
+            run_without, tasks, jobs=args.jobs, desc="left out", on_result=_saver(store)
+        )
+    runs = {m: store.load(f"without_{m}") for m in leave_out}
+    runs = {m: r for m, r in runs.items() if r is not None}
+    compared = comparisons({"full": full, **{f"without_{m}": r for m, r in runs.items()}}, "full")
     doc = {
-        "protocol": {
-            "name": "P1-validation" if args.validation else "P1",
-            "test": list(_protocol(args)),
-            "refit_every": args.refit_every,
-            "experts": labels,
-            "n_regimes": args.regimes,
-            "window": args.window,
-            "num_steps": args.num_steps,
-            "loo_steps": args.loo_steps,
-            "num_draws": args.num_draws,
-            "seed": args.seed,
-        },
+        "protocol": protocol(args, labels),
         "full": full.summary(),
         "weights": weight_table(folder, labels),
         "left_out": {
-            m: {**compared[f"without_{m}"], **{"log_score": results[m].summary()["log_score"]}}
-            for m in leave_out
-            if m in results
+            m: {**compared[f"without_{m}"], "log_score": r.summary()["log_score"]}
+            for m, r in runs.items()
         },
         "failures": {m: e.splitlines()[0] for m, e in failures.items()},
         "jobs": args.jobs,
@@ -333,6 +405,15 @@ def main(argv=None) -> int:
     plot(doc, out / "expert_selection.png")
     print(markdown(doc))
     return 0 if not failures else 1
+
+
+def _saver(store: RunStore):
+    """Keep each left-out run's scores as soon as it finishes."""
+
+    def save(left_out: str, result) -> None:
+        store.save(f"without_{left_out}", result)
+
+    return save
 
 
 if __name__ == "__main__":

@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
             "interval_90": [lo, hi],
             "quantiles": {f"{q:g}": float(v) for q, v in quantiles.items()},
             "regime_probabilities": forecast.regime_probs["mean"].tolist(),
+            "regime_probabilities_days_after_origin": forecast.horizon,
             "expert_weights": forecast.expert_weights.to_dict(),
         },
         "filtered_vs_smoothed": {

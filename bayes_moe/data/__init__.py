@@ -25,7 +25,10 @@ Contents
   :func:`add_range_features`;
 * :func:`join_asof` and :data:`DEFAULT_PUBLICATION_LAGS` for lower-frequency data;
 * :func:`read_frame` for the user's own CSV or Parquet file;
-* :func:`validate_frame` and :class:`DataError`, raised for every bad input.
+* :func:`validate_frame` and :class:`DataError`, raised for every bad input;
+  :func:`check_plausible_values` for implausible values (a target outlier, a column on
+  a scale float standardisation cannot handle), waived for outliers by
+  ``allow_outliers=True``.
 """
 
 from bayes_moe.data.errors import DataError
@@ -49,6 +52,7 @@ from bayes_moe.data.loaders import (
     load_wti,
 )
 from bayes_moe.data.macro import DEFAULT_PUBLICATION_LAGS, join_asof
+from bayes_moe.data.plausibility import check_plausible_values
 from bayes_moe.data.validation import validate_frame
 
 __all__ = [
@@ -57,6 +61,7 @@ __all__ = [
     "add_range_features",
     "add_vix",
     "average_true_range",
+    "check_plausible_values",
     "garman_klass_variance",
     "join_asof",
     "load_fama_french",

@@ -7,16 +7,18 @@ returns, optionally daily highs and lows) into the frame convention of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
+from bayes_moe.data.continuation import FeatureRecipe, remember_reading
 from bayes_moe.data.errors import DataError
 from bayes_moe.data.features import add_range_features, log_returns
-from bayes_moe.data.validation import validate_index
+from bayes_moe.data.validation import validate_index, validate_unique_columns
 
 __all__ = ["read_frame"]
 
@@ -71,13 +73,20 @@ def read_frame(
         Indexed by ``"date"``; ``ret`` and every other column of the file. Integer and
         float columns become float64; non-numeric columns are kept as they are
         (:func:`~bayes_moe.data.validate_frame` objects only if a model reads them).
+        Its ``attrs`` record how the generated columns were computed and the warm-up
+        rows that were dropped, so that a fit on it can continue the features over a
+        file of newer rows (:mod:`bayes_moe.data.continuation`,
+        :meth:`~bayes_moe.inference.results.MoEFit.update`).
 
     Raises
     ------
     DataError
-        On an unknown extension, an unreadable file, a missing or unparseable date
-        column, unsorted or duplicate dates, no rows, a missing or non-numeric price or
-        return column, a non-positive price, a high below its low, or conflicting
+        On an unknown extension, an unreadable file, a column name that appears twice
+        in the header (pandas would rename a repeated CSV column ``x`` to ``x.1``; it is
+        refused instead, naming ``x``), a missing or unparseable date column, unsorted or
+        duplicate dates, no rows, a missing or non-numeric price or
+        return column, a non-positive price, a high below its low, a price column
+        called ``ret`` (the name of the returns computed from it), or conflicting
         column arguments. Each message names the problem.
     FileNotFoundError
         If ``path`` does not exist.
@@ -90,12 +99,22 @@ def read_frame(
     if ret_generated:
         generated.append("ret")
     ohlc = {"open": open_col, "high": high_col, "low": low_col, "close": close_col}
+    range_inputs: tuple[str, ...] = ()
     if any(col is not None for col in ohlc.values()):
         frame = _rename_ohlc(frame, ohlc)
+        range_inputs = tuple(c for c in ohlc if c in frame.columns)
         before = list(frame.columns)
         frame = add_range_features(frame)
         generated += [c for c in frame.columns if c not in before]
-    return _drop_leading_nan(frame, generated)
+    renamed = {column: target for target, column in ohlc.items() if column is not None}
+    recipe = FeatureRecipe(
+        returns_from=renamed.get(price_col, price_col) if ret_generated else None,
+        range_inputs=range_inputs,
+        generated=tuple(generated),
+    )
+    kept = _drop_leading_nan(frame, generated)
+    remember_reading(kept, frame.iloc[: len(frame) - len(kept)], recipe)
+    return kept
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -107,17 +126,44 @@ def _read(path: Path) -> pd.DataFrame:
         )
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
-    try:
-        if kind == "csv":
-            frame = pd.read_csv(path)
-        else:
-            frame = pd.read_parquet(path)
-    except ValueError as exc:  # pandas' ParserError, EmptyDataError, pyarrow's ArrowInvalid
-        raise DataError(f"cannot read {path.name!r} as {kind}: {exc}") from exc
+    # The header first: pandas would rename a repeated CSV column 'x' to 'x.1' silently,
+    # and pyarrow refuses a repeated Parquet column without saying which one repeats.
+    validate_unique_columns(_parse(path, kind, _HEADER_READERS[kind]))
+    frame = _parse(path, kind, _FRAME_READERS[kind])
     if not isinstance(frame.index, pd.RangeIndex):
         frame = frame.reset_index()  # a Parquet file written with its index
     frame.columns = [str(c) for c in frame.columns]
+    validate_unique_columns(frame.columns)  # an index named like a column, 1 and "1"
     return frame
+
+
+def _parse(path: Path, kind: str, reader: Callable[[Path], object]):
+    """``reader(path)``, with the parsers' errors turned into a :class:`DataError`."""
+    try:
+        return reader(path)
+    except ValueError as exc:  # pandas' ParserError, EmptyDataError, pyarrow's ArrowInvalid
+        raise DataError(f"cannot read {path.name!r} as {kind}: {exc}") from exc
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file as written (blank names left out)."""
+    row = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
+    return [name for name in row.tolist() if name != ""]
+
+
+def _parquet_header(path: Path) -> list[str]:
+    """The column names of a Parquet file as written (its stored index included)."""
+    return list(pq.read_schema(path).names)
+
+
+_HEADER_READERS: dict[str, Callable[[Path], list[str]]] = {
+    "csv": _csv_header,
+    "parquet": _parquet_header,
+}
+_FRAME_READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
+    "csv": pd.read_csv,
+    "parquet": pd.read_parquet,
+}
 
 
 def _set_date_index(frame: pd.DataFrame, date_col: str) -> pd.DataFrame:
@@ -187,6 +233,11 @@ def _with_returns(
             )
         _require_numeric(frame, "ret")
         return frame, False
+    if price_col == "ret":
+        raise DataError(
+            "the price column may not be called 'ret', the name of the returns computed "
+            "from it; rename it"
+        )
     _require_numeric(frame, source)
     if "ret" in frame.columns and source != "ret":
         raise DataError(

@@ -142,7 +142,8 @@ def add_vix(frame: pd.DataFrame) -> pd.DataFrame:
 
     The VIX shipped offline covers 2014-2019 only (:func:`load_vix`), so most rows of
     a 1999-2018 frame get NaN; forecasters that read VIX must handle that (the
-    mixture's default covariates leave out columns with NaN). Same-day close: known at
+    mixture reads only the columns its experts read, and none of its experts reads
+    ``vix`` unless told to). Same-day close: known at
     the close of ``t``, so no look-ahead for a forecast made at that close.
     """
     vix = load_vix()["vix"]

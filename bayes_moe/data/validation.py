@@ -5,11 +5,13 @@
 1. the index is a tz-naive :class:`pandas.DatetimeIndex`;
 2. no date appears twice;
 3. the dates are sorted ascending;
-4. every requested column exists;
-5. every requested column is numeric (integer or float);
-6. no requested column holds NaN or +-inf;
-7. no requested column is constant;
-8. the frame has at least ``min_length`` rows.
+4. no column name appears twice (any column, requested or not: a frame with two
+   columns of one name is ambiguous wherever it is read);
+5. every requested column exists;
+6. every requested column is numeric (integer or float);
+7. no requested column holds NaN or +-inf;
+8. no requested column is constant;
+9. the frame has at least ``min_length`` rows.
 
 Only the requested ``columns`` are checked for content; other columns (a ticker name,
 a free-text note) may be anything.
@@ -17,17 +19,24 @@ a free-text note) may be anything.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from bayes_moe.data.errors import DataError, format_date
 
-__all__ = ["validate_frame", "validate_index"]
+__all__ = ["validate_frame", "validate_index", "validate_unique_columns"]
 
 
-def validate_frame(frame: pd.DataFrame, *, columns: Sequence[str], min_length: int) -> None:
+def validate_frame(
+    frame: pd.DataFrame,
+    *,
+    columns: Sequence[str],
+    min_length: int,
+    readers: Mapping[str, str] | None = None,
+) -> None:
     """Raise :class:`DataError` unless ``frame`` can be read by a model.
 
     Parameters
@@ -39,6 +48,9 @@ def validate_frame(frame: pd.DataFrame, *, columns: Sequence[str], min_length: i
     min_length : int
         The fewest rows the caller needs, typically the context window plus the forecast
         horizon (plus however many windows a fit needs).
+    readers : mapping of str to str, optional
+        Who reads a column, e.g. ``{"volume": "expert 'var'"}``; an error about that
+        column ends with ``"; read by expert 'var'"``.
 
     Raises
     ------
@@ -50,10 +62,12 @@ def validate_frame(frame: pd.DataFrame, *, columns: Sequence[str], min_length: i
         columns = [columns]
     columns = list(columns)
     validate_index(frame.index)
-    _check_columns_exist(frame, columns)
-    _check_numeric(frame, columns)
-    _check_finite(frame, columns)
-    _check_not_constant(frame, columns)
+    validate_unique_columns(frame.columns)
+    readers = readers or {}
+    _check_columns_exist(frame, columns, readers)
+    _check_numeric(frame, columns, readers)
+    _check_finite(frame, columns, readers)
+    _check_not_constant(frame, columns, readers)
     _check_length(frame, min_length)
 
 
@@ -103,11 +117,44 @@ def validate_index(index: pd.Index) -> None:
         )
 
 
-def _check_columns_exist(frame: pd.DataFrame, columns: list[str]) -> None:
+def validate_unique_columns(names: Sequence[object]) -> None:
+    """Raise :class:`DataError` if a column name appears more than once.
+
+    Parameters
+    ----------
+    names : sequence
+        Column names, e.g. ``frame.columns`` or the header row of a file.
+
+    Raises
+    ------
+    DataError
+        Naming every repeated column and how often it appears.
+    """
+    repeated = {name: n for name, n in Counter(names).items() if n > 1}
+    if repeated:
+        listed = ", ".join(f"{name!r} ({n} times)" for name, n in repeated.items())
+        raise DataError(
+            f"duplicate column name(s): {listed}; every column needs its own name "
+            "(rename or drop the repeats)"
+        )
+
+
+def _read_by(columns: list[str], readers: Mapping[str, str]) -> str:
+    """The end of an error message about ``columns``: who reads them (``""`` if unknown)."""
+    named = [c for c in columns if c in readers]
+    if len(columns) == 1 and named:
+        return f"; read by {readers[named[0]]}"
+    return "".join(f"; {c!r} read by {readers[c]}" for c in named)
+
+
+def _check_columns_exist(
+    frame: pd.DataFrame, columns: list[str], readers: Mapping[str, str]
+) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(
             f"missing column(s) {missing}; the frame has {[str(c) for c in frame.columns]}"
+            + _read_by(missing, readers)
         )
 
 
@@ -119,14 +166,17 @@ def _is_real_numeric(dtype: object) -> bool:
     )
 
 
-def _check_numeric(frame: pd.DataFrame, columns: list[str]) -> None:
+def _check_numeric(frame: pd.DataFrame, columns: list[str], readers: Mapping[str, str]) -> None:
     bad = {c: str(frame[c].dtype) for c in columns if not _is_real_numeric(frame[c].dtype)}
     if bad:
         listed = ", ".join(f"{c!r} ({dtype})" for c, dtype in bad.items())
-        raise DataError(f"non-numeric column(s): {listed}; the model reads only numbers")
+        raise DataError(
+            f"non-numeric column(s): {listed}; the model reads only numbers"
+            + _read_by(list(bad), readers)
+        )
 
 
-def _check_finite(frame: pd.DataFrame, columns: list[str]) -> None:
+def _check_finite(frame: pd.DataFrame, columns: list[str], readers: Mapping[str, str]) -> None:
     for column in columns:
         values = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
         nan = np.isnan(values)
@@ -136,11 +186,13 @@ def _check_finite(frame: pd.DataFrame, columns: list[str]) -> None:
             first = frame.index[np.argmax(bad)]
             raise DataError(
                 f"column {column!r} has {int(nan.sum())} NaN and {int(inf.sum())} inf "
-                f"value(s), the first on {format_date(first)}"
+                f"value(s), the first on {format_date(first)}" + _read_by([column], readers)
             )
 
 
-def _check_not_constant(frame: pd.DataFrame, columns: list[str]) -> None:
+def _check_not_constant(
+    frame: pd.DataFrame, columns: list[str], readers: Mapping[str, str]
+) -> None:
     if len(frame) < 2:
         return
     for column in columns:
@@ -149,6 +201,7 @@ def _check_not_constant(frame: pd.DataFrame, columns: list[str]) -> None:
             raise DataError(
                 f"column {column!r} is constant (every one of its {len(values)} values is "
                 f"{float(values[0])!r}); it carries no information and breaks standardisation"
+                + _read_by([column], readers)
             )
 
 

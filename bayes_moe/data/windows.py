@@ -30,7 +30,7 @@ depends on rows up to ``t`` and on fitted constants, nothing else.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 
 from bayes_moe.data.errors import DataError
+from bayes_moe.data.plausibility import check_plausible_values
 from bayes_moe.data.validation import validate_frame
 
 #: Spans (days) of the log realized-variance summaries every expert may read: a day, a
@@ -218,6 +219,34 @@ class ExpertInputs:
     vol: torch.Tensor
     scale_features: tuple[str, ...] = VOL_FEATURES
 
+    @classmethod
+    def header(
+        cls, columns: Sequence[str], n_targets: int, *, window: int, horizon: int = 1
+    ) -> ExpertInputs:
+        """Inputs with column names and no rows (``T = N = 0``), before any data is read.
+
+        What :meth:`~bayes_moe.models.experts.Expert.reads` is asked on, so that a mixture
+        can choose and validate the columns its experts read before it reads their values.
+
+        Parameters
+        ----------
+        columns : sequence of str
+            Column names, targets first.
+        n_targets : int
+            ``d_y``.
+        window, horizon : int
+            ``L`` and ``h``.
+        """
+        return cls(
+            series=torch.zeros(0, len(columns), dtype=torch.float64),
+            columns=tuple(columns),
+            n_targets=int(n_targets),
+            origins=torch.zeros(0, dtype=torch.long),
+            horizon=int(horizon),
+            window=int(window),
+            vol=torch.zeros(0, int(n_targets), len(VOL_FEATURES), dtype=torch.float64),
+        )
+
     @property
     def targets(self) -> tuple[str, ...]:
         """Target column names."""
@@ -325,6 +354,8 @@ def prepare(
     preprocessor: Preprocessor | None = None,
     dtype: torch.dtype = torch.float64,
     min_observations: int = 30,
+    readers: Mapping[str, str] | None = None,
+    allow_outliers: bool = False,
 ) -> ModelData:
     """Validate ``frame`` and turn it into :class:`ModelData`.
 
@@ -342,11 +373,21 @@ def prepare(
         Constants of an earlier fit; computed from ``frame`` when omitted.
     min_observations : int
         Observed responses required beyond the window and horizon.
+    readers : mapping of str to str, optional
+        Who reads each covariate (``{"volume": "expert 'var'"}``), named in the error
+        about that column (see :func:`~bayes_moe.data.validate_frame`).
+    allow_outliers : bool, default False
+        Accept target values whose robust z-score exceeds
+        :data:`~bayes_moe.data.plausibility.OUTLIER_THRESHOLD`; see
+        :func:`~bayes_moe.data.plausibility.check_plausible_values`, which runs after
+        :func:`~bayes_moe.data.validate_frame` on every frame.
 
     Raises
     ------
     DataError
-        For every bad input, before any tensor is built.
+        For every bad input, before any tensor is built: an unreadable frame, an
+        implausible target value (an outlier, unless ``allow_outliers``) or a column
+        too large or too small in scale for float standardisation.
     """
     targets = list(targets)
     if window < 1 or horizon < 1:
@@ -364,7 +405,15 @@ def prepare(
         else:
             covariates = [c for c in frame.columns if c not in targets]
     columns = targets + [c for c in covariates if c not in targets]
-    validate_frame(frame, columns=columns, min_length=window + horizon + min_observations)
+    validate_frame(
+        frame,
+        columns=columns,
+        min_length=window + horizon + min_observations,
+        readers=readers,
+    )
+    check_plausible_values(
+        frame, targets=targets, columns=columns, allow_outliers=allow_outliers, readers=readers
+    )
 
     if preprocessor is None:
         preprocessor = Preprocessor.from_frame(frame, targets, covariates)

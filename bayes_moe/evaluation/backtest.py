@@ -17,6 +17,11 @@ day of the block from the previous close, as practitioners do with GARCH. The fr
 handed to ``predict`` ends at the block's last origin, so no forecast can see a
 later row; :mod:`tests.evaluation.test_backtest` also perturbs the data after each
 origin and checks that nothing before it moves.
+
+With ``on_error="record"`` a refit (its fit or its forecasts) that raises does not stop
+the backtest: it becomes a :class:`BacktestFailure` in ``BacktestResult.failures``, and
+the days of its block have no forecast from that forecaster (its scores are over the
+remaining days; comparisons with other forecasters use the days both have).
 """
 
 from __future__ import annotations
@@ -35,6 +40,65 @@ from bayes_moe.evaluation.scoring import score_table, summarize
 
 Predict = Callable[[pd.DataFrame, pd.DatetimeIndex, int], LocationScaleMixture]
 Forecaster = Callable[[pd.DataFrame], Predict]
+
+
+@dataclass(frozen=True)
+class BacktestFailure:
+    """A part of a backtest that raised: one refit, or a whole forecaster.
+
+    Attributes
+    ----------
+    model : str
+        Name of the forecaster.
+    error_type : str
+        Class name of the exception.
+    message : str
+        Its message (first line).
+    refit_date : Timestamp or None
+        Last training day of the failed refit; None when the failure was not in a refit.
+    first_day, last_day : Timestamp or None
+        First and last realized test day left without a forecast.
+    n_days : int or None
+        Test days left without a forecast.
+    """
+
+    model: str
+    error_type: str
+    message: str
+    refit_date: pd.Timestamp | None = None
+    first_day: pd.Timestamp | None = None
+    last_day: pd.Timestamp | None = None
+    n_days: int | None = None
+
+    @classmethod
+    def from_exception(cls, model: str, error: BaseException, **where) -> BacktestFailure:
+        """The record of ``error`` raised by ``model``; ``where``: the other attributes."""
+        message = str(error).strip().splitlines()
+        return cls(model, type(error).__name__, message[0] if message else "", **where)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: dates as ``YYYY-MM-DD`` strings (None stays None)."""
+
+        def day(stamp):
+            return None if stamp is None else str(pd.Timestamp(stamp).date())
+
+        return {
+            "model": self.model,
+            "error_type": self.error_type,
+            "message": self.message,
+            "refit_date": day(self.refit_date),
+            "first_day": day(self.first_day),
+            "last_day": day(self.last_day),
+            "n_days": self.n_days,
+        }
+
+
+class BacktestError(RuntimeError):
+    """Every refit of a backtest failed; ``failures`` holds their records."""
+
+    def __init__(self, message: str, failures: list[BacktestFailure]):
+        super().__init__(message)
+        self.failures = failures
 
 
 @dataclass(frozen=True)
@@ -58,6 +122,8 @@ class BacktestResult:
     elapsed_s : float
     extras : dict
         Forecaster-specific per-day information (e.g. regime probabilities).
+    failures : list of BacktestFailure
+        Refits that raised (``on_error="record"``); their days are not in ``table``.
     """
 
     name: str
@@ -69,6 +135,7 @@ class BacktestResult:
     horizon: int
     elapsed_s: float
     extras: dict = field(default_factory=dict)
+    failures: list = field(default_factory=list)
 
     def summary(self) -> dict:
         """``log_score, crps, coverage_90, coverage_95, pit_ks_pvalue, n_days`` and more."""
@@ -137,6 +204,7 @@ def backtest(
     window: int | None = None,
     name: str | None = None,
     progress: bool = True,
+    on_error: str = "raise",
 ) -> BacktestResult:
     """Rolling-origin backtest of ``forecaster`` on ``frame``.
 
@@ -159,13 +227,24 @@ def backtest(
         Label of the forecaster (default: its ``name`` attribute or class name).
     progress : bool
         Show a progress bar over refits.
+    on_error : {"raise", "record"}
+        What an exception in a refit (fitting or forecasting its block) does: stop the
+        backtest, or become a :class:`BacktestFailure` in the result's ``failures``,
+        leaving that block's days without a forecast.
 
     Returns
     -------
     BacktestResult
+
+    Raises
+    ------
+    BacktestError
+        With ``on_error="record"``, when every refit failed.
     """
     if refit_every < 1 or horizon < 1:
         raise ValueError("refit_every and horizon must be positive integers")
+    if on_error not in ("raise", "record"):
+        raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
     if target not in frame.columns:
         raise DataError(f"target column {target!r} is missing; columns: {list(frame.columns)}")
     label = name or getattr(forecaster, "name", type(forecaster).__name__)
@@ -173,22 +252,41 @@ def backtest(
         frame, test_start=test_start, test_end=test_end, horizon=horizon
     )
     blocks = [origins[i : i + refit_every] for i in range(0, len(origins), refit_every)]
-    parts, refit_dates, extras = [], [], {}
+    parts, kept, refit_dates, extras, failures = [], [], [], {}, []
     start = time.perf_counter()
     for block in tqdm(blocks, desc=f"backtest {label}", disable=not progress, leave=False):
         first = block[0]
         lo = 0 if window is None else max(0, first + 1 - window)
-        train = frame.iloc[lo : first + 1]
-        refit_dates.append(train.index[-1])
-        predict = forecaster(train)
-        visible = frame.iloc[lo : block[-1] + 1]  # nothing after the block's last origin
-        part = predict(visible, frame.index[block], horizon)
-        if part.n_days != len(block):
-            raise RuntimeError(f"{label} returned {part.n_days} forecasts for {len(block)} days")
+        refit_dates.append(frame.index[first])
+        try:
+            part, block_extras = _forecast_block(frame, forecaster, lo, block, horizon, label)
+        except Exception as error:
+            if on_error == "raise":
+                raise
+            failures.append(
+                BacktestFailure.from_exception(
+                    label,
+                    error,
+                    refit_date=frame.index[first],
+                    first_day=frame.index[block[0] + horizon],
+                    last_day=frame.index[block[-1] + horizon],
+                    n_days=len(block),
+                )
+            )
+            continue
         parts.append(part)
-        for key, value in getattr(predict, "extras", {}).items():
+        kept.append(block)
+        for key, value in block_extras.items():
             extras.setdefault(key, []).append(value)
     elapsed = time.perf_counter() - start
+    if not parts:
+        raise BacktestError(
+            f"every refit of {label} failed; the first: {failures[0].error_type}: "
+            f"{failures[0].message}",
+            failures,
+        )
+    origins = np.concatenate(kept)
+    realized = origins + horizon
     # The realized dates come from the data (a forecaster may only guess the date of a
     # day beyond the rows it was shown).
     predictive = replace(LocationScaleMixture.concatenate(parts), dates=frame.index[realized])
@@ -209,4 +307,18 @@ def backtest(
         horizon=horizon,
         elapsed_s=elapsed,
         extras=extras,
+        failures=failures,
     )
+
+
+def _forecast_block(frame, forecaster, lo: int, block: np.ndarray, horizon: int, label: str):
+    """Refit on rows ``lo .. block[0]`` and forecast every origin of ``block``.
+
+    Returns the block's :class:`LocationScaleMixture` and the forecaster's extras.
+    """
+    predict = forecaster(frame.iloc[lo : block[0] + 1])
+    visible = frame.iloc[lo : block[-1] + 1]  # nothing after the block's last origin
+    part = predict(visible, frame.index[block], horizon)
+    if part.n_days != len(block):
+        raise RuntimeError(f"{label} returned {part.n_days} forecasts for {len(block)} days")
+    return part, dict(getattr(predict, "extras", {}))

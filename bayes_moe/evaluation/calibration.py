@@ -6,12 +6,12 @@ and :mod:`bayes_moe.report`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from bayes_moe.evaluation.backtest import BacktestResult
+from bayes_moe.evaluation.backtest import BacktestFailure, BacktestResult
 from bayes_moe.evaluation.scoring import coverage_curve, diebold_mariano, pit_ks_test
 
 COMPARISON_KEYS = ("mean_diff", "nw_se", "t_stat")
@@ -29,8 +29,10 @@ def comparisons(results: Mapping[str, BacktestResult], reference: str) -> dict[s
     r"""Paired log-score comparison of ``reference`` with every other model.
 
     For each baseline ``b``: :math:`d_t = \log p_{ref}(y_t) - \log p_b(y_t)` over the
-    common test days, its mean, Newey-West standard error and t statistic
-    (Diebold-Mariano); a positive ``t_stat`` favours the reference.
+    common test days (``n``: fewer than the test period when a refit of either model
+    failed), its mean, Newey-West standard error and t statistic (Diebold-Mariano); a
+    positive ``t_stat`` favours the reference. A baseline with fewer than 2 days in
+    common with the reference is left out.
     """
     ref = results[reference].table["log_score"]
     out = {}
@@ -39,6 +41,8 @@ def comparisons(results: Mapping[str, BacktestResult], reference: str) -> dict[s
             continue
         other = result.table["log_score"]
         common = ref.index.intersection(other.index)
+        if len(common) < 2:
+            continue
         dm = diebold_mariano(ref.loc[common].to_numpy(), other.loc[common].to_numpy())
         out[name] = {key: float(dm[key]) for key in dm}
     return out
@@ -89,24 +93,48 @@ def calibration_by_regime(result: BacktestResult) -> pd.DataFrame:
 
 
 def metrics(
-    results: Mapping[str, BacktestResult], *, protocol: dict, reference: str = "bayes_moe"
+    results: Mapping[str, BacktestResult],
+    *,
+    protocol: dict,
+    reference: str = "bayes_moe",
+    failures: Sequence[BacktestFailure] = (),
 ) -> dict:
-    """The ``metrics.json`` document: protocol, per-model summaries, comparisons.
+    """The ``metrics.json`` document: protocol, per-model summaries, comparisons, failures.
 
     Shape (scripts read these keys)::
 
         {"protocol": {...},
          "models": {"<name>": {"log_score", "crps", "coverage_90", "coverage_95",
-                               "pit_ks_pvalue", "n_days", ...}, ...},
-         "comparisons": {"<baseline>": {"mean_diff", "nw_se", "t_stat", ...}, ...}}
+                               "pit_ks_pvalue", "n_days", "failed_refits",
+                               "n_days_missing", ...}, ...},
+         "comparisons": {"<baseline>": {"mean_diff", "nw_se", "t_stat", ...}, ...},
+         "failures": [{"model", "error_type", "message", "refit_date", "first_day",
+                       "last_day", "n_days"}, ...],
+         "failed_models": ["<name>", ...]}
+
+    ``failures`` lists the failed refits of the models in ``results`` (their
+    ``BacktestResult.failures``: those days are missing from the model's scores, so
+    ``n_days`` is smaller, and the comparisons use the days both models have) and the
+    records of the models that produced no result at all (the ``failures`` argument;
+    their names are in ``failed_models`` and they have no entry in ``models``).
     """
     models = {}
     for name, result in results.items():
         summary = result.summary()
         summary["elapsed_s"] = result.elapsed_s
         summary["refits"] = len(result.refit_dates)
+        summary["failed_refits"] = len(result.failures)
+        summary["n_days_missing"] = sum(f.n_days or 0 for f in result.failures)
         models[name] = summary
-    doc = {"protocol": dict(protocol), "models": models, "comparisons": {}}
+    failed_models = sorted({f.model for f in failures} - set(results))
+    records = [f for result in results.values() for f in result.failures] + list(failures)
+    doc = {
+        "protocol": dict(protocol),
+        "models": models,
+        "comparisons": {},
+        "failures": [f.to_dict() for f in records],
+        "failed_models": failed_models,
+    }
     if reference in results and len(results) > 1:
         doc["comparisons"] = comparisons(results, reference)
         doc["best_baseline"] = best_baseline(results, reference)

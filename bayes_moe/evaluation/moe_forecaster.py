@@ -82,11 +82,14 @@ class MoEForecaster:
         The specification (default: the package default experts and regimes).
     target : str
     covariates : sequence of str, optional
-        Columns the experts may read (default: all other columns of the frame).
+        Columns offered to the experts (default: all other columns of the frame); the
+        model reads only those some expert reads (:meth:`BayesianMoE.prepare`).
     name : str
         Label in reports.
     **fit_options
-        Passed to :meth:`BayesianMoE.fit` (``num_steps``, ``num_draws``, ``seed``...).
+        Passed to :meth:`BayesianMoE.fit` (``num_steps``, ``num_draws``, ``seed``...);
+        ``allow_outliers=True`` also reaches the :meth:`~bayes_moe.MoEFit.update` of
+        each forecast, so that an accepted outlier is accepted throughout.
     """
 
     def __init__(
@@ -113,14 +116,15 @@ class MoEForecaster:
             train, self.target, covariates=self.covariates, horizon=fitted_horizon, **options
         )
         self.fits.append(fit)
-        return _MoEPredict(fit)
+        return _MoEPredict(fit, allow_outliers=options.get("allow_outliers", False))
 
 
 class _MoEPredict:
     """``predict(frame, origins, horizon)`` for one fit; records regime probabilities."""
 
-    def __init__(self, fit):
+    def __init__(self, fit, *, allow_outliers: bool = False):
         self.fit = fit
+        self.allow_outliers = allow_outliers
         self.extras: dict = {}
 
     def __call__(self, frame: pd.DataFrame, origins: pd.DatetimeIndex, horizon: int = 1):
@@ -129,7 +133,7 @@ class _MoEPredict:
                 f"the mixture was fitted for horizon={self.fit.horizon}; pass horizon= in "
                 f"the MoEForecaster fit options to backtest horizon {horizon}"
             )
-        current = self.fit.update(frame)
+        current = self.fit.update(frame, allow_outliers=self.allow_outliers)
         index = current.data.origin_dates.get_indexer(origins)
         if (index < 0).any():
             raise ValueError("some origins are not forecast origins of the frame")
@@ -138,7 +142,7 @@ class _MoEPredict:
         if len(mixture.dates) != len(origins):
             raise ValueError("origins must be consecutive rows of the frame")
         realized = realized_dates(frame.index, frame.index.get_indexer(origins), horizon)
-        regime = current.posterior.log_causal_regime[:, index].exp().mean(0).numpy()
+        regime = mixture.regime_weights.mean(0).numpy()  # P(z_n = k | F_n), mean over draws
         self.extras = {
             "regime_probs": pd.DataFrame(
                 regime, index=realized, columns=[f"regime_{k}" for k in range(regime.shape[1])]

@@ -1,7 +1,11 @@
 r"""Conversion of a fit to ArviZ ``InferenceData``.
 
-ArviZ has no converter for Pyro SVI, so the groups are built with
-:func:`arviz.from_dict` from the guide's draws, which go in as one chain:
+ArviZ has no converter for Pyro SVI, so the groups are built from the guide's
+draws, which go in as one chain. Per-day values of every draw would grow with days
+times draws (0.3 GB per variable at 200,000 days and 200 draws), so the per-day
+groups hold the values of ``keep_draws`` thinned draws
+(:func:`~bayes_moe.inference.posterior.thinned_draws`; their ``draw`` coordinate
+holds their indices among all draws) and summaries over all draws:
 
 =====================  ==========================================================
 group                  content
@@ -10,13 +14,27 @@ posterior              every latent site (``"ar.coef"``, ``"gate.transition"``..
                        with regimes relabelled calm-to-turbulent, plus derived
                        ``regime_duration``, ``regime_volatility``,
                        ``regime_volatility_level``, ``regime_mean``,
-                       ``regime_expert_weight``, ``regime_stationary``
-posterior_predictive   ``y``: one draw of each day's one-step predictive per draw
+                       ``regime_expert_weight``, ``regime_stationary``; all draws
+posterior_predictive   ``y``: one draw of each day's one-step predictive per kept draw
 observed_data          ``y``: the observed responses (data units)
 log_likelihood         ``y``: the one-step predictive log density of each day,
-                       :math:`\log p(y_t \mid \mathcal F_{t-1}, \theta)`, in data units
-regime_posterior       ``filtered``, ``smoothed`` probabilities and ``viterbi`` paths
+                       :math:`\log p(y_t \mid \mathcal F_{t-1}, \theta)`, in data
+                       units; every draw (``log_likelihood="all"``, what
+                       :func:`arviz.loo` needs) or the kept ones (``"kept"``)
+regime_posterior       ``filtered``, ``smoothed`` probabilities and ``viterbi``
+                       paths of the kept draws, ``(chain, draw, date[, regime])``
+regime_summary         over all draws, ``(date, regime)``: ``filtered_mean``,
+                       ``filtered_sd``, ``smoothed_mean``, ``smoothed_sd`` and
+                       ``viterbi_share`` (the share of draws whose path is there)
+predictive_summary     over all draws, per day: the one-step posterior predictive's
+                       ``mean`` and ``sd`` (data units, ``(date[, target])``), its
+                       ``pit`` (CDF at the realized first target) and ``log_score``
+                       (:math:`\log \frac1S \sum_s p(y_t \mid \mathcal F_{t-1},
+                       \theta_s)`, data units)
 =====================  ==========================================================
+
+:func:`compact` makes a copy for files: per-day groups in float32, Viterbi paths in
+int8; the posterior and the observed data stay float64.
 
 The pointwise log-likelihood is the one-step *predictive* density (what
 :func:`arviz.loo` and :func:`arviz.compare` need for a time series), not the joint
@@ -30,9 +48,11 @@ import json
 import arviz as az
 import numpy as np
 import torch
+import xarray as xr
 
 from bayes_moe.data.windows import VOL_FEATURES
 from bayes_moe.inference.hmm import stationary_distribution
+from bayes_moe.inference.posterior import DEFAULT_KEEP_DRAWS
 
 SHARED_DIMS = {"target", "vol_feature"}
 GATE_DIMS = {
@@ -69,22 +89,36 @@ def _expert_coords(fit) -> dict[str, list]:
     return coords
 
 
-def _relabelled_draws(fit) -> dict[str, np.ndarray]:
+def _relabelled_draws(fit, post) -> dict[str, np.ndarray]:
     """Latent draws with the gate's regime axis put in the calm-to-turbulent order."""
-    order = fit.posterior.regime_order  # (S, K)
+    order = post.regime_order  # (S, K)
     out = {}
     for site, value in fit.draws.items():
         if site == "gate/transition":
-            value = fit.posterior.transition
+            value = post.transition
         elif site == "gate/bias":
             value = torch.take_along_dim(value, order[:, :, None], dim=1)
         out[site] = value.detach().numpy()
     return out
 
 
-def to_inference_data(fit) -> az.InferenceData:
-    """Build the InferenceData of ``fit`` (groups in the module docstring)."""
-    post = fit.posterior
+def to_inference_data(
+    fit, *, keep_draws: int | None = DEFAULT_KEEP_DRAWS, log_likelihood: str = "all"
+) -> az.InferenceData:
+    """Build the InferenceData of ``fit`` (groups in the module docstring).
+
+    Parameters
+    ----------
+    fit : MoEFit
+    keep_draws : int or None
+        Draws whose per-day values are kept (None: every draw).
+    log_likelihood : {"all", "kept"}
+        Draws of the ``log_likelihood`` group: every draw (for LOO and WAIC) or the
+        kept ones (a smaller file; LOO from few draws is unreliable).
+    """
+    if log_likelihood not in ("all", "kept"):
+        raise ValueError(f"log_likelihood must be 'all' or 'kept', got {log_likelihood!r}")
+    post = fit.posterior_summary(keep_draws)
     data = fit.data
     K = fit.model.n_regimes
     labels = list(fit.program.labels)
@@ -93,7 +127,7 @@ def to_inference_data(fit) -> az.InferenceData:
     scale = data.preprocessor.target_scale
 
     posterior, dims = {}, {}
-    for site, value in _relabelled_draws(fit).items():
+    for site, value in _relabelled_draws(fit, post).items():
         name = _variable_name(site)
         posterior[name] = value[None]
         site_dims = _site_dims(fit, site, value.ndim - 1)
@@ -116,10 +150,8 @@ def to_inference_data(fit) -> az.InferenceData:
     )
 
     y_obs = data.unstandardize(data.observed_response.numpy())  # (N_obs, d_y)
-    y_pred = data.unstandardize(post.posterior_predictive.numpy())  # (S, N_obs, d_y)
-    log_lik = post.log_predictive_density.numpy() - np.log(scale).sum()
     if len(targets) == 1:
-        y_obs, y_pred = y_obs[:, 0], y_pred[..., 0]
+        y_obs = y_obs[:, 0]
         dims["y"] = ["date"]
     else:
         dims["y"] = ["date", "target"]
@@ -139,9 +171,7 @@ def to_inference_data(fit) -> az.InferenceData:
     }
     idata = az.from_dict(
         posterior=posterior,
-        posterior_predictive={"y": y_pred[None]},
         observed_data={"y": y_obs},
-        log_likelihood={"y": log_lik[None]},
         coords=coords,
         dims=dims,
         attrs={
@@ -151,6 +181,93 @@ def to_inference_data(fit) -> az.InferenceData:
             "horizon": fit.horizon,
         },
     )
-    regimes = fit.regimes().to_dataset().expand_dims(chain=[0]).transpose("chain", "draw", ...)
-    idata.add_groups({"regime_posterior": regimes})
+    kept = post.kept_draws.numpy()
+    log_lik = post.log_predictive_density.numpy() - np.log(scale).sum()  # (S, N_obs)
+    ll_draws = np.arange(fit.n_draws) if log_likelihood == "all" else kept
+    y_pred = data.unstandardize(post.posterior_predictive.numpy())  # (k, N_obs, d_y)
+    regimes = fit.regimes(keep_draws).to_dataset()
+    drawn = ["filtered", "smoothed", "viterbi"]
+    idata.add_groups(
+        {
+            "posterior_predictive": _by_draw("y", y_pred, kept, dates, targets),
+            "log_likelihood": _by_draw("y", log_lik[ll_draws], ll_draws, dates, targets),
+            "regime_posterior": regimes[drawn]
+            .expand_dims(chain=[0])
+            .transpose("chain", "draw", ...),
+            "regime_summary": regimes.drop_vars(drawn + ["draw"]),
+            "predictive_summary": _predictive_summary(fit, post, log_lik),
+        }
+    )
     return idata
+
+
+def _by_draw(name: str, values: np.ndarray, draws, dates, targets) -> xr.Dataset:
+    """Values ``(k, N_obs[, d_y])`` of some draws as a ``(chain, draw, date[, target])`` group.
+
+    A trailing target axis of length one is dropped, as in ``observed_data``.
+    """
+    if values.ndim == 3 and len(targets) == 1:
+        values = values[..., 0]
+    value_dims = ["chain", "draw", "date"] + (["target"] if values.ndim == 3 else [])
+    coords = {"chain": [0], "draw": np.asarray(draws), "date": dates.values}
+    if values.ndim == 3:
+        coords["target"] = list(targets)
+    return xr.Dataset({name: (value_dims, values[None])}, coords=coords)
+
+
+def _predictive_summary(fit, post, log_lik: np.ndarray) -> xr.Dataset:
+    """The ``predictive_summary`` group (module docstring); ``log_lik`` ``(S, N_obs)``."""
+    data = fit.data
+    targets = list(fit.targets)
+    mean = data.unstandardize(post.predictive_mean.numpy())  # (N_obs, d_y)
+    sd = post.predictive_sd.numpy() * data.preprocessor.target_scale
+    log_score = np.logaddexp.reduce(log_lik, axis=0) - np.log(log_lik.shape[0])
+    coords = {"date": data.response_dates.values}
+    moment_dims = ["date", "target"]
+    if len(targets) == 1:
+        mean, sd, moment_dims = mean[:, 0], sd[:, 0], ["date"]
+    else:
+        coords["target"] = targets
+    return xr.Dataset(
+        {
+            "mean": (moment_dims, mean),
+            "sd": (moment_dims, sd),
+            "pit": (["date"], post.pit.numpy()),
+            "log_score": (["date"], log_score),
+        },
+        coords=coords,
+    )
+
+
+#: Groups that :func:`compact` leaves in full precision.
+FULL_PRECISION_GROUPS = ("posterior", "observed_data")
+
+
+def compact_dataset(dataset: xr.Dataset) -> xr.Dataset:
+    """A copy with float64 variables in float32 and integer ones in int8 where they fit."""
+    out = dataset.copy()
+    for name, var in dataset.data_vars.items():
+        if var.dtype == np.float64:
+            out[name] = var.astype(np.float32)
+        elif var.dtype.kind == "i" and var.size and -128 <= var.min() and var.max() <= 127:
+            out[name] = var.astype(np.int8)
+    return out
+
+
+def compact(idata: az.InferenceData, *, log_likelihood: str = "all") -> az.InferenceData:
+    """A copy for files: every group but :data:`FULL_PRECISION_GROUPS` compacted.
+
+    Per-day values keep what a report or a plot needs in float32 (seven significant
+    digits); the posterior draws and the observed data stay float64, so summaries
+    computed from a file equal those of the fit. ``log_likelihood="kept"`` keeps the
+    log-likelihood of the draws of ``posterior_predictive`` (the kept draws) only.
+    """
+    if log_likelihood not in ("all", "kept"):
+        raise ValueError(f"log_likelihood must be 'all' or 'kept', got {log_likelihood!r}")
+    groups = {}
+    for group in idata.groups():
+        dataset = idata[group]
+        if group == "log_likelihood" and log_likelihood == "kept":
+            dataset = dataset.sel(draw=idata.posterior_predictive["draw"].values)
+        groups[group] = dataset if group in FULL_PRECISION_GROUPS else compact_dataset(dataset)
+    return az.InferenceData(**groups)

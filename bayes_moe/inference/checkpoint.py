@@ -2,14 +2,25 @@
 
 A checkpoint holds the model specification, the standardization constants, the
 posterior draws, any trained network weights and the data the fit conditions on
-(so ``bayes-moe forecast --model FILE`` works on its own). Files are written to a
+(so ``bayes-moe forecast --model FILE`` works on its own) and, when the fit keeps them,
+the raw prices of the fitted file, every row of it (the warm-up rows the reader dropped
+too): all of them rather than the last few, because the ATR is an exponential average
+whose value depends on the whole history, and a few columns of float64 per day are
+small beside the draws. Files are written to a
 temporary file in the same folder and renamed into place, so a failed write never
 leaves a half-written checkpoint or destroys an existing one.
+
+Loading checks every metadata field and every tensor against the model the metadata
+describes before anything is built or forecast from them
+(:mod:`~bayes_moe.inference.checkpoint_checks`): a malformed file is refused with a
+:class:`CheckpointError` naming the field or tensor, the expected and the found value.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +29,29 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from bayes_moe.data.windows import prepare
+from bayes_moe.inference.checkpoint_checks import (
+    CheckpointError,
+    CheckpointSpec,
+    check_data_tensors,
+    check_draw_tensors,
+    check_module_tensors,
+    check_price_tensors,
+    parse_metadata,
+)
 from bayes_moe.io import atomic_path
 
 FORMAT = "bayes-moe-fit"
 #: Version 2 added regime volatility levels and input-output transitions to the gate
-#: configuration. Version 1 files (gates without either) still load.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = ("1", "2")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, malformed, foreign or of an unsupported version."""
+#: configuration. Version 3 added the fitted raw prices (``price_history`` and
+#: ``prices/*``, written when the fit keeps them), from which ``update`` computes the
+#: features of newer price rows. Version 1 and 2 files still load and forecast from their
+#: own data or from new returns; new prices are refused with a message saying why.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = ("1", "2", "3")
+#: Metadata fields every readable checkpoint has (``first_date`` and ``last_date`` were
+#: added within version 2 and are checked when present).
+REQUIRED_FIELDS = ("model", "preprocessor", "horizon", "columns", "date_unit", "diagnostics")
 
 
 def save_fit(fit, path) -> None:
@@ -39,9 +62,11 @@ def save_fit(fit, path) -> None:
     tensors.update(
         {f"module/{k}": v.detach().contiguous() for k, v in fit.program.state_dict().items()}
     )
-    tensors["data/values"] = torch.as_tensor(np.ascontiguousarray(frame.to_numpy(dtype=np.float64)))
+    # A copy: pandas may hand out a read-only view (copy-on-write), which torch warns about.
+    tensors["data/values"] = torch.from_numpy(np.array(frame.to_numpy(dtype=np.float64), order="C"))
     tensors["data/dates"] = torch.as_tensor(frame.index.asi8.astype(np.int64))
     tensors["diagnostics/losses"] = torch.as_tensor(fit.diagnostics.losses)
+    tensors.update(_price_tensors(fit.price_history, frame.index.dtype))
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -50,14 +75,22 @@ def save_fit(fit, path) -> None:
         "horizon": str(fit.horizon),
         "columns": json.dumps(list(frame.columns)),
         "date_unit": str(frame.index.dtype),
+        "first_date": frame.index[0].isoformat(),
+        "last_date": frame.index[-1].isoformat(),
         "diagnostics": json.dumps(fit.diagnostics.to_dict()),
     }
+    if fit.price_history is not None:
+        metadata["price_history"] = json.dumps(fit.price_history.recipe.to_dict())
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
 def read_checkpoint(path) -> tuple[dict, dict]:
-    """Read and validate ``path``: ``(metadata, tensors)``; CheckpointError otherwise."""
+    """Read ``path`` and check that it is a readable checkpoint: ``(metadata, tensors)``.
+
+    Checks the format, its version and that every required field and data tensor is
+    there; :func:`load_fit` checks their contents. CheckpointError otherwise.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -80,8 +113,7 @@ def read_checkpoint(path) -> tuple[dict, dict]:
             f"{path} has checkpoint format version {version}; this bayes_moe reads versions "
             f"{', '.join(READABLE_VERSIONS)}"
         )
-    needed = ["model", "preprocessor", "horizon", "columns", "diagnostics"]
-    missing = [k for k in needed if k not in metadata]
+    missing = [k for k in REQUIRED_FIELDS if k not in metadata]
     missing += [k for k in ("data/values", "data/dates", "diagnostics/losses") if k not in tensors]
     if missing or not any(k.startswith("draws/") for k in tensors):
         raise CheckpointError(
@@ -91,36 +123,30 @@ def read_checkpoint(path) -> tuple[dict, dict]:
 
 
 def load_fit(path):
-    """Rebuild a :class:`~bayes_moe.inference.results.MoEFit` from a checkpoint."""
-    from bayes_moe.data.windows import Preprocessor, prepare
+    """Rebuild a :class:`~bayes_moe.inference.results.MoEFit` from a checkpoint.
+
+    Every metadata field and tensor is checked first (module docstring); nothing is
+    forecast from a file that fails a check.
+
+    Raises
+    ------
+    CheckpointError
+        For a missing, foreign, unsupported or malformed file, naming the field or
+        tensor at fault with the expected and the found value.
+    """
     from bayes_moe.inference.results import MoEFit
     from bayes_moe.inference.svi import SVIDiagnostics
-    from bayes_moe.models.moe import BayesianMoE
 
     metadata, tensors = read_checkpoint(path)
-    try:
-        model = BayesianMoE.from_config(json.loads(metadata["model"]))
-        preprocessor = Preprocessor.from_json(metadata["preprocessor"])
-        columns = json.loads(metadata["columns"])
-        diag = json.loads(metadata["diagnostics"])
-        dates = pd.DatetimeIndex(
-            tensors["data/dates"].numpy().astype(metadata.get("date_unit", "datetime64[ns]")),
-            name="date",
-        )
-        frame = pd.DataFrame(tensors["data/values"].numpy(), index=dates, columns=columns)
-        data = prepare(
-            frame,
-            targets=list(preprocessor.targets),
-            window=model.window,
-            horizon=int(metadata["horizon"]),
-            preprocessor=preprocessor,
-        )
-        program = model.program().build(data.inputs).eval()
-        state = {k[len("module/") :]: v for k, v in tensors.items() if k.startswith("module/")}
-        program.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is a malformed bayes-moe checkpoint: {err}") from None
-    draws = {k[len("draws/") :]: v for k, v in tensors.items() if k.startswith("draws/")}
+    with _malformed(path):
+        spec = parse_metadata(metadata)
+        dates = check_data_tensors(spec, tensors)
+        data = _prepare_data(spec, tensors, dates)
+        program = spec.model.program().build(data.inputs).eval()
+        program.load_state_dict(check_module_tensors(program.state_dict(), tensors))
+        draws = check_draw_tensors(program.latent_shapes(data.inputs), tensors)
+        prices = check_price_tensors(metadata, tensors, spec, dates)
+    diag = spec.diagnostics
     diagnostics = SVIDiagnostics(
         losses=tensors["diagnostics/losses"].numpy(),
         n_observations=diag["n_observations"],
@@ -131,4 +157,49 @@ def load_fit(path):
         strategy=diag.get("strategy", "joint"),
         pretrain_s=diag.get("pretrain_s", 0.0),
     )
-    return MoEFit(model=model, program=program, data=data, draws=draws, diagnostics=diagnostics)
+    return MoEFit(
+        model=spec.model,
+        program=program,
+        data=data,
+        draws=draws,
+        diagnostics=diagnostics,
+        price_history=prices,
+    )
+
+
+def _price_tensors(history, date_unit) -> dict[str, torch.Tensor]:
+    """``prices/values`` ``(T_raw, P)`` and ``prices/dates`` ``(T_raw,)``; none without prices."""
+    if history is None:
+        return {}
+    raw = history.raw
+    return {
+        "prices/values": torch.from_numpy(np.array(raw.to_numpy(dtype=np.float64), order="C")),
+        "prices/dates": torch.as_tensor(raw.index.astype(date_unit).asi8.astype(np.int64)),
+    }
+
+
+def _prepare_data(spec: CheckpointSpec, tensors: dict, dates: pd.DatetimeIndex):
+    """The fit's :class:`~bayes_moe.data.windows.ModelData` from ``data/values``."""
+    frame = pd.DataFrame(tensors["data/values"].numpy(), index=dates, columns=spec.columns)
+    try:
+        return prepare(
+            frame,
+            targets=list(spec.preprocessor.targets),
+            window=spec.model.window,
+            horizon=spec.horizon,
+            preprocessor=spec.preprocessor,
+            allow_outliers=True,  # the fitted data, accepted when it was fitted
+        )
+    except ValueError as err:  # DataError: too short, NaN, constant...
+        raise CheckpointError(
+            f"tensor 'data/values' cannot be read by the model in the metadata: {err}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _malformed(path) -> Iterator[None]:
+    """Turn a failed check (or a model that cannot be built) into a CheckpointError."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # CheckpointError too
+        raise CheckpointError(f"{path} is a malformed bayes-moe checkpoint: {err}") from None

@@ -74,6 +74,7 @@ __all__ = [
     "HMMFilterResult",
     "HMMSmootherResult",
     "HMMViterbiResult",
+    "STATIONARY_RESTART",
     "hmm_filter",
     "hmm_log_evidence",
     "hmm_propagate",
@@ -657,17 +658,45 @@ def hmm_propagate(log_probs: torch.Tensor, log_trans: torch.Tensor, steps: int) 
     return result.squeeze(-2)
 
 
+#: Restart probability :math:`\delta` of :func:`stationary_distribution`: the chain is
+#: read as restarting from the uniform distribution with this probability per step, which
+#: makes every chain irreducible; the answer moves by about ``delta / gap`` for a chain
+#: with spectral gap ``gap`` and satisfies :math:`\|\pi P - \pi\|_1 \le 2\delta`.
+STATIONARY_RESTART = 1e-12
+
+
 def stationary_distribution(trans: torch.Tensor) -> torch.Tensor:
-    r"""Stationary distribution :math:`\pi` of a row-stochastic matrix, by a linear solve.
+    r"""Stationary distribution :math:`\pi` of a row-stochastic matrix, for every chain.
+
+    The stationary distribution of the chain that restarts from the uniform distribution
+    :math:`u` with probability :math:`\delta` (:data:`STATIONARY_RESTART`, 1e-12) per step,
 
     .. math::
 
-        \pi P = \pi, \quad \pi \mathbf{1} = 1
-        \iff \pi \big(I - P + \mathbf{1}\mathbf{1}^\top\big) = \mathbf{1}^\top,
+        P_\delta = (1 - \delta) P + \delta\, \mathbf{1} u^\top, \qquad
+        \pi_\delta = \delta \sum_{n \ge 0} (1 - \delta)^n\, u P^n,
 
-    a nonsingular system whenever :math:`P` is irreducible (the stationary distribution
-    is then unique). Solved with ``torch.linalg.solve``, so it is differentiable and
-    batched; use it as an initial distribution, ``log_init =
+    computed by the Grassmann-Taksar-Heyman (GTH) state reduction, which uses only
+    additions, multiplications and divisions of non-negative numbers and so is accurate
+    entry by entry even for nearly reducible chains (no ``I - P`` is ever formed).
+
+    * Irreducible :math:`P`: :math:`\pi_\delta` is the unique stationary distribution up
+      to about :math:`\delta / \mathrm{gap}` (``gap`` the spectral gap of :math:`P`).
+    * Reducible :math:`P` with several closed classes (the identity, a block-diagonal
+      matrix, several absorbing states), where every mixture of the classes' stationary
+      distributions is stationary: :math:`\pi_\delta` tends, as :math:`\delta \to 0`, to
+      the Cesaro limit :math:`\lim_N \frac1N \sum_{n<N} u P^n` from the uniform start:
+      each closed class gets the probability that the chain started uniformly ends in it
+      (the identity gives :math:`u`).
+    * Nearly reducible :math:`P` (leaving probabilities far below :math:`\delta`) is
+      treated as reducible; with leaving probabilities far above :math:`\delta` the answer
+      is the exact one.
+
+    Always a probability vector with :math:`\|\pi P - \pi\|_1 \le 2\delta`, continuous and
+    differentiable in the off-diagonal entries (gradients grow like :math:`1/\delta` only
+    next to a reducible matrix). Only the off-diagonal entries are read: the diagonal is
+    taken as one minus the row's other entries. Computed in float64 and returned in the
+    input's dtype; use it as an initial distribution, ``log_init =
     stationary_distribution(log_trans.exp()).log()``.
 
     Parameters
@@ -682,12 +711,42 @@ def stationary_distribution(trans: torch.Tensor) -> torch.Tensor:
 
     References
     ----------
-    J. R. Norris, *Markov Chains*, Cambridge University Press, 1997, Thm. 1.7.7.
+    W. K. Grassmann, M. I. Taksar and D. P. Heyman, "Regenerative analysis and steady
+    state distributions for Markov chains", Operations Research 33(5), 1107-1116, 1985.
+
+    J. R. Norris, *Markov Chains*, Cambridge University Press, 1997, Thm. 1.7.7 and 1.10.2.
     """
     num_states = trans.shape[-1]
     if trans.dim() < 2 or trans.shape[-2] != num_states:
         raise ValueError(f"trans must have shape (..., K, K), got {tuple(trans.shape)}")
-    eye = torch.eye(num_states, dtype=trans.dtype, device=trans.device)
-    system = (eye - trans + 1.0).transpose(-1, -2)
-    ones = torch.ones(trans.shape[:-1] + (1,), dtype=trans.dtype, device=trans.device)
-    return torch.linalg.solve(system, ones).squeeze(-1)
+    if num_states == 1:
+        return torch.ones(trans.shape[:-1], dtype=trans.dtype, device=trans.device)
+    delta = STATIONARY_RESTART
+    restart = delta / ((1.0 - delta) * num_states)  # P_delta's off-diagonals / (1 - delta)
+    rates = trans.to(torch.float64).clamp_min(0.0) + restart
+    return _gth_stationary(rates).to(trans.dtype)
+
+
+def _gth_stationary(rates: torch.Tensor) -> torch.Tensor:
+    r"""GTH state reduction: stationary distribution of positive off-diagonal ``rates``.
+
+    ``rates`` ``(..., K, K)``: off-diagonal entries positive (the diagonal is ignored);
+    the result ``(..., K)`` is the stationary distribution of the chain whose
+    transition probabilities are proportional to them (Grassmann, Taksar and Heyman 1985).
+    States are removed from the last one down, censoring the chain on the rest; then the
+    censored chains' stationary masses are built back up from the first state.
+    """
+    exits, columns = [], []
+    reduced = rates
+    for n in range(rates.shape[-1] - 1, 0, -1):
+        exit_rate = reduced[..., n, :n].sum(-1)  # (...,): leaving state n for states < n
+        into = reduced[..., :n, n]  # (..., n): entering state n from states < n
+        exits.append(exit_rate)
+        columns.append(into)
+        reduced = reduced[..., :n, :n] + into.unsqueeze(-1) * (
+            reduced[..., n, :n] / exit_rate.unsqueeze(-1)
+        ).unsqueeze(-2)
+    mass = torch.ones(rates.shape[:-2] + (1,), dtype=rates.dtype, device=rates.device)
+    for exit_rate, into in zip(reversed(exits), reversed(columns), strict=True):
+        mass = torch.cat([mass, ((mass * into).sum(-1) / exit_rate).unsqueeze(-1)], dim=-1)
+    return mass / mass.sum(-1, keepdim=True)

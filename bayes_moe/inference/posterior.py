@@ -20,6 +20,15 @@ propagated ``h`` steps (for ``h = 1``, the one-step prediction of the forward
 filter). The predictive is a mixture over regimes and experts with weights
 :math:`w_{n,k,m} = P(z_n = k \mid \mathcal F_n)\, g_{n,k,m}` of the experts'
 predictives at regime ``k``'s volatility level.
+
+Memory. The draws are evaluated in chunks of :func:`draws_per_chunk` draws, sized so
+that one chunk's working memory stays within ``memory_budget_mib``
+(:data:`DEFAULT_MEMORY_BUDGET_MIB`) whatever the number of draws ``S``; each chunk is
+reduced and freed before the next. :func:`summarize_posterior` keeps per-day summaries
+over all draws, every draw's pointwise log-likelihood, ``keep_draws`` thinned draws'
+per-day values and the predictive at the last :data:`TAIL_ORIGINS` origins
+(:class:`PosteriorSummary`): what forecasts, regimes, reports and ArviZ need.
+:func:`evaluate_posterior` keeps everything, ``S`` times ``N`` values per quantity.
 """
 
 from __future__ import annotations
@@ -30,10 +39,10 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from bayes_moe._runtime import torch_threads
+from bayes_moe._runtime import release_free_memory, torch_threads
 from bayes_moe.data.windows import ModelData
 from bayes_moe.inference.hmm import hmm_smoother, hmm_viterbi, log_matmul_exp
-from bayes_moe.inference.predictive import sample_mixture
+from bayes_moe.inference.predictive import mixture_cdf, mixture_moments, sample_mixture
 from bayes_moe.models.distributions import (
     cat_batch,
     index_batch,
@@ -41,6 +50,20 @@ from bayes_moe.models.distributions import (
     regime_log_prob,
 )
 from bayes_moe.models.moe import MoEProgram
+
+#: Default bound on the working memory of a posterior evaluation, MiB
+#: (:func:`draws_per_chunk`). With it, 200 posterior draws of the default mixture over
+#: 200,000 days are fitted, evaluated and reported in under 8 GB
+#: (``benchmarks/memory_scale.py``).
+DEFAULT_MEMORY_BUDGET_MIB: float = 1024.0
+#: Draws whose per-day values :func:`summarize_posterior` keeps unless told otherwise.
+DEFAULT_KEEP_DRAWS: int = 40
+#: Trailing origins whose predictive :func:`summarize_posterior` keeps for every draw:
+#: more than a trading year, so forecasts, fan charts and backtest blocks of up to a
+#: year read it without another pass over the draws.
+TAIL_ORIGINS: int = 300
+#: Draw ``s``'s posterior predictive sample is drawn under the seed ``PREDICTIVE_SEED + s``.
+PREDICTIVE_SEED: int = 20_131
 
 
 @dataclass(frozen=True)
@@ -89,7 +112,8 @@ class PosteriorEvaluation:
     experts : list of Distribution
         Each expert's predictive at its own scale, batch ``(S, N)``.
     posterior_predictive : Tensor ``(S, N_obs, d_y)``
-        One draw of y_n from the causal predictive per posterior draw (standardized).
+        One draw of y_n from the causal predictive per posterior draw (standardized),
+        seeded by draw (:func:`seeded_predictive`).
     """
 
     regime_order: torch.Tensor
@@ -211,29 +235,458 @@ def occupancy_average(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor
     return (probs * values).sum(-2) / total
 
 
+def working_floats_per_draw_origin(n_regimes: int, n_experts: int, n_targets: int = 1) -> int:
+    r"""Float64 values one draw holds per origin while its chunk is evaluated.
+
+    .. math:: 12 K M + 8 K^2 + 16 K + 4 M d_y + 32
+
+    An upper bound, with margin, of what :func:`evaluate_posterior` and
+    :func:`summarize_posterior` allocate at their peak for the mixture itself: the
+    ``(N, K, M)`` weights, densities and moments and their temporaries, the
+    ``(N, K, K)`` transitions of the forward-backward and Viterbi scans, the ``(N, K)``
+    regime tensors and the experts' parameters (measured by
+    ``benchmarks/memory_scale.py``). Activations inside neural trunks are not counted.
+    """
+    K, M = n_regimes, n_experts
+    return 12 * K * M + 8 * K * K + 16 * K + 4 * M * n_targets + 32
+
+
+def draws_per_chunk(
+    n_origins: int,
+    n_regimes: int,
+    n_experts: int,
+    n_targets: int = 1,
+    *,
+    memory_budget_mib: float = DEFAULT_MEMORY_BUDGET_MIB,
+) -> int:
+    r"""Draws evaluated together so that one chunk's working memory fits the budget.
+
+    .. math:: \max\Big(1, \Big\lfloor \frac{2^{20} B}{8 N f} \Big\rfloor\Big)
+
+    with ``B`` the budget in MiB and ``f`` :func:`working_floats_per_draw_origin`. At
+    least one draw is evaluated at a time, so a budget below one draw's need is
+    exceeded by that draw. The peak of an evaluation is then the budget plus what is
+    kept (:class:`PosteriorSummary`), whatever the number of draws.
+    """
+    if not memory_budget_mib > 0:
+        raise ValueError(f"memory_budget_mib must be positive, got {memory_budget_mib}")
+    per_draw = (
+        8 * max(1, n_origins) * working_floats_per_draw_origin(n_regimes, n_experts, n_targets)
+    )
+    return max(1, int(memory_budget_mib * 2**20 // per_draw))
+
+
+def thinned_draws(n_draws: int, keep_draws: int | None) -> torch.Tensor:
+    """Indices of ``keep_draws`` evenly spaced draws out of ``n_draws`` (None: all).
+
+    The draws of SVI's guide are independent, so any subset is a smaller sample of
+    the same posterior; evenly spaced indices make the choice deterministic. Returns
+    a LongTensor ``(min(keep_draws, n_draws),)``, increasing.
+    """
+    if keep_draws is not None and (isinstance(keep_draws, bool) or keep_draws < 1):
+        raise ValueError(f"keep_draws must be a positive integer or None (all), got {keep_draws}")
+    if keep_draws is None or keep_draws >= n_draws:
+        return torch.arange(n_draws)
+    if keep_draws == 1:
+        return torch.zeros(1, dtype=torch.long)
+    return torch.linspace(0, n_draws - 1, keep_draws, dtype=torch.float64).round().long()
+
+
+def _n_draws(draws: dict) -> int:
+    return next(iter(draws.values())).shape[0]
+
+
+def _for_each_chunk(program, draws, data, consume, *, memory_budget_mib, num_threads):
+    """Evaluate the draws chunk by chunk; ``consume(ids, chunk)`` reduces each chunk.
+
+    ``ids`` (LongTensor) are the chunk's draw indices, ``chunk`` the dict of
+    :func:`_evaluate_chunk`; nothing of a chunk outlives ``consume``.
+    """
+    n_draws = _n_draws(draws)
+    size = draws_per_chunk(
+        data.inputs.n_origins,
+        program.gate.n_regimes,
+        len(program.experts),
+        data.response.shape[-1],
+        memory_budget_mib=memory_budget_mib,
+    )
+    starts = range(0, n_draws, size)
+    # disable=None: a bar on a terminal, silence in logs and captured output.
+    bar = tqdm(starts, desc="posterior draws", unit="chunk", disable=None, leave=False)
+    with torch_threads(num_threads):
+        for start in bar:
+            stop = min(start + size, n_draws)
+            chunk_draws = {k: v[start:stop] for k, v in draws.items()}
+            # No name holds the chunk: it is freed before the next one is evaluated.
+            consume(torch.arange(start, stop), _evaluate_chunk(program, chunk_draws, data))
+            release_free_memory()  # the chunk's memory, back to the system
+
+
+def seeded_predictive(chunk: dict, rows, draw_ids, n_obs: int) -> torch.Tensor:
+    """One sample of every observed day's causal predictive for some draws of a chunk.
+
+    Draw ``s`` is sampled under the seed ``PREDICTIVE_SEED + s``, so the sample of a
+    draw does not depend on how the draws were chunked, and the global torch RNG is
+    left as it was.
+
+    Parameters
+    ----------
+    chunk : dict
+        From :func:`_evaluate_chunk`.
+    rows : sequence of int
+        Rows of the chunk to sample.
+    draw_ids : sequence of int
+        Their indices among all draws.
+    n_obs : int
+
+    Returns
+    -------
+    Tensor ``(len(rows), n_obs, d_y)``
+    """
+    samples = []
+    for row, draw in zip(rows, draw_ids):
+        pick = (slice(int(row), int(row) + 1), slice(0, n_obs))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(PREDICTIVE_SEED + int(draw))
+            samples.append(
+                sample_mixture(
+                    chunk["log_mix_weights"][pick],
+                    chunk["log_regime_scale"][pick[:1]],
+                    [index_batch(d, pick) for d in chunk["experts"]],
+                )
+            )
+    return torch.cat(samples, dim=0)
+
+
 def evaluate_posterior(
     program: MoEProgram,
     draws: dict,
     data: ModelData,
     *,
-    chunk_size: int = 50,
+    memory_budget_mib: float = DEFAULT_MEMORY_BUDGET_MIB,
     num_threads: int | None = 1,
 ) -> PosteriorEvaluation:
-    """Evaluate every draw (in chunks of ``chunk_size`` to bound memory)."""
-    n_draws = next(iter(draws.values())).shape[0]
-    starts = range(0, n_draws, chunk_size)
-    # disable=None: a bar on a terminal, silence in logs and captured output.
-    bar = tqdm(starts, desc="posterior draws", unit="chunk", disable=None, leave=False)
-    with torch_threads(num_threads):
-        parts = [
-            _evaluate_chunk(program, {k: v[i : i + chunk_size] for k, v in draws.items()}, data)
-            for i in bar
-        ]
+    """Every per-draw quantity over all origins (:class:`PosteriorEvaluation`).
+
+    The draws are evaluated in chunks sized by ``memory_budget_mib``
+    (:func:`draws_per_chunk`), but the result keeps every draw and origin, about
+    ``8 S N (K M + 3 K + 4)`` bytes plus the experts' parameters: use it for
+    inspection of small fits. :func:`summarize_posterior` keeps per-day summaries
+    instead, in memory that does not grow with ``S`` per day.
+    """
+    parts = []
+
+    def keep(ids, chunk):
+        chunk["posterior_predictive"] = seeded_predictive(
+            chunk, range(len(ids)), ids, data.n_observed
+        )
+        parts.append(chunk)
+
+    _for_each_chunk(
+        program, draws, data, keep, memory_budget_mib=memory_budget_mib, num_threads=num_threads
+    )
     fields = {}
     for name in PosteriorEvaluation.__dataclass_fields__:
         values = [p[name] for p in parts]
         fields[name] = cat_experts(values) if name == "experts" else torch.cat(values, dim=0)
     return PosteriorEvaluation(**fields)
+
+
+def evaluate_origins(
+    program: MoEProgram,
+    draws: dict,
+    data: ModelData,
+    origins: torch.Tensor,
+    *,
+    memory_budget_mib: float = DEFAULT_MEMORY_BUDGET_MIB,
+    num_threads: int | None = 1,
+) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """The causal predictive of every draw at some origins only.
+
+    Parameters
+    ----------
+    origins : LongTensor ``(n,)``
+        Origin positions (0..N-1).
+
+    Returns
+    -------
+    log_mix_weights : Tensor ``(S, n, K, M)``
+    log_regime_scale : Tensor ``(S, K)``
+    experts : list of Distribution, batch ``(S, n)``
+        What :class:`~bayes_moe.inference.predictive.PredictiveMixture` takes; the
+        working memory is bounded as in :func:`evaluate_posterior`, the result holds
+        ``S n K M`` weights.
+    """
+    weights, scales, experts = [], [], []
+
+    def keep(ids, chunk):
+        weights.append(chunk["log_mix_weights"][:, origins])
+        scales.append(chunk["log_regime_scale"])
+        experts.append([index_batch(d, (slice(None), origins)) for d in chunk["experts"]])
+
+    _for_each_chunk(
+        program, draws, data, keep, memory_budget_mib=memory_budget_mib, num_threads=num_threads
+    )
+    return torch.cat(weights), torch.cat(scales), cat_experts(experts)
+
+
+@dataclass(frozen=True)
+class PosteriorSummary:
+    r"""What a fit needs from its draws, kept in memory that is linear in ``N`` and ``S``.
+
+    Per-day quantities are reduced over the draws chunk by chunk (exactly: running
+    sums and Chan's update of the variance), so only the pointwise log-likelihood and
+    ``k`` kept draws are stored per draw and day. Shapes: ``S`` draws, ``N_obs``
+    observed days, ``k`` kept draws, ``n_t`` tail origins; standardized units, regimes
+    relabelled calm to turbulent as in :class:`PosteriorEvaluation`.
+
+    Attributes
+    ----------
+    regime_order, transition, log_trans_last, log_regime_scale, regime_expert_weights, \
+regime_volatility, regime_mean, regime_duration
+        Per draw, as in :class:`PosteriorEvaluation` (``(S, K)``, ``(S, K, K)``, ``(S, K, M)``).
+    last_log_filtered : Tensor ``(S, K)``
+        log p(z | y_{1:N_obs}) on the last observed day.
+    share_of_days : Tensor ``(S, K)``
+        Per draw, the share of observed days on which each regime has the largest
+        filtered probability.
+    log_predictive_density : Tensor ``(S, N_obs)``
+        log p(y_n | F_n, theta_s), every draw: LOO and WAIC need all of them. The one
+        per-draw, per-day array kept in full (``8 S N_obs`` bytes).
+    filtered_mean, filtered_sd, smoothed_mean, smoothed_sd : Tensor ``(N_obs, K)``
+        Mean and standard deviation (``ddof=0``) over all draws of the filtered and
+        smoothed regime probabilities.
+    viterbi_share : Tensor ``(N_obs, K)``
+        Share of draws whose Viterbi path is in regime ``k`` on the day.
+    predictive_mean, predictive_sd : Tensor ``(N_obs, d_y)``
+        Mean and standard deviation of each day's one-step posterior predictive
+        (mixture over draws, regimes and experts; law of total variance).
+    pit : Tensor ``(N_obs,)``
+        That predictive's CDF at the realized value of the first target (the PIT).
+    kept_draws : LongTensor ``(k,)``
+        Indices of the kept draws (:func:`thinned_draws`).
+    filtered_draws, smoothed_draws : Tensor ``(k, N_obs, K)``
+        Regime probabilities of the kept draws.
+    viterbi_draws : LongTensor ``(k, N_obs)``
+    posterior_predictive : Tensor ``(k, N_obs, d_y)``
+        One sample of each day's predictive per kept draw (:func:`seeded_predictive`).
+    tail_start : int
+        First origin of the tail, ``max(0, N - tail_origins)``.
+    tail_log_mix_weights : Tensor ``(S, n_t, K, M)``
+        The causal predictive's mixture weights at the last ``n_t`` origins, every draw.
+    tail_experts : list of Distribution
+        Each expert's predictive at the tail origins, batch ``(S, n_t)``.
+    """
+
+    regime_order: torch.Tensor
+    transition: torch.Tensor
+    log_trans_last: torch.Tensor
+    log_regime_scale: torch.Tensor
+    regime_expert_weights: torch.Tensor
+    regime_volatility: torch.Tensor
+    regime_mean: torch.Tensor
+    regime_duration: torch.Tensor
+    last_log_filtered: torch.Tensor
+    share_of_days: torch.Tensor
+    log_predictive_density: torch.Tensor
+    filtered_mean: torch.Tensor
+    filtered_sd: torch.Tensor
+    smoothed_mean: torch.Tensor
+    smoothed_sd: torch.Tensor
+    viterbi_share: torch.Tensor
+    predictive_mean: torch.Tensor
+    predictive_sd: torch.Tensor
+    pit: torch.Tensor
+    kept_draws: torch.Tensor
+    filtered_draws: torch.Tensor
+    smoothed_draws: torch.Tensor
+    viterbi_draws: torch.Tensor
+    posterior_predictive: torch.Tensor
+    tail_start: int
+    tail_log_mix_weights: torch.Tensor
+    tail_experts: list
+
+    @property
+    def n_draws(self) -> int:
+        """``S``."""
+        return self.transition.shape[0]
+
+
+#: Per-draw entries of a chunk that :class:`PosteriorSummary` keeps as they are.
+PER_DRAW = (
+    "regime_order",
+    "transition",
+    "log_trans_last",
+    "log_regime_scale",
+    "regime_expert_weights",
+    "regime_volatility",
+    "regime_mean",
+    "regime_duration",
+)
+
+
+class RunningMoments:
+    """Mean and variance over draws, updated chunk by chunk (Chan et al. 1979).
+
+    ``update(x)`` takes a chunk ``(s, ...)``; :attr:`mean` and :attr:`sd` (``ddof=0``)
+    equal those of all chunks stacked, to rounding.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.mean = None
+        self._m2 = None
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add the draws ``x`` ``(s, ...)``."""
+        n = x.shape[0]
+        mean = x.mean(0)
+        m2 = (x - mean).square().sum(0)
+        if self.count == 0:
+            self.count, self.mean, self._m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self._m2 = self._m2 + m2 + delta.square() * (self.count * n / total)
+        self.count = total
+
+    @property
+    def sd(self) -> torch.Tensor:
+        """Standard deviation over the draws seen (``ddof=0``)."""
+        return (self._m2 / self.count).sqrt()
+
+
+class _Summarizer:
+    """Reduces the chunks of :func:`_for_each_chunk` to a :class:`PosteriorSummary`."""
+
+    def __init__(self, n_draws: int, data: ModelData, kept: torch.Tensor, tail_origins: int):
+        self.data = data
+        self.n_draws = n_draws
+        self.kept = kept
+        n_origins = data.inputs.n_origins
+        self.tail = torch.arange(max(0, n_origins - tail_origins), n_origins)
+        self.per_draw = {name: [] for name in PER_DRAW + ("last_log_filtered", "share_of_days")}
+        self.log_density = None
+        self.moments = {name: RunningMoments() for name in ("filtered", "smoothed")}
+        self.sums = {}
+        self.kept_parts = {name: [] for name in ("filtered", "smoothed", "viterbi", "predictive")}
+        self.tail_weights, self.tail_experts = [], []
+
+    def __call__(self, ids: torch.Tensor, chunk: dict) -> None:
+        n_obs = self.data.n_observed
+        for name in PER_DRAW:  # copies: a view would keep the chunk's (s, N, ...) tensor alive
+            self.per_draw[name].append(chunk[name].clone())
+        filtered = chunk["log_filtered"].exp()  # (s, N_obs, K)
+        smoothed = chunk["log_smoothed"].exp()
+        K = filtered.shape[-1]
+        self.per_draw["last_log_filtered"].append(chunk["log_filtered"][:, -1].clone())
+        best = nn_one_hot(filtered.argmax(-1), K)  # (s, N_obs, K)
+        self.per_draw["share_of_days"].append(best.mean(1))
+        if self.log_density is None:
+            self.log_density = chunk["log_predictive_density"].new_empty(self.n_draws, n_obs)
+        self.log_density[ids] = chunk["log_predictive_density"]
+        self.moments["filtered"].update(filtered)
+        self.moments["smoothed"].update(smoothed)
+        log_mix = chunk["log_mix_weights"][:, :n_obs]
+        experts = [index_batch(d, (slice(None), slice(0, n_obs))) for d in chunk["experts"]]
+        mean, second = mixture_moments(log_mix, chunk["log_regime_scale"], experts)
+        realized = self.data.observed_response[:, 0]
+        cdf = mixture_cdf(log_mix, chunk["log_regime_scale"], experts, realized)
+        self._add("viterbi", nn_one_hot(chunk["viterbi"], K).sum(0))
+        self._add("mean", mean.sum(0))
+        self._add("second", second.sum(0))
+        self._add("cdf", cdf.sum(0))
+        rows = torch.nonzero(torch.isin(ids, self.kept)).flatten()
+        if len(rows):
+            self.kept_parts["filtered"].append(filtered[rows])
+            self.kept_parts["smoothed"].append(smoothed[rows])
+            self.kept_parts["viterbi"].append(chunk["viterbi"][rows])
+            self.kept_parts["predictive"].append(seeded_predictive(chunk, rows, ids[rows], n_obs))
+        self.tail_weights.append(chunk["log_mix_weights"][:, self.tail])
+        pick = (slice(None), self.tail)
+        self.tail_experts.append([index_batch(d, pick) for d in chunk["experts"]])
+
+    def _add(self, name: str, value: torch.Tensor) -> None:
+        self.sums[name] = value if name not in self.sums else self.sums[name] + value
+
+    def result(self) -> PosteriorSummary:
+        S = self.n_draws
+        mean = self.sums["mean"] / S
+        variance = (self.sums["second"] / S - mean.square()).clamp_min(0.0)
+        return PosteriorSummary(
+            **{name: torch.cat(parts) for name, parts in self.per_draw.items()},
+            log_predictive_density=self.log_density,
+            filtered_mean=self.moments["filtered"].mean,
+            filtered_sd=self.moments["filtered"].sd,
+            smoothed_mean=self.moments["smoothed"].mean,
+            smoothed_sd=self.moments["smoothed"].sd,
+            viterbi_share=self.sums["viterbi"] / S,
+            predictive_mean=mean,
+            predictive_sd=variance.sqrt(),
+            pit=(self.sums["cdf"] / S).clamp(0.0, 1.0),
+            kept_draws=self.kept,
+            filtered_draws=torch.cat(self.kept_parts["filtered"]),
+            smoothed_draws=torch.cat(self.kept_parts["smoothed"]),
+            viterbi_draws=torch.cat(self.kept_parts["viterbi"]),
+            posterior_predictive=torch.cat(self.kept_parts["predictive"]),
+            tail_start=int(self.tail[0]),
+            tail_log_mix_weights=torch.cat(self.tail_weights),
+            tail_experts=cat_experts(self.tail_experts),
+        )
+
+
+def nn_one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``labels`` ``(...)`` as float64 one-hot vectors ``(..., n_classes)``."""
+    return torch.nn.functional.one_hot(labels, n_classes).to(torch.float64)
+
+
+def summarize_posterior(
+    program: MoEProgram,
+    draws: dict,
+    data: ModelData,
+    *,
+    keep_draws: int | None = DEFAULT_KEEP_DRAWS,
+    tail_origins: int = TAIL_ORIGINS,
+    memory_budget_mib: float = DEFAULT_MEMORY_BUDGET_MIB,
+    num_threads: int | None = 1,
+) -> PosteriorSummary:
+    """Evaluate the draws in chunks and keep per-day summaries (:class:`PosteriorSummary`).
+
+    Memory: the chunks' working memory is bounded by ``memory_budget_mib``
+    (:func:`draws_per_chunk`) whatever the number of draws ``S``; what is kept is
+    ``8 S N_obs`` bytes of log-likelihood, ``8 k N_obs (2 K + 2 + d_y)`` of kept draws,
+    ``8 N_obs (5 K + 2 d_y + 1)`` of summaries and ``8 S n_t K M`` of tail weights.
+
+    Parameters
+    ----------
+    program : MoEProgram
+    draws : dict of str to Tensor ``(S, ...)``
+    data : ModelData
+    keep_draws : int or None
+        Draws whose per-day regime probabilities, Viterbi paths and predictive samples
+        are kept (:func:`thinned_draws`; None: all).
+    tail_origins : int
+        Trailing origins whose predictive is kept for every draw (forecasts and recent
+        fan charts need no second pass).
+    memory_budget_mib : float
+        Bound on the working memory of one chunk, MiB.
+    num_threads : int or None
+        Torch intra-op threads.
+    """
+    S = _n_draws(draws)
+    if tail_origins < 1:
+        raise ValueError(f"tail_origins must be >= 1, got {tail_origins}")
+    summarizer = _Summarizer(S, data, thinned_draws(S, keep_draws), tail_origins)
+    _for_each_chunk(
+        program,
+        draws,
+        data,
+        summarizer,
+        memory_budget_mib=memory_budget_mib,
+        num_threads=num_threads,
+    )
+    return summarizer.result()
 
 
 def cat_experts(chunks: list[list]) -> list:
@@ -268,13 +721,14 @@ def _evaluate_chunk(program: MoEProgram, draws: dict, data: ModelData) -> dict:
         order = log_scale.argsort(dim=-1)
     else:
         order = regime_var[:, :n_obs].sqrt().mean(dim=1).argsort(dim=-1)
-    log_w = torch.take_along_dim(log_w, order[:, None, :, None], dim=2)
-    log_init = torch.take_along_dim(log_init, order, dim=1)
-    log_trans = relabel_matrices(log_trans, order)
-    step_trans = relabel_matrices(step_trans, order)
-    log_scale = torch.take_along_dim(log_scale, order, dim=1)
-    regime_mu = torch.take_along_dim(regime_mu, order[:, None, :], dim=2)
-    regime_var = torch.take_along_dim(regime_var, order[:, None, :], dim=2)
+    if not bool((order == torch.arange(K)).all()):  # the levels' order needs no copies
+        log_w = torch.take_along_dim(log_w, order[:, None, :, None], dim=2)
+        log_init = torch.take_along_dim(log_init, order, dim=1)
+        log_trans = relabel_matrices(log_trans, order)
+        step_trans = relabel_matrices(step_trans, order)
+        log_scale = torch.take_along_dim(log_scale, order, dim=1)
+        regime_mu = torch.take_along_dim(regime_mu, order[:, None, :], dim=2)
+        regime_var = torch.take_along_dim(regime_var, order[:, None, :], dim=2)
 
     log_p = torch.stack(
         [regime_log_prob(d, response, log_scale) for d in comps.experts], dim=-1
@@ -309,9 +763,4 @@ def _evaluate_chunk(program: MoEProgram, draws: dict, data: ModelData) -> dict:
         else expected_stay(log_trans),
         "log_predictive_density": log_density,
         "experts": comps.experts,
-        "posterior_predictive": sample_mixture(
-            log_mix[:, :n_obs],
-            log_scale,
-            [index_batch(d, (slice(None), slice(0, n_obs))) for d in comps.experts],
-        ),
     }

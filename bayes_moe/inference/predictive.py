@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bayes_moe.models.distributions import index_batch, location, regime_log_prob
+from bayes_moe.models.distributions import index_batch, location, regime_cdf, regime_log_prob
 
 
 def sample_mixture(log_weights, log_scale, experts) -> torch.Tensor:
@@ -52,6 +52,57 @@ def sample_mixture(log_weights, log_scale, experts) -> torch.Tensor:
     mu = torch.take_along_dim(locs, expert[..., None, None], dim=2).squeeze(2)
     stretch = torch.take_along_dim(log_scale, regime, dim=1).exp().unsqueeze(-1)  # (S, n, 1)
     return mu + stretch * (x - mu)
+
+
+def mixture_moments(log_weights, log_scale, experts) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Mean and second moment of each draw's regime-scaled expert mixture.
+
+    .. math:: m_n = \sum_{k,m} w_{n,k,m} \mu_m, \qquad
+              s_n = \sum_{k,m} w_{n,k,m} \big(e^{2\lambda_k} \sigma_m^2 + \mu_m^2\big)
+
+    Parameters
+    ----------
+    log_weights : Tensor ``(S, n, K, M)``
+    log_scale : Tensor ``(S, K)``
+    experts : list of ``M`` distributions, batch ``(S, n)``, event ``(d_y,)``
+
+    Returns
+    -------
+    tuple of Tensor ``(S, n, d_y)``
+        Per draw; the posterior predictive's mean is the average of ``m`` over draws
+        and its variance the average of ``s`` minus the squared mean.
+    """
+    w = log_weights.exp().unsqueeze(-1)  # (S, n, K, M, 1)
+    means = torch.stack([d.mean for d in experts], dim=2).unsqueeze(2)  # (S, n, 1, M, d)
+    variances = torch.stack([d.variance for d in experts], dim=2).unsqueeze(2)
+    stretch = (2 * log_scale)[:, None, :, None, None].exp()  # (S, 1, K, 1, 1)
+    mean = (w * means).sum((2, 3))
+    second = (w * (stretch * variances + means.square())).sum((2, 3))
+    return mean, second
+
+
+def mixture_cdf(log_weights, log_scale, experts, value) -> torch.Tensor:
+    r"""Each draw's mixture CDF of the first target at ``value``.
+
+    .. math:: F_n(y) = \sum_{k,m} w_{n,k,m} F^{(k)}_m(y)
+
+    with :math:`F^{(k)}_m` expert ``m``'s marginal CDF of the first target at regime
+    ``k``'s level (:func:`~bayes_moe.models.distributions.regime_cdf`).
+
+    Parameters
+    ----------
+    log_weights : Tensor ``(S, n, K, M)``
+    log_scale : Tensor ``(S, K)``
+    experts : list of ``M`` distributions, batch ``(S, n)``
+    value : Tensor ``(n,)``
+        Standardized first target.
+
+    Returns
+    -------
+    Tensor ``(S, n)``
+    """
+    cdf = torch.stack([regime_cdf(d, value, log_scale) for d in experts], dim=-1)
+    return (log_weights.exp() * cdf).sum((-2, -1))
 
 
 class PredictiveMixture:
@@ -131,27 +182,35 @@ class PredictiveMixture:
         return self.loc + self.scale * z.numpy()
 
     def _moments(self):
-        """Per draw and origin: weights ``(S, n, K, M, 1)``, means and variances stretched."""
-        w = self.log_weights.exp().unsqueeze(-1)
-        means = torch.stack([d.mean for d in self.experts], dim=2).unsqueeze(2)  # (S,n,1,M,d)
-        variances = torch.stack([d.variance for d in self.experts], dim=2).unsqueeze(2)
-        stretch = (2 * self.log_scale)[:, None, :, None, None].exp()  # (S, 1, K, 1, 1)
-        return w, means, stretch * variances
+        """Per draw and origin: mean and second moment ``(S, n, d_y)`` (:func:`mixture_moments`)."""
+        return mixture_moments(self.log_weights, self.log_scale, self.experts)
 
     @property
     def mean(self) -> np.ndarray:
         """Exact mixture mean in data units: ``(n, d_y)``."""
-        w, means, _ = self._moments()
-        z = (w * means).sum((2, 3)).mean(0)
-        return self.loc + self.scale * z.numpy()
+        mean, _ = self._moments()
+        return self.loc + self.scale * mean.mean(0).numpy()
 
     @property
     def variance(self) -> np.ndarray:
         """Exact mixture variance in data units (law of total variance): ``(n, d_y)``."""
-        w, means, variances = self._moments()
-        mean = (w * means).sum((2, 3)).mean(0)
-        second = (w * (variances + means.square())).sum((2, 3)).mean(0)
+        mean, second = self._moments()
+        mean, second = mean.mean(0), second.mean(0)
         return (second - mean.square()).numpy() * self.scale**2
+
+    def cdf(self, y) -> np.ndarray:
+        """Exact mixture CDF of the first target at ``y`` (data units): shape ``(n,)``.
+
+        At the realized values it is the probability integral transform (PIT).
+
+        Parameters
+        ----------
+        y : array, shape ``(n,)`` (first target) or ``(n, d_y)``
+        """
+        y = np.asarray(y, dtype=np.float64).reshape(len(self.dates), -1)[:, 0]
+        z = torch.as_tensor((y - self.loc[0]) / self.scale[0], dtype=self.log_weights.dtype)
+        cdf = mixture_cdf(self.log_weights, self.log_scale, self.experts, z).mean(0)
+        return cdf.clamp(0.0, 1.0).numpy()
 
 
 class Forecast:

@@ -46,6 +46,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bayes_moe.data.windows import ExpertInputs
+from bayes_moe.inference.divergence import svi_step
 from bayes_moe.models.experts.window import WindowExpert
 
 
@@ -161,7 +162,8 @@ def pretrain_expert(
             rows = train[idx]
             return inputs.at(inputs.origins[rows]), response[rows], N / B
 
-        elbo(*batch(torch.randperm(N, generator=generator)[:B]))
+        first = batch(torch.randperm(N, generator=generator)[:B])
+        svi_step(elbo, None, first, where=f"pretraining expert {expert.name!r}")  # the params
         lrd = 0.1 ** (1.0 / num_steps)
         optimizer = ClippedAdam(elbo.parameters(), lr=learning_rate, lrd=lrd, clip_norm=10.0)
         losses, held_losses = [], []
@@ -173,11 +175,8 @@ def pretrain_expert(
         )
         for step in bar:
             idx = torch.randperm(N, generator=generator)[:B].sort().values
-            optimizer.zero_grad()
-            loss = elbo(*batch(idx))
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item() / N)
+            where = f"pretraining expert {expert.name!r}, step {step + 1}"
+            losses.append(svi_step(elbo, optimizer, batch(idx), where=where) / N)
             if len(held) and ((step + 1) % eval_every == 0 or step + 1 == num_steps):
                 held_losses.append(_held_out_loss(expert, guide, held_inputs, held_response))
                 if held_losses[-1] < best[0]:

@@ -29,11 +29,15 @@ import xarray as xr
 class RegimePosterior:
     r"""Regime posteriors for ``S`` draws over ``N`` days and ``K`` regimes.
 
+    Per-day probabilities are summarized over all ``S`` draws (mean, sd, Viterbi
+    share), and kept per draw only for ``k`` thinned draws (:attr:`draw_index`):
+    memory and files grow with ``N`` times ``k``, not ``N`` times ``S``
+    (:func:`~bayes_moe.inference.posterior.summarize_posterior`). Everything per
+    regime (volatility, duration, expert weights...) is kept for every draw.
+
     Attributes
     ----------
     dates : DatetimeIndex (N,)
-    filtered_draws, smoothed_draws : ndarray ``(S, N, K)``
-    viterbi_draws : ndarray ``(S, N)`` int
     transition_draws : ndarray ``(S, K, K)``
     expert_weight_draws : ndarray ``(S, K, M)``
         Gate weights of each regime averaged over days.
@@ -48,12 +52,24 @@ class RegimePosterior:
     duration_draws : ndarray ``(S, K)``
         Expected stay in each regime, days
         (:class:`~bayes_moe.inference.posterior.PosteriorEvaluation`).
+    share_draws : ndarray ``(S, K)``
+        Per draw, the share of days each regime is the most probable (filtered).
+    last_filtered_draws : ndarray ``(S, K)``
+        Filtered probabilities of the last day, per draw.
+    filtered_mean, filtered_std, smoothed_mean, smoothed_std : ndarray ``(N, K)``
+        Mean and sd (``ddof=0``) over all draws of the filtered and smoothed
+        probabilities (as tables: :attr:`filtered`, :attr:`filtered_sd`...).
+    viterbi_share : ndarray ``(N, K)``
+        Share of all draws whose Viterbi path is in regime ``k`` on the day.
+    draw_index : ndarray ``(k,)`` int
+        Indices (among the ``S`` draws) of the kept draws below.
+    filtered_draws, smoothed_draws : ndarray ``(k, N, K)``
+        Probabilities of the kept draws.
+    viterbi_draws : ndarray ``(k, N)`` int
+        Viterbi paths of the kept draws.
     """
 
     dates: pd.DatetimeIndex
-    filtered_draws: np.ndarray
-    smoothed_draws: np.ndarray
-    viterbi_draws: np.ndarray
     transition_draws: np.ndarray
     expert_weight_draws: np.ndarray
     volatility_draws: np.ndarray
@@ -61,11 +77,22 @@ class RegimePosterior:
     level_draws: np.ndarray
     mean_draws: np.ndarray
     duration_draws: np.ndarray
+    share_draws: np.ndarray
+    last_filtered_draws: np.ndarray
+    filtered_mean: np.ndarray
+    filtered_std: np.ndarray
+    smoothed_mean: np.ndarray
+    smoothed_std: np.ndarray
+    viterbi_share: np.ndarray
+    draw_index: np.ndarray
+    filtered_draws: np.ndarray
+    smoothed_draws: np.ndarray
+    viterbi_draws: np.ndarray
 
     @property
     def n_regimes(self) -> int:
         """``K``."""
-        return self.filtered_draws.shape[-1]
+        return self.filtered_mean.shape[-1]
 
     @property
     def regime_index(self) -> pd.Index:
@@ -78,29 +105,27 @@ class RegimePosterior:
     @property
     def filtered(self) -> pd.DataFrame:
         """Posterior mean of P(z_t = k | y_{1:t}) (causal): date x regime."""
-        return self._frame(self.filtered_draws.mean(0))
+        return self._frame(self.filtered_mean)
 
     @property
     def filtered_sd(self) -> pd.DataFrame:
-        """Posterior sd across draws of the filtered probabilities."""
-        return self._frame(self.filtered_draws.std(0))
+        """Posterior sd across draws of the filtered probabilities: date x regime."""
+        return self._frame(self.filtered_std)
 
     @property
     def smoothed(self) -> pd.DataFrame:
         """Posterior mean of P(z_t = k | y_{1:T}) (uses the whole sample): date x regime."""
-        return self._frame(self.smoothed_draws.mean(0))
+        return self._frame(self.smoothed_mean)
 
     @property
     def smoothed_sd(self) -> pd.DataFrame:
-        """Posterior sd across draws of the smoothed probabilities."""
-        return self._frame(self.smoothed_draws.std(0))
+        """Posterior sd across draws of the smoothed probabilities: date x regime."""
+        return self._frame(self.smoothed_std)
 
     @property
     def viterbi(self) -> pd.DataFrame:
         """Share of posterior draws whose Viterbi path is in regime k on day t."""
-        K = self.n_regimes
-        share = (self.viterbi_draws[..., None] == np.arange(K)).mean(0)
-        return self._frame(share)
+        return self._frame(self.viterbi_share)
 
     @property
     def viterbi_path(self) -> pd.Series:
@@ -133,12 +158,6 @@ class RegimePosterior:
     def most_probable(self) -> pd.Series:
         """The regime with the largest posterior mean filtered probability, per day."""
         return self.filtered.idxmax(axis=1).rename("regime")
-
-    @property
-    def share_draws(self) -> np.ndarray:
-        """Per draw, the share of days each regime is the most probable (filtered): ``(S, K)``."""
-        best = self.filtered_draws.argmax(-1)  # (S, N)
-        return (best[..., None] == np.arange(self.n_regimes)).mean(1)
 
     def summary(self, top_experts: int = 3) -> pd.DataFrame:
         r"""The regime report: one row per regime, posterior mean and 94% interval.
@@ -191,7 +210,7 @@ class RegimePosterior:
 
     def current(self) -> dict:
         """The regime on the last day (filtered): label, probability and its sd."""
-        probs = self.filtered_draws[:, -1, :]
+        probs = self.last_filtered_draws
         k = int(probs.mean(0).argmax())
         return {
             "date": self.dates[-1],
@@ -229,16 +248,28 @@ class RegimePosterior:
         }
 
     def to_dataset(self) -> xr.Dataset:
-        """All draws as an xarray Dataset with dims ``(draw, date, regime)``."""
+        """The per-day posteriors as an xarray Dataset.
+
+        Variables ``filtered_mean``, ``filtered_sd``, ``smoothed_mean``, ``smoothed_sd``
+        and ``viterbi_share`` ``(date, regime)`` summarize all draws; ``filtered``,
+        ``smoothed`` ``(draw, date, regime)`` and ``viterbi`` ``(draw, date)`` are the
+        kept draws, whose ``draw`` coordinate holds their indices among all draws.
+        """
+        day, drawn = ("date", "regime"), ("draw", "date", "regime")
         coords = {
-            "draw": np.arange(self.filtered_draws.shape[0]),
+            "draw": self.draw_index,
             "date": self.dates.rename("date"),
             "regime": np.arange(self.n_regimes),
         }
         return xr.Dataset(
             {
-                "filtered": (("draw", "date", "regime"), self.filtered_draws),
-                "smoothed": (("draw", "date", "regime"), self.smoothed_draws),
+                "filtered_mean": (day, self.filtered_mean),
+                "filtered_sd": (day, self.filtered_std),
+                "smoothed_mean": (day, self.smoothed_mean),
+                "smoothed_sd": (day, self.smoothed_std),
+                "viterbi_share": (day, self.viterbi_share),
+                "filtered": (drawn, self.filtered_draws),
+                "smoothed": (drawn, self.smoothed_draws),
                 "viterbi": (("draw", "date"), self.viterbi_draws),
             },
             coords=coords,

@@ -4,6 +4,15 @@
 every latent site from the approximate posterior. Forecasts, regime posteriors and
 the ArviZ conversion are computed from the draws (lazily, once); the specification
 object is never modified.
+
+Memory: the draws are evaluated in chunks whose working memory is bounded by
+``memory_budget_mib`` and reduced to a
+:class:`~bayes_moe.inference.posterior.PosteriorSummary`: per-day summaries over all
+draws, the pointwise log-likelihood of every draw, the per-day values of ``keep_draws``
+thinned draws and the predictive of every draw at the last
+:data:`~bayes_moe.inference.posterior.TAIL_ORIGINS` origins. Nothing else of size
+``S`` times ``N`` is held unless asked for (:attr:`MoEFit.posterior`, or
+:meth:`MoEFit.predictive` over origins before the tail).
 """
 
 from __future__ import annotations
@@ -14,9 +23,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bayes_moe.data.continuation import PriceHistory, append_rows
 from bayes_moe.data.windows import ModelData, prepare
 from bayes_moe.inference.hmm import hmm_propagate
-from bayes_moe.inference.posterior import PosteriorEvaluation, evaluate_posterior
+from bayes_moe.inference.posterior import (
+    DEFAULT_KEEP_DRAWS,
+    DEFAULT_MEMORY_BUDGET_MIB,
+    PosteriorEvaluation,
+    PosteriorSummary,
+    evaluate_origins,
+    evaluate_posterior,
+    summarize_posterior,
+)
 from bayes_moe.inference.predictive import Forecast, PredictiveMixture
 from bayes_moe.inference.regimes import RegimePosterior
 from bayes_moe.inference.svi import SVIDiagnostics
@@ -37,6 +55,14 @@ class MoEFit:
     draws : dict of str to Tensor
         ``S`` posterior draws per latent site, shape ``(S, ...)``.
     diagnostics : SVIDiagnostics
+    price_history : PriceHistory, optional
+        The raw prices behind the generated columns of ``data.frame`` (see
+        :mod:`bayes_moe.data.continuation`), which :meth:`update` continues the features
+        from; by default taken from ``data.frame`` when
+        :func:`~bayes_moe.data.read_frame` built it, else None.
+    memory_budget_mib : float
+        Bound on the working memory of evaluating the draws, MiB
+        (:func:`~bayes_moe.inference.posterior.draws_per_chunk`); kept by :meth:`update`.
     """
 
     def __init__(
@@ -47,12 +73,19 @@ class MoEFit:
         data: ModelData,
         draws: dict[str, torch.Tensor],
         diagnostics: SVIDiagnostics,
+        price_history: PriceHistory | None = None,
+        memory_budget_mib: float = DEFAULT_MEMORY_BUDGET_MIB,
     ):
         self.model = model
         self.program = program.eval()
         self.data = data
         self.draws = draws
         self.diagnostics = diagnostics
+        if price_history is None:
+            price_history = PriceHistory.from_frame(data.frame)
+        self.price_history = price_history
+        self.memory_budget_mib = memory_budget_mib
+        self._summaries: dict[int | None, PosteriorSummary] = {}
 
     @property
     def n_draws(self) -> int:
@@ -71,26 +104,108 @@ class MoEFit:
 
     @cached_property
     def posterior(self) -> PosteriorEvaluation:
-        """Per-draw evaluation over all origins (computed once)."""
-        return evaluate_posterior(self.program, self.draws, self.data)
+        """Every per-draw quantity over all origins (computed once).
 
-    def update(self, frame: pd.DataFrame) -> MoEFit:
-        """The same posterior draws conditioned on new data: online filtering.
-
-        ``frame`` is either only the rows after the fitted data (they are appended) or
-        a whole frame (used as it is), with the fitted model's columns. Nothing is
-        refitted: the draws, standardization constants and network weights stay;
-        features, windows and the regime filter move forward over the new rows. Use it
-        to forecast from a newer close or to filter between refits.
+        Holds ``S`` times ``N`` values of every quantity (about ``8 S N (K M + 3 K + 4)``
+        bytes): for inspecting small fits. Forecasts, regimes and the ArviZ export use
+        :meth:`posterior_summary` instead.
         """
-        if len(frame) and frame.index[0] > self.data.dates[-1]:
-            frame = pd.concat([self.data.frame, frame.loc[:, list(self.data.frame.columns)]])
+        return evaluate_posterior(
+            self.program, self.draws, self.data, memory_budget_mib=self.memory_budget_mib
+        )
+
+    def posterior_summary(self, keep_draws: int | None = DEFAULT_KEEP_DRAWS) -> PosteriorSummary:
+        """Per-day summaries over all draws plus ``keep_draws`` thinned draws (computed once).
+
+        See :func:`~bayes_moe.inference.posterior.summarize_posterior`; ``keep_draws=None``
+        keeps every draw's per-day values.
+        """
+        if keep_draws not in self._summaries:
+            self._summaries[keep_draws] = summarize_posterior(
+                self.program,
+                self.draws,
+                self.data,
+                keep_draws=keep_draws,
+                memory_budget_mib=self.memory_budget_mib,
+            )
+        return self._summaries[keep_draws]
+
+    def _any_summary(self) -> PosteriorSummary:
+        """A summary already computed, whatever its kept draws (else the default one)."""
+        return next(iter(self._summaries.values()), None) or self.posterior_summary()
+
+    def update(self, frame: pd.DataFrame, *, allow_outliers: bool = False) -> MoEFit:
+        """The same posterior draws conditioned on newer data: online filtering.
+
+        The rows of ``frame`` dated after the last fitted day are appended to the fitted
+        data; ``frame`` may hold only those (the next days of a file) or also earlier
+        rows (the whole history and the new days), which must then repeat the fitted
+        data. Nothing is refitted: the draws, standardization constants and network
+        weights stay; features, windows and the regime filter move forward over the new
+        rows. Use it to forecast from a newer close or to filter between refits.
+
+        When ``frame`` was read by :func:`~bayes_moe.data.read_frame` from prices, its
+        returns and range features are computed again on the fitted prices followed by
+        the new ones (the first new return uses the last fitted close; the rolling
+        features use the fitted history as warm-up), so no new row is lost to warm-up
+        and the result equals reading the whole file at once. Otherwise the model
+        columns of ``frame`` are taken as given. See :mod:`bayes_moe.data.continuation`
+        for the rules.
+
+        The combined frame is checked like a fit's (:func:`~bayes_moe.data.windows.prepare`):
+        a target value far from the rest is refused unless ``allow_outliers=True``
+        (pass it again when the fit itself was made with it).
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            Date-indexed, with the fitted model's columns (or, from ``read_frame``, the
+            price columns they are computed from).
+        allow_outliers : bool, default False
+
+        Returns
+        -------
+        MoEFit
+            Conditioned on the fitted rows followed by the new ones.
+
+        Raises
+        ------
+        DataError
+            Before anything is computed: rows that overlap the fitted data but differ
+            from it (naming the first date, the column and both values), a gap between
+            the last fitted day and the first new row (naming both dates), prices whose
+            features need fitted prices this fit does not keep (an older checkpoint), a
+            missing column, or new rows the model cannot read.
+        """
+        combined, history = append_rows(
+            self.data.frame,
+            frame,
+            columns=self.data.preprocessor.columns,
+            prices=self.price_history,
+        )
+        return self._conditioned_on(combined, history, allow_outliers=allow_outliers)
+
+    def apply(self, frame: pd.DataFrame, *, allow_outliers: bool = False) -> MoEFit:
+        """The same posterior draws conditioned on ``frame`` as it is, not on the fitted data.
+
+        No check against the fitted rows: for what-if analyses (a perturbed or truncated
+        history) and for other series; :meth:`update` moves forward in time. Named after
+        ``apply`` of the statsmodels state-space results.
+        """
+        history = PriceHistory.from_frame(frame)
+        return self._conditioned_on(frame, history, allow_outliers=allow_outliers)
+
+    def _conditioned_on(
+        self, frame: pd.DataFrame, history: PriceHistory | None, *, allow_outliers: bool
+    ) -> MoEFit:
+        """A fit with these draws on ``frame`` (validated by :func:`prepare`)."""
         data = prepare(
             frame,
             targets=list(self.targets),
             window=self.model.window,
             horizon=self.horizon,
             preprocessor=self.data.preprocessor,
+            allow_outliers=allow_outliers,
         )
         return MoEFit(
             model=self.model,
@@ -98,6 +213,8 @@ class MoEFit:
             data=data,
             draws=self.draws,
             diagnostics=self.diagnostics,
+            price_history=history,
+            memory_budget_mib=self.memory_budget_mib,
         )
 
     # ------------------------------------------------------------------ predictive
@@ -105,7 +222,12 @@ class MoEFit:
         """Posterior predictive at the origins dated ``start..end`` (inclusive).
 
         Each origin's predictive uses information up to its close (regimes
-        filtered, not smoothed) and the fitted draws.
+        filtered, not smoothed) and the fitted draws. Once a posterior summary exists
+        (:meth:`posterior_summary`, made by :meth:`regimes` and the ArviZ export), origins
+        among its last :data:`~bayes_moe.inference.posterior.TAIL_ORIGINS` are read from
+        it; otherwise the draws are evaluated again in chunks
+        (:func:`~bayes_moe.inference.posterior.evaluate_origins`). The mixture holds
+        ``S n K M`` weights for ``n`` origins.
         """
         dates = self.data.origin_dates
         mask = np.ones(len(dates), dtype=bool)
@@ -119,13 +241,25 @@ class MoEFit:
         return self._mixture(idx)
 
     def _mixture(self, idx: torch.Tensor) -> PredictiveMixture:
-        post = self.posterior
-        experts = [index_batch(d, (slice(None), idx)) for d in post.experts]
+        summary = next(iter(self._summaries.values()), None)
+        if summary is not None and int(idx.min()) >= summary.tail_start:
+            pick = (slice(None), idx - summary.tail_start)
+            log_weights = summary.tail_log_mix_weights[pick]
+            log_scale = summary.log_regime_scale
+            experts = [index_batch(d, pick) for d in summary.tail_experts]
+        else:
+            log_weights, log_scale, experts = evaluate_origins(
+                self.program,
+                self.draws,
+                self.data,
+                idx,
+                memory_budget_mib=self.memory_budget_mib,
+            )
         h = self.horizon
         pre = self.data.preprocessor
         return PredictiveMixture(
-            post.log_mix_weights[:, idx],
-            post.log_regime_scale,
+            log_weights,
+            log_scale,
             experts,
             loc=h * pre.target_loc,
             scale=pre.target_scale,
@@ -157,8 +291,7 @@ class MoEFit:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         last = torch.tensor([self.data.inputs.n_origins - 1])
         mixture = self._mixture(last)
-        post = self.posterior
-        regime = post.log_causal_regime[:, -1].exp().numpy()  # (S, K)
+        regime = mixture.regime_weights[:, 0].numpy()  # (S, K): P(z | F) at the last close
         regime_probs = pd.DataFrame(
             {"mean": regime.mean(0), "sd": regime.std(0)},
             index=pd.Index(range(regime.shape[1]), name="regime"),
@@ -178,16 +311,29 @@ class MoEFit:
         )
 
     # --------------------------------------------------------------------- regimes
-    def regimes(self) -> RegimePosterior:
-        """Filtered, smoothed and Viterbi regime posteriors for every draw."""
-        post = self.posterior
+    def regimes(self, keep_draws: int | None = DEFAULT_KEEP_DRAWS) -> RegimePosterior:
+        """Filtered, smoothed and Viterbi regime posteriors.
+
+        Per-day probabilities are summarized over every draw; ``keep_draws`` thinned
+        draws keep their own per-day values (None: every draw); per-regime quantities
+        keep every draw.
+        """
+        post = self.posterior_summary(keep_draws)
         scale = float(self.data.preprocessor.target_scale[0])
         loc = self.horizon * float(self.data.preprocessor.target_loc[0])
         return RegimePosterior(
             dates=self.data.response_dates,
-            filtered_draws=post.log_filtered.exp().numpy(),
-            smoothed_draws=post.log_smoothed.exp().numpy(),
-            viterbi_draws=post.viterbi.numpy(),
+            share_draws=post.share_of_days.numpy(),
+            last_filtered_draws=post.last_log_filtered.exp().numpy(),
+            filtered_mean=post.filtered_mean.numpy(),
+            filtered_std=post.filtered_sd.numpy(),
+            smoothed_mean=post.smoothed_mean.numpy(),
+            smoothed_std=post.smoothed_sd.numpy(),
+            viterbi_share=post.viterbi_share.numpy(),
+            draw_index=post.kept_draws.numpy(),
+            filtered_draws=post.filtered_draws.numpy(),
+            smoothed_draws=post.smoothed_draws.numpy(),
+            viterbi_draws=post.viterbi_draws.numpy(),
             transition_draws=post.transition.numpy(),
             expert_weight_draws=post.regime_expert_weights.numpy(),
             volatility_draws=post.regime_volatility.numpy() * scale,
@@ -203,8 +349,8 @@ class MoEFit:
         With transition features, their values at the last close are held for the
         days ahead (their future values are not known).
         """
-        post = self.posterior
-        log_p = hmm_propagate(post.log_filtered[:, -1], post.log_trans_last, steps)
+        post = self._any_summary()
+        log_p = hmm_propagate(post.last_log_filtered, post.log_trans_last, steps)
         p = log_p.exp().numpy()
         return pd.DataFrame(
             {"mean": p.mean(0), "sd": p.std(0)}, index=pd.Index(range(p.shape[1]), name="regime")
@@ -213,15 +359,17 @@ class MoEFit:
     # ----------------------------------------------------------------- diagnostics
     def pointwise_log_likelihood(self) -> pd.DataFrame:
         """One-step log predictive density per day and draw (data units): date x draw."""
-        log_dens = self.posterior.log_predictive_density.numpy()
+        log_dens = self._any_summary().log_predictive_density.numpy()
         log_dens = log_dens - np.log(self.data.preprocessor.target_scale).sum()
         return pd.DataFrame(log_dens.T, index=self.data.response_dates.rename("date"))
 
-    def to_inference_data(self):
+    def to_inference_data(
+        self, *, keep_draws: int | None = DEFAULT_KEEP_DRAWS, log_likelihood: str = "all"
+    ):
         """ArviZ InferenceData (see :func:`bayes_moe.inference.arviz.to_inference_data`)."""
         from bayes_moe.inference.arviz import to_inference_data
 
-        return to_inference_data(self)
+        return to_inference_data(self, keep_draws=keep_draws, log_likelihood=log_likelihood)
 
     def save(self, path) -> None:
         """Write a checkpoint: safetensors + JSON (:mod:`~bayes_moe.inference.checkpoint`)."""

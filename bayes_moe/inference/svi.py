@@ -37,14 +37,15 @@ A. Kucukelbir et al., "Automatic differentiation variational inference", JMLR 18
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyro
 import torch
-from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import (
     AutoLowRankMultivariateNormal,
@@ -58,6 +59,12 @@ from tqdm.auto import tqdm
 
 from bayes_moe._runtime import torch_threads
 from bayes_moe.data.windows import ModelData
+from bayes_moe.inference.divergence import (
+    check_finite_draws,
+    check_finite_parameters,
+    invalid_as_non_finite,
+    svi_step,
+)
 from bayes_moe.inference.pretrain import pretrain_expert
 from bayes_moe.inference.pretrain_cache import PretrainCache
 from bayes_moe.models.experts.window import WindowExpert
@@ -180,6 +187,7 @@ def fit_svi(
     pretrain_holdout: float = 0.2,
     pretrain_cache: PretrainCache | None = None,
     init_values: Mapping[str, torch.Tensor] | None = None,
+    memory_budget_mib: float | None = None,
 ):
     """Fit ``model`` to ``data`` by SVI and draw from the approximate posterior.
 
@@ -226,10 +234,30 @@ def fit_svi(
         Initial values of the guide's locations by site name (``"ar/coef"``,
         ``"gate/bias"``), e.g. the posterior medians of an earlier fit for a warm
         start; they take precedence over stage one's. Other sites start as usual.
+    memory_budget_mib : float, optional
+        Bound on the working memory of evaluating the draws afterwards (forecasts,
+        regimes, ArviZ), MiB; default
+        :data:`~bayes_moe.inference.posterior.DEFAULT_MEMORY_BUDGET_MIB` (see
+        :func:`~bayes_moe.inference.posterior.draws_per_chunk`).
 
     Returns
     -------
     MoEFit
+
+    Raises
+    ------
+    NonFiniteLossError
+        When the optimisation diverges: the loss, a guide or network parameter, or a
+        posterior draw turns NaN or infinite, or a distribution gets an invalid
+        parameter. The message names the step and the parameters and sites concerned
+        (:mod:`bayes_moe.inference.divergence`); the fit stops there.
+
+    Warns
+    -----
+    UserWarning
+        When the model's latent parameters (the scalars of its sample sites) outnumber
+        the observed values it is fitted to (days times targets), as with ``K = 50``
+        regimes on a year of data; the fit still runs.
     """
     from bayes_moe.inference.results import MoEFit
 
@@ -237,6 +265,8 @@ def fit_svi(
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if num_draws < 1:
         raise ValueError(f"num_draws must be >= 1, got {num_draws}")
+    if memory_budget_mib is not None and not memory_budget_mib > 0:
+        raise ValueError(f"memory_budget_mib must be positive, got {memory_budget_mib}")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}")
     if not 0.0 <= pretrain_holdout < 1.0:
@@ -250,9 +280,11 @@ def fit_svi(
     program = model.program().build(inputs).train()
     response = data.observed_response
     n_obs = data.n_observed
+    shapes = program.latent_shapes(inputs)
+    _warn_if_overparametrised(shapes, response)
 
     with pyro.settings.context(module_local_params=True), torch_threads(num_threads):
-        warm_start = _check_init_values(program, inputs, response, init_values or {})
+        warm_start = _check_init_values(shapes, init_values or {})
         start = time.perf_counter()
         start_values = {}
         if strategy == "two_stage":
@@ -272,7 +304,8 @@ def fit_svi(
             program, guide, init_scale=init_scale, response=response, init_values=start_values
         )
         elbo = Trace_ELBO()(program, autoguide)
-        elbo(inputs, response)  # creates the guide's parameters
+        args = (inputs, response)
+        svi_step(elbo, None, args, where="SVI initialisation")  # creates the guide's parameters
         lrd = final_lr_fraction ** (1.0 / num_steps)
         optimizer = ClippedAdam(elbo.parameters(), lr=learning_rate, lrd=lrd, clip_norm=10.0)
         losses: list[float] = []
@@ -280,11 +313,7 @@ def fit_svi(
         start = time.perf_counter()
         with tqdm(total=num_steps, desc="SVI", disable=not progress, leave=False) as bar:
             for step in range(num_steps):
-                optimizer.zero_grad()
-                loss = elbo(inputs, response)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
+                losses.append(svi_step(elbo, optimizer, args, where=f"SVI step {step + 1}"))
                 bar.update()
                 if step % 25 == 0:
                     bar.set_postfix(loss_per_obs=f"{losses[-1] / n_obs:.4f}")
@@ -294,10 +323,12 @@ def fit_svi(
                     converged = True
                     break
         elapsed = time.perf_counter() - start
+        check_finite_parameters(elbo, where=f"SVI after {len(losses)} steps")
         program.eval()
-        with torch.no_grad():
+        with torch.no_grad(), invalid_as_non_finite("SVI posterior draws", elbo, args):
             samples = [autoguide(inputs, response) for _ in range(num_draws)]
     draws = {name: torch.stack([s[name] for s in samples]) for name in samples[0]}
+    check_finite_draws(draws, where="SVI posterior draws")
     diagnostics = SVIDiagnostics(
         losses=np.asarray(losses),
         n_observations=n_obs,
@@ -308,7 +339,10 @@ def fit_svi(
         strategy=strategy,
         pretrain_s=pretrain_s,
     )
-    return MoEFit(model=model, program=program, data=data, draws=draws, diagnostics=diagnostics)
+    budget = {} if memory_budget_mib is None else {"memory_budget_mib": memory_budget_mib}
+    return MoEFit(
+        model=model, program=program, data=data, draws=draws, diagnostics=diagnostics, **budget
+    )
 
 
 def _pretrain_window_experts(program, inputs, response, settings, seed, progress, cache):
@@ -344,17 +378,36 @@ class PretrainSettings:
         return {"num_steps": self.num_steps, "batch_size": self.batch_size, "holdout": self.holdout}
 
 
-def _check_init_values(program, inputs, response, values: Mapping[str, torch.Tensor]) -> dict:
+def count_latent(shapes: Mapping[str, torch.Size]) -> int:
+    """Number of latent scalars: the total size of the sites of :meth:`MoEProgram.latent_shapes`."""
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
+def _warn_if_overparametrised(shapes: Mapping[str, torch.Size], response: torch.Tensor) -> None:
+    """UserWarning when the latent scalars outnumber the observed values ``response`` ``(N, d_y)``.
+
+    Trained network weights (point estimates of the trunks) are not counted.
+    """
+    n_latent = count_latent(shapes)
+    n_values = response.numel()
+    if n_latent <= n_values:
+        return
+    largest = sorted(shapes, key=lambda name: math.prod(shapes[name]), reverse=True)[:3]
+    listed = ", ".join(f"{name!r} {math.prod(shapes[name])}" for name in largest)
+    warnings.warn(
+        f"the model has {n_latent} latent parameters but only {n_values} observations "
+        f"({response.shape[0]} days x {response.shape[1]} target(s)); the largest sites: "
+        f"{listed}. The posterior will mostly repeat the priors: use fewer regimes or "
+        "experts, or more data",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _check_init_values(
+    shapes: Mapping[str, torch.Size], values: Mapping[str, torch.Tensor]
+) -> dict:
     """``values`` as float64 tensors; ValueError naming a site that is unknown or misshapen."""
-    if not values:
-        return {}
-    with torch.no_grad():
-        trace = poutine.trace(program).get_trace(inputs, response)
-    shapes = {
-        name: site["value"].shape
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"]
-    }
     out = {}
     for name, value in values.items():
         value = torch.as_tensor(value, dtype=torch.float64)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import pyro.distributions as dist
 import torch
+from scipy import special
 
 Builder = Callable[..., dist.Distribution]
 
@@ -133,3 +134,50 @@ def regime_log_prob(d: dist.Distribution, value: torch.Tensor, log_scale: torch.
     standardized = loc + shrink * (value - loc)  # (K,) + S + (N, d_y)
     log_p = d.log_prob(standardized).movedim(0, -1)  # S + (N, K)
     return log_p - value.shape[-1] * log_scale.unsqueeze(-2)
+
+
+def first_marginal(d: dist.Distribution) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Degrees of freedom (None for a Normal), location and scale of the first target.
+
+    The first margin of every supported family is a location-scale Normal or
+    Student-t: for the multivariate families its scale is the first diagonal entry of
+    the Cholesky factor. Each returned tensor has the batch shape of ``d``.
+    """
+    _, params = decompose(d)
+    if isinstance(d, dist.Independent):
+        *df, loc, scale = [p[..., 0] for p in params]
+    else:
+        *df, loc, tril = params
+        loc, scale = loc[..., 0], tril[..., 0, 0].abs()
+    return (df[0] if df else None), loc, scale
+
+
+def regime_cdf(d: dist.Distribution, value: torch.Tensor, log_scale: torch.Tensor):
+    r"""CDF of the first target under ``d`` rescaled by each regime's volatility level.
+
+    .. math:: F_k(y) = F_\nu\big((y - \mu) / (\sigma e^{\lambda_k})\big),
+
+    with :math:`\mu, \sigma, \nu` the first margin's location, scale and degrees of
+    freedom (:func:`first_marginal`) and :math:`F_\nu` the standard Student-t CDF
+    (the standard Normal's for a Normal margin).
+
+    Parameters
+    ----------
+    d : Distribution
+        Batch ``S + (N,)``, event ``(d_y,)``.
+    value : Tensor ``(N,)``
+        The first target.
+    log_scale : Tensor ``S + (K,)``
+
+    Returns
+    -------
+    Tensor ``S + (N, K)``
+    """
+    df, loc, scale = first_marginal(d)
+    stretch = log_scale.exp().unsqueeze(-2)  # S + (1, K)
+    z = (value - loc).unsqueeze(-1) / (scale.unsqueeze(-1) * stretch)  # S + (N, K)
+    if df is None:
+        return torch.special.ndtr(z)
+    df = df.unsqueeze(-1).expand_as(z)
+    cdf = special.stdtr(df.detach().cpu().numpy(), z.detach().cpu().numpy())
+    return torch.as_tensor(cdf, dtype=z.dtype, device=z.device)

@@ -28,6 +28,7 @@ import torch
 from pyro.contrib.autoname import scope
 from torch import nn
 
+from bayes_moe.data.errors import DataError
 from bayes_moe.data.windows import ExpertInputs, ModelData, prepare
 from bayes_moe.inference.hmm import hmm_log_evidence
 from bayes_moe.models.distributions import regime_log_prob
@@ -71,6 +72,17 @@ class MixtureComponents:
 
 #: The default experts of a mixture: AR, VAR and Kalman (the best P1 set measured so far).
 DEFAULT_EXPERTS: tuple[str, ...] = ("ar", "var", "kalman")
+
+
+def as_targets(target: str | Sequence[str]) -> list[str]:
+    """The target column names as a list (one name or a sequence of names)."""
+    return [target] if isinstance(target, str) else list(target)
+
+
+def describe_readers(labels: Sequence[str]) -> str:
+    """``"expert 'var'"`` or ``"experts 'var', 'tcn'"``: the readers of a column, for errors."""
+    names = ", ".join(repr(label) for label in labels)
+    return f"expert {names}" if len(labels) == 1 else f"experts {names}"
 
 
 def expert_labels(experts: Sequence[Expert]) -> list[str]:
@@ -132,6 +144,34 @@ class MoEProgram(nn.Module):
         with scope(prefix="gate", inner=False):
             gate = self.gate.model(inputs, self.groups)
         return MixtureComponents(dists, gate)
+
+    def latent_shapes(self, inputs: ExpertInputs) -> dict[str, torch.Size]:
+        """Shape of every latent sample site (``"<label>/<param>"``, ``"gate/<param>"``).
+
+        Every site is a global parameter (the regime path is marginalised, nothing is
+        sampled per day), so the shapes do not depend on the number of origins and the
+        first few origins of ``inputs`` are traced, once, from the prior. The global
+        torch random state is left as it was.
+
+        Parameters
+        ----------
+        inputs : ExpertInputs
+            Inputs the program was built for (:meth:`build`).
+
+        Returns
+        -------
+        dict of str to torch.Size
+            In the order the sites are sampled; ``S`` draws of site ``name`` have shape
+            ``(S, *shapes[name])``.
+        """
+        few = inputs.at(inputs.origins[:8])
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            trace = pyro.poutine.trace(self.components).get_trace(few)
+        return {
+            name: site["value"].shape
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"]
+        }
 
     def forward(self, inputs: ExpertInputs, response: torch.Tensor) -> torch.Tensor:
         """The model: ``pyro.factor`` of the exact marginal likelihood of ``response``.
@@ -254,6 +294,49 @@ class BayesianMoE:
         """A fresh Pyro program with copies of the experts (the spec stays untouched)."""
         return MoEProgram(copy.deepcopy(self.experts), self.gate, self.expert_dropout)
 
+    def column_readers(
+        self, target: str | Sequence[str], covariates: Sequence[str]
+    ) -> dict[str, list[str]]:
+        """The offered covariates that some expert reads, each with its experts' labels.
+
+        Every expert is asked :meth:`Expert.reads` on the column names alone
+        (:meth:`ExpertInputs.header`), before any value is read.
+
+        Parameters
+        ----------
+        target : str or sequence of str
+            Target column(s); every expert reads them, so they are not listed.
+        covariates : sequence of str
+            Columns offered to the experts besides the targets.
+
+        Returns
+        -------
+        dict of str to list of str
+            In the order of ``covariates``, each covariate some expert reads mapped to
+            the labels of the experts that read it; covariates no expert reads are left out.
+
+        Raises
+        ------
+        DataError
+            If an expert reads a column that is not offered, naming the expert, the
+            column and the offered columns.
+        """
+        targets = as_targets(target)
+        offered = targets + [c for c in dict.fromkeys(covariates) if c not in targets]
+        header = ExpertInputs.header(offered, len(targets), window=self.window)
+        readers: dict[str, list[str]] = {}
+        for label, expert in zip(self.labels, self.experts):
+            read = expert.reads(header)
+            unknown = [c for c in read if c not in offered]
+            if unknown:
+                raise DataError(
+                    f"expert {label!r} reads column(s) {unknown}, which are not among the "
+                    f"columns offered to the model {offered}"
+                )
+            for column in read:
+                readers.setdefault(column, []).append(label)
+        return {c: readers[c] for c in offered[len(targets) :] if c in readers}
+
     def prepare(
         self,
         frame: pd.DataFrame,
@@ -261,11 +344,45 @@ class BayesianMoE:
         *,
         covariates: Sequence[str] | None = None,
         horizon: int = 1,
+        allow_outliers: bool = False,
     ) -> ModelData:
-        """Validate ``frame`` and build the model's tensors (see :func:`prepare`)."""
-        targets = [target] if isinstance(target, str) else list(target)
+        """Validate the columns the experts read and build the model's tensors.
+
+        Only the targets and the offered covariates that some expert reads
+        (:meth:`column_readers`) become model columns; the other columns of ``frame``
+        (a ticker, a volume with gaps) are neither read nor checked, and an error about a
+        column that is read names the experts that read it (see :func:`prepare`).
+
+        Parameters
+        ----------
+        frame : DataFrame
+        target : str or sequence of str
+        covariates : sequence of str, optional
+            Columns offered to the experts; default every column of ``frame`` besides the
+            targets.
+        horizon : int
+        allow_outliers : bool, default False
+            Accept target values far from the rest (a robust z-score over
+            :data:`~bayes_moe.data.plausibility.OUTLIER_THRESHOLD`), which are refused by
+            default as likely data errors; see
+            :func:`~bayes_moe.data.plausibility.check_plausible_values`.
+
+        Raises
+        ------
+        DataError
+            For any bad input, before any fitting (:func:`prepare`).
+        """
+        targets = as_targets(target)
+        offered = list(frame.columns) if covariates is None else list(covariates)
+        readers = self.column_readers(targets, offered)
         return prepare(
-            frame, targets=targets, covariates=covariates, window=self.window, horizon=horizon
+            frame,
+            targets=targets,
+            covariates=list(readers),
+            window=self.window,
+            horizon=horizon,
+            readers={column: describe_readers(labels) for column, labels in readers.items()},
+            allow_outliers=allow_outliers,
         )
 
     def fit(
@@ -275,6 +392,7 @@ class BayesianMoE:
         *,
         covariates: Sequence[str] | None = None,
         horizon: int = 1,
+        allow_outliers: bool = False,
         **svi_options,
     ) -> MoEFit:
         """Fit by SVI; see :func:`bayes_moe.inference.svi.fit_svi` for the options.
@@ -286,15 +404,28 @@ class BayesianMoE:
         target : str or sequence of str
             Column(s) to forecast.
         covariates : sequence of str, optional
-            Columns experts may read; default every other column.
+            Columns offered to the experts; default every other column. Only those some
+            expert reads become model inputs and must be clean (see :meth:`prepare`).
         horizon : int
             Forecast horizon ``h`` in rows (days); the response is the ``h``-day sum.
+        allow_outliers : bool, default False
+            Accept implausible target values (see :meth:`prepare`); without it a value
+            like a 1e6 % return stops the fit before it starts, naming its date.
 
         Returns
         -------
         MoEFit
+
+        Raises
+        ------
+        DataError
+            For any bad input, before any fitting (:meth:`prepare`).
+        NonFiniteLossError
+            If the optimisation diverges (:func:`~bayes_moe.inference.svi.fit_svi`).
         """
         from bayes_moe.inference.svi import fit_svi
 
-        data = self.prepare(frame, target, covariates=covariates, horizon=horizon)
+        data = self.prepare(
+            frame, target, covariates=covariates, horizon=horizon, allow_outliers=allow_outliers
+        )
         return fit_svi(self, data, **svi_options)

@@ -24,7 +24,7 @@ def perturbed(small_fit):
     after = changed.index > cut
     noise = rng.normal(1.0, 0.3, size=(after.sum(), changed.shape[1]))
     changed.loc[after] = changed.loc[after].to_numpy() * np.abs(noise)
-    return cut, small_fit.update(changed)
+    return cut, small_fit.apply(changed)  # the perturbed history as it is
 
 
 def test_windows_and_volatility_features_are_causal(small_fit, perturbed):
@@ -57,7 +57,7 @@ def test_forecasts_and_filtered_regimes_up_to_t_do_not_move(small_fit, perturbed
 def test_forecast_from_truncated_data_equals_in_sample_predictive(small_fit):
     frame = small_fit.data.frame
     t = frame.index[-100]
-    truncated = small_fit.update(frame.loc[:t])
+    truncated = small_fit.apply(frame.loc[:t])
     forecast = truncated.forecast(num_samples=10)
     in_sample = small_fit.predictive(start=t, end=t)
     y = np.array([[0.7]])
@@ -88,7 +88,7 @@ def test_prepared_responses_never_reach_into_the_inputs(sp500):
 def test_update_with_new_rows_only_equals_update_with_the_whole_frame(small_fit):
     # small_fit was fitted on 2014-2018; pretend its last 30 rows are new.
     frame = small_fit.data.frame
-    older = small_fit.update(frame.iloc[:-30])
+    older = small_fit.apply(frame.iloc[:-30])
     appended = older.update(frame.iloc[-30:])
     assert appended.data.dates.equals(small_fit.data.dates)
     a, b = appended.forecast(num_samples=10), small_fit.forecast(num_samples=10)

@@ -81,6 +81,7 @@ from functools import partial
 
 import pandas as pd
 
+from bayes_moe.data.errors import DataError
 from bayes_moe.evaluation.backtest import realized_dates
 from bayes_moe.evaluation.baselines.garch import ArchT, ArchTFit
 from bayes_moe.evaluation.baselines.har import HARParams, LogHAR, LogHARFit, har_regressors
@@ -112,8 +113,10 @@ __all__ = [
     "MarkovSwitchingFit",
     "P1_ANCHORS",
     "applicable_baselines",
+    "check_baselines",
     "ewma_variance",
     "har_regressors",
+    "missing_inputs",
     "realized_dates",
     "regime_sum_mixture",
 ]
@@ -142,19 +145,51 @@ BASELINES: dict[str, Callable[[], Callable]] = {
 }
 
 
-def applicable_baselines(frame: pd.DataFrame) -> list[str]:
-    """Names of the baselines whose inputs ``frame`` has.
+def missing_inputs(name: str, frame: pd.DataFrame) -> list[str]:
+    """The inputs baseline ``name`` needs and ``frame`` lacks: ``[]`` when it has them all.
 
-    The HAR baselines need the Parkinson variance (``var_parkinson``, or ``high`` and
-    ``low``); ``har_vix`` also a ``vix`` column with some values.
+    Every baseline reads ``ret``; the HAR baselines also the Parkinson range variance
+    (``var_parkinson``, or ``high`` and ``low``); ``har_vix`` also a VIX column with
+    some values (without one it would be the plain ``har``).
     """
-    has_range = "var_parkinson" in frame.columns or {"high", "low"} <= set(frame.columns)
-    has_vix = "vix" in frame.columns and frame["vix"].notna().any()
-    names = []
-    for name in BASELINES:
-        if name.startswith("har") and not has_range:
-            continue
-        if name == "har_vix" and not has_vix:
-            continue
-        names.append(name)
-    return names
+    forecaster = BASELINES[name]()
+    columns = set(frame.columns)
+    missing = [] if "ret" in columns else ["column 'ret' (percent log returns)"]
+    if isinstance(forecaster, LogHAR):
+        if "var_parkinson" not in columns and not {"high", "low"} <= columns:
+            missing.append(
+                "columns 'high' and 'low' (or 'var_parkinson') for the Parkinson range variance"
+            )
+        vix = forecaster.vix
+        if vix is not None and not (vix in columns and frame[vix].notna().any()):
+            missing.append(f"a column {vix!r} with values")
+    return missing
+
+
+def check_baselines(names: list[str], frame: pd.DataFrame) -> None:
+    """Refuse unknown baselines and baselines whose inputs ``frame`` lacks, before any fit.
+
+    Raises
+    ------
+    ValueError
+        Naming the unknown baselines and the registered ones.
+    DataError
+        Naming each baseline, what it is missing, and the columns ``frame`` has.
+    """
+    unknown = [name for name in names if name not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; choose from {sorted(BASELINES)}")
+    problems = [
+        f"baseline {name!r} needs {' and '.join(missing)}"
+        for name in names
+        if (missing := missing_inputs(name, frame))
+    ]
+    if problems:
+        raise DataError(
+            "; ".join(problems) + f"; the data has columns {[str(c) for c in frame.columns]}"
+        )
+
+
+def applicable_baselines(frame: pd.DataFrame) -> list[str]:
+    """Names of the baselines whose inputs ``frame`` has (see :func:`missing_inputs`)."""
+    return [name for name in BASELINES if not missing_inputs(name, frame)]

@@ -77,7 +77,16 @@ class Expert(nn.Module, ABC):
             raise TypeError(f"{cls.__name__}.capacity must be one of {CAPACITY_CLASSES}")
 
     def reads(self, inputs: ExpertInputs) -> tuple[str, ...]:
-        """Columns this expert reads (for documentation and validation).
+        """Columns this expert reads, targets included.
+
+        The mixture asks every expert before it reads any data
+        (:meth:`bayes_moe.BayesianMoE.column_readers`, on
+        :meth:`ExpertInputs.header <bayes_moe.data.windows.ExpertInputs.header>`, whose
+        :attr:`~ExpertInputs.columns` are the offered columns and which has no rows): only
+        the columns some expert names become model inputs and are validated, and an error
+        about one of them names its experts. Contract: the answer depends on
+        ``inputs.columns`` and ``inputs.n_targets`` only, never on values, and asking
+        again on the chosen columns gives the same answer.
 
         The default is the targets alone; experts that read covariates override it.
         """

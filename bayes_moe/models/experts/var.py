@@ -106,7 +106,9 @@ class VAR(Expert):
         """The targets followed by the other series of the system."""
         others = self.columns
         if others is None:
-            others = tuple(c for c in inputs.columns if c.startswith(RETURN_PREFIX))
+            others = tuple(
+                c for c in inputs.columns if isinstance(c, str) and c.startswith(RETURN_PREFIX)
+            )
         return inputs.targets + tuple(c for c in others if c not in inputs.targets)
 
     def param_coords(self, inputs: ExpertInputs) -> dict[str, list]:
