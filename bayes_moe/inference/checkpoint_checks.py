@@ -272,12 +272,7 @@ def check_price_tensors(
     values, stamps = tensors["prices/values"], tensors["prices/dates"]
     _check_tensor("prices/values", values, torch.float64, ("T_raw", len(recipe.inputs)))
     _check_tensor("prices/dates", stamps, torch.int64, (values.shape[0],))
-    prefix = f"metadata field 'date_unit' {spec.date_unit!r} reads tensor 'prices/dates' as"
-    try:
-        index = pd.DatetimeIndex(stamps.numpy().astype(spec.date_unit), name="date")
-        validate_index(index)
-    except (ValueError, OverflowError) as err:  # DataError, OutOfBoundsDatetime
-        raise CheckpointError(f"{prefix} no valid dates ({err})") from None
+    index = _read_dates(spec, "prices/dates", stamps)
     if len(index) < len(dates) or not index[len(index) - len(dates) :].equals(dates):
         raise CheckpointError(
             f"tensor 'prices/dates' must end with the {len(dates)} dates of 'data/dates' "
@@ -474,15 +469,28 @@ def _decode_dates(dates: torch.Tensor, spec: CheckpointSpec) -> pd.DatetimeIndex
         if spec.first_date is None
         else f"; fields 'first_date' .. 'last_date' say {spec.first_date} .. {spec.last_date}"
     )
-    prefix = f"metadata field 'date_unit' {spec.date_unit!r} reads tensor 'data/dates' as"
-    try:
-        index = pd.DatetimeIndex(dates.numpy().astype(spec.date_unit), name="date")
-        validate_index(index)
-    except (ValueError, OverflowError) as err:  # DataError, OutOfBoundsDatetime
-        raise CheckpointError(f"{prefix} no valid dates ({err}){said}") from None
+    index = _read_dates(spec, "data/dates", dates, said)
     if spec.first_date is None or len(index) == 0:
         return index
     found = (index[0].isoformat(), index[-1].isoformat())
     if found != (spec.first_date, spec.last_date):
-        raise CheckpointError(f"{prefix} {found[0]} .. {found[1]}{said}")
+        raise CheckpointError(
+            f"metadata field 'date_unit' {spec.date_unit!r} reads tensor 'data/dates' as "
+            f"{found[0]} .. {found[1]}{said}"
+        )
+    return index
+
+
+def _read_dates(spec, name: str, stamps: torch.Tensor, said: str = "") -> pd.DatetimeIndex:
+    """The dates of int64 tensor ``name`` ``(T,)`` in ``spec.date_unit``, checked as an index.
+
+    Raises :class:`CheckpointError` naming the field, the tensor and ``said`` (what other
+    fields claim) when they are not valid, increasing dates.
+    """
+    prefix = f"metadata field 'date_unit' {spec.date_unit!r} reads tensor {name!r} as"
+    try:
+        index = pd.DatetimeIndex(stamps.numpy().astype(spec.date_unit), name="date")
+        validate_index(index)
+    except (ValueError, OverflowError) as err:  # DataError, OutOfBoundsDatetime
+        raise CheckpointError(f"{prefix} no valid dates ({err}){said}") from None
     return index
