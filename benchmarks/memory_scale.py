@@ -19,10 +19,11 @@ set size (RSS):
 Peak RSS per phase is the kernel's high-water mark (``VmHWM``), reset at the start of
 the phase through ``/proc/self/clear_refs`` (Linux); elsewhere it is the process's
 ``ru_maxrss`` so far. The largest phase peak is the process peak. The sizes of
-``inference_data.nc`` and of the report folder are recorded too. With ``--demo`` the
-script also runs ``bayes-moe demo`` (default settings) and ``bayes-moe regimes`` on its
-checkpoint, recording the demo folder, ``inference_data.nc`` and ``regimes.nc`` sizes
-and the demo's peak RSS (``ru_maxrss`` of the child).
+``inference_data.nc`` and of the report folder are recorded too. With ``--demo`` (the
+default) the script also runs ``bayes-moe demo`` (default settings) and
+``bayes-moe regimes`` on its checkpoint, each in a fresh process, recording the demo
+folder, ``inference_data.nc`` and ``regimes.nc`` sizes and the demo's peak RSS (its
+``ru_maxrss``). ``--sizes ""`` measures the demo alone.
 
 Data (synthetic, labelled): returns in percent, ``r_t = sigma_{z_t} e_t`` with
 ``e_t`` standard Student-t(5) scaled to unit variance, ``sigma = (0.7, 1.4, 2.8)`` and a
@@ -166,19 +167,33 @@ def run_size(args) -> dict:
     return record
 
 
+def run_demo_worker(out: Path, record_path: Path) -> None:
+    """``bayes-moe demo --out out`` in this process; its peak RSS (``ru_maxrss``) to JSON."""
+    from bayes_moe.cli import main as cli_main
+
+    with open(os.devnull, "w") as devnull:
+        saved, sys.stdout = sys.stdout, devnull
+        try:
+            status = cli_main(["demo", "--out", str(out)])
+        finally:
+            sys.stdout = saved
+    if status != 0:
+        raise SystemExit(status)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    record_path.write_text(json.dumps({"demo_peak_rss_mib": round(peak, 1)}))
+
+
 def run_demo(args) -> dict:
     """``bayes-moe demo`` and ``bayes-moe regimes`` in child processes: sizes and peak RSS."""
     record = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report"
-        command = [sys.executable, "-m", "bayes_moe.cli", "demo", "--out", str(out)]
+        peak = Path(tmp) / "demo.json"
+        command = [sys.executable, __file__, "--demo-worker", str(out), "--worker-out", str(peak)]
         start = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(command, check=True, stderr=subprocess.DEVNULL)
         record["demo_s"] = round(time.perf_counter() - start, 1)
-        # ru_maxrss of the children so far: the demo is the largest child yet.
-        record["demo_peak_rss_mib"] = round(
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
-        )
+        record.update(json.loads(peak.read_text()))
         record["demo_folder_mb"] = _folder_mb(out)
         record["demo_inference_data_nc_mb"] = round(
             (out / "inference_data.nc").stat().st_size / 1e6, 3
@@ -186,7 +201,7 @@ def run_demo(args) -> dict:
         regimes = Path(tmp) / "regimes"
         command = [sys.executable, "-m", "bayes_moe.cli", "regimes", "--model"]
         command += [str(out / "fit.safetensors"), "--out", str(regimes)]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         record["regimes_nc_mb"] = round((regimes / "regimes.nc").stat().st_size / 1e6, 3)
     print(f"  demo: {record}")
     return record
@@ -229,7 +244,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "memory_scale.json")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--demo-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.demo_worker is not None:
+        run_demo_worker(args.demo_worker, args.worker_out)
+        return {}
 
     if args.worker is not None:
         record = run_size(args)
