@@ -14,8 +14,13 @@ For a mixture (default: every registered expert, 3 regimes), under protocol P1
    (the :class:`~bayes_moe.inference.pretrain_cache.PretrainCache` gives them exactly)
    and starts stage two warm from the full fit's posterior medians of the same refit
    with ``m``'s sites, column of ``gate/bias`` and row of ``gate/coef`` removed; it then
-   runs ``--loo-steps`` SVI steps. The log score lost is the mean daily difference
-   full minus without-``m`` (positive: ``m`` helps), with a Newey-West standard error.
+   runs ``--loo-steps`` SVI steps.
+3. Control: the full mixture refitted the same way (stage-one trunks from the cache,
+   stage two warm-started from its own posterior medians, ``--loo-steps`` steps). The
+   log score lost is the mean daily difference control minus without-``m`` (positive:
+   ``m`` helps), with a Newey-West standard error, so that a shorter warm-started stage
+   two is on both sides of the comparison; the difference full minus without-``m`` is
+   reported as well.
 
 Writes ``expert_selection.json``, ``expert_selection.md`` and ``expert_selection.png``
 into ``--out`` (atomically). Each finished backtest's per-day scores are kept in
@@ -178,17 +183,31 @@ class SavingForecaster(MoEForecaster):
         return predict
 
 
-class WarmForecaster(MoEForecaster):
-    """The mixture without one expert, warm-started from the full fit of the same refit."""
+CONTROL = "control"
 
-    def __init__(self, model, *, folder: Path, labels: list[str], left_out: str, **options):
-        super().__init__(model, name=f"without_{left_out}", **options)
+
+def run_name(left_out: str | None) -> str:
+    """``without_<expert>``, or :data:`CONTROL` for the full mixture refitted warm."""
+    return CONTROL if left_out is None else f"without_{left_out}"
+
+
+class WarmForecaster(MoEForecaster):
+    """A mixture warm-started from the full fit of the same refit.
+
+    Without one expert (``left_out``), or the full mixture itself (``left_out=None``,
+    the control).
+    """
+
+    def __init__(self, model, *, folder: Path, labels: list[str], left_out: str | None, **options):
+        super().__init__(model, name=run_name(left_out), **options)
         self.folder, self.labels, self.left_out = Path(folder), labels, left_out
 
     def __call__(self, train):
         values = load_file(str(fit_file(self.folder, train.index[-1])))
         values.pop("__weights__")
-        init = without_expert(values, self.labels, self.left_out)
+        init = values
+        if self.left_out is not None:
+            init = without_expert(values, self.labels, self.left_out)
         options = {**self.fit_options, "init_values": init}
         refit = MoEForecaster(
             self.model, target=self.target, covariates=self.covariates, name=self.name, **options
@@ -226,9 +245,10 @@ def run_full(args, folder: Path, cache_dir: str):
     )
 
 
-def run_without(left_out: str, args, folder: str, cache_dir: str):
-    """Phase 2, one expert: ``(name, result or None, error or None)`` (worker process)."""
-    torch.set_num_threads(1)
+def run_without(left_out: str | None, args, folder: str, cache_dir: str, threads: int = 1):
+    """Phase 2, one expert (``None``: the control): ``(left_out, result or None, error or
+    None)``; runs in a worker process, or in the main one for the control."""
+    torch.set_num_threads(threads)
     test_start, test_end = _protocol(args)
     frame, covariates = load_frame()
     labels = expert_names(args.experts)
@@ -252,8 +272,8 @@ def run_without(left_out: str, args, folder: str, cache_dir: str):
             test_start=test_start,
             test_end=test_end,
             refit_every=args.refit_every,
-            name=f"without_{left_out}",
-            progress=args.jobs == 1,
+            name=run_name(left_out),
+            progress=args.jobs == 1 or left_out is None,
         )
     except Exception as err:  # reported; the other experts go on
         return left_out, None, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
@@ -286,7 +306,8 @@ def markdown(doc: dict) -> str:
     """The report: one row per expert, weights per regime and the log score lost."""
     K = len(next(iter(doc["weights"]["experts"].values())))
     head = "| expert | " + " | ".join(f"weight in regime {k} (94% interval)" for k in range(K))
-    head += " | log score lost when left out (NW se) | t |"
+    reference = doc.get("reference", "full")
+    head += f" | log score lost when left out, vs {reference} (NW se) | t | vs full (t) |"
     lines = [
         f"# Expert selection, {doc['protocol']['name']}",
         "",
@@ -295,8 +316,10 @@ def markdown(doc: dict) -> str:
         f"from the refit on data up to {doc['weights']['refit']}, averaged over its "
         "training days; regime 0 is the calmest.",
         "",
+        control_line(doc),
+        "",
         head,
-        "|---" * (K + 3) + "|",
+        "|---" * (K + 4) + "|",
     ]
     rows = []
     for label, regimes in doc["weights"]["experts"].items():
@@ -307,11 +330,29 @@ def markdown(doc: dict) -> str:
         missing = "failed" if label in doc["failures"] else "not run"
         lost = missing if loo is None else f"{loo['mean_diff']:+.4f} ({loo['nw_se']:.4f})"
         t = "" if loo is None else f"{loo['t_stat']:+.2f}"
-        row = f"| {label} | " + " | ".join(cells) + f" | {lost} | {t} |"
+        full = loo and loo.get("vs_full")
+        vs_full = "" if not full else f"{full['mean_diff']:+.4f} ({full['t_stat']:+.2f})"
+        row = f"| {label} | " + " | ".join(cells) + f" | {lost} | {t} | {vs_full} |"
         rows.append((loo["mean_diff"] if loo else -np.inf, row))
     lines += [row for _, row in sorted(rows, key=lambda r: -r[0])]
     lines += ["", f"Wall time {doc['elapsed_min']:.1f} min, {doc['jobs']} job(s)."]
     return "\n".join(lines) + "\n"
+
+
+def control_line(doc: dict) -> str:
+    """What the log score lost is measured against."""
+    control = doc.get("control")
+    if control is None:
+        return (
+            "Reference: the full mixture (the control run is missing), so the loss mixes "
+            "leaving the expert out with a shorter, warm-started refit."
+        )
+    return (
+        f"Reference: the control, the full mixture refitted the way each left-out mixture "
+        f"is (warm start from the full fit's medians, {doc['protocol']['loo_steps']} "
+        f"steps): log score {control['log_score']:.4f}, CRPS {control['crps']:.4f}, 90% "
+        f"coverage {control['coverage_90']:.3f}."
+    )
 
 
 def plot(doc: dict, path: Path) -> None:
@@ -333,7 +374,8 @@ def plot(doc: dict, path: Path) -> None:
     se = np.array([doc["left_out"].get(e, {}).get("nw_se", np.nan) for e in labels])
     right.barh(y, lost, xerr=2 * se, color=np.where(lost > 0, "tab:blue", "tab:red"))
     right.axvline(0, color="k", lw=0.8)
-    right.set_xlabel("log score lost when left out (nats/day, bars: 2 NW se)")
+    reference = doc.get("reference", "full")
+    right.set_xlabel(f"log score lost when left out, vs {reference} (nats/day, bars: 2 NW se)")
     fig.suptitle(f"Expert selection, {doc['protocol']['name']}")
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -378,23 +420,30 @@ def main(argv=None) -> int:
         if full is None:
             print("full mixture ...", flush=True)
             full = store.save("full", run_full(args, folder, cache_dir))
-        todo = [m for m in leave_out if store.load(f"without_{m}") is None]
+        control, control_error = store.load(CONTROL), None
+        if control is None:
+            print("control: the full mixture refitted warm ...", flush=True)
+            threads = torch.get_num_threads()
+            _, result, control_error = run_without(None, args, str(folder), cache_dir, threads)
+            if result is not None:
+                control = store.save(CONTROL, result)
+        todo = [m for m in leave_out if store.load(run_name(m)) is None]
         print(f"left out: {len(leave_out) - len(todo)} done, {len(todo)} to run", flush=True)
         tasks = [(m, args, str(folder), cache_dir) for m in todo]
         results, failures = run_tasks(
             run_without, tasks, jobs=args.jobs, desc="left out", on_result=_saver(store)
         )
-    runs = {m: store.load(f"without_{m}") for m in leave_out}
+    if control_error is not None:
+        failures[CONTROL] = control_error
+    runs = {m: store.load(run_name(m)) for m in leave_out}
     runs = {m: r for m, r in runs.items() if r is not None}
-    compared = comparisons({"full": full, **{f"without_{m}": r for m, r in runs.items()}}, "full")
     doc = {
         "protocol": protocol(args, labels),
         "full": full.summary(),
+        "control": None if control is None else control.summary(),
+        "reference": "full" if control is None else CONTROL,
         "weights": weight_table(folder, labels),
-        "left_out": {
-            m: {**compared[f"without_{m}"], "log_score": r.summary()["log_score"]}
-            for m, r in runs.items()
-        },
+        "left_out": left_out_table(full, control, runs),
         "failures": {m: e.splitlines()[0] for m, e in failures.items()},
         "jobs": args.jobs,
         "elapsed_min": (time.perf_counter() - start) / 60,
@@ -407,11 +456,31 @@ def main(argv=None) -> int:
     return 0 if not failures else 1
 
 
+def left_out_table(full: SavedRun, control: SavedRun | None, runs: dict) -> dict:
+    """Per left-out expert: the paired comparison with the reference and with ``full``.
+
+    The reference is the control when it ran (``mean_diff``, ``nw_se``, ``t_stat`` of
+    control minus without-``m``), otherwise the full mixture; ``vs_full`` always holds
+    full minus without-``m``.
+    """
+    named = {run_name(m): r for m, r in runs.items()}
+    vs_full = comparisons({"full": full, **named}, "full")
+    reference = vs_full if control is None else comparisons({CONTROL: control, **named}, CONTROL)
+    return {
+        m: {
+            **reference[run_name(m)],
+            "log_score": r.summary()["log_score"],
+            "vs_full": vs_full[run_name(m)],
+        }
+        for m, r in runs.items()
+    }
+
+
 def _saver(store: RunStore):
     """Keep each left-out run's scores as soon as it finishes."""
 
     def save(left_out: str, result) -> None:
-        store.save(f"without_{left_out}", result)
+        store.save(run_name(left_out), result)
 
     return save
 
