@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 import bayes_moe as bm
 
 # The mixture works on small tensors: one intra-op thread is fastest and keeps the
 # suite steady on shared machines (see bayes_moe._runtime.torch_threads).
 torch.set_num_threads(1)
+
+# Hypothesis: "ci" (the default) draws a fixed, reproducible set of examples, as many as
+# each test asks for (100 unless it says fewer); "long" is for fuzzing sessions, e.g.
+#   pytest -m fuzz --hypothesis-profile=long
+# (10,000 examples per fuzzer where a test does not fix its own count).
+settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+settings.register_profile(
+    "long",
+    deadline=None,
+    max_examples=10_000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("ci")  # --hypothesis-profile, read after this file, overrides it
 
 
 @pytest.fixture(scope="session")

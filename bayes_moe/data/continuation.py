@@ -57,6 +57,7 @@ __all__ = [
     "recipe_of",
     "remember_reading",
     "restore_warmup",
+    "warmup_rows",
 ]
 
 #: Key of ``DataFrame.attrs`` under which :func:`~bayes_moe.data.read_frame` records its
@@ -155,7 +156,7 @@ def remember_reading(frame: pd.DataFrame, warmup: pd.DataFrame, recipe: FeatureR
     kept = [c for c in warmup.columns if c not in recipe.generated]
     frame.attrs[ATTRS_KEY] = {
         "recipe": recipe.to_dict(),
-        "first_date": frame.index[0].isoformat(),
+        "first_date": frame.index[0].isoformat() if len(frame) else None,
         "warmup": {
             "dates": [stamp.isoformat() for stamp in warmup.index],
             "columns": {c: warmup[c].tolist() for c in kept},
@@ -167,6 +168,12 @@ def recipe_of(frame: pd.DataFrame) -> FeatureRecipe | None:
     """The recipe ``read_frame`` recorded on ``frame``, or None for any other frame."""
     info = frame.attrs.get(ATTRS_KEY)
     return None if info is None else FeatureRecipe.from_dict(info["recipe"])
+
+
+def warmup_rows(frame: pd.DataFrame) -> int:
+    """How many leading rows of its file ``read_frame`` dropped from ``frame`` (0 if none)."""
+    info = frame.attrs.get(ATTRS_KEY)
+    return 0 if info is None else len(info["warmup"]["dates"])
 
 
 def restore_warmup(frame: pd.DataFrame) -> pd.DataFrame:
@@ -182,10 +189,13 @@ def restore_warmup(frame: pd.DataFrame) -> pd.DataFrame:
         ``(T_warmup + T, C)``, the columns of ``frame``.
     """
     info = frame.attrs.get(ATTRS_KEY)
-    if info is None or not len(frame) or not info["warmup"]["dates"]:
+    if info is None or not info["warmup"]["dates"]:
         return frame
-    if frame.index[0] != pd.Timestamp(info["first_date"]):
-        return frame
+    first = info["first_date"]
+    if (len(frame) == 0) != (first is None) or (
+        len(frame) and frame.index[0] != pd.Timestamp(first)
+    ):
+        return frame  # rows were cut off (or added) since it was read
     dates = pd.DatetimeIndex(info["warmup"]["dates"]).as_unit(frame.index.unit)
     full = frame.reindex(dates.append(frame.index).rename(frame.index.name))
     for column, values in info["warmup"]["columns"].items():
@@ -364,9 +374,9 @@ def append_rows(
         where they overlap, or leave a gap after it.
     """
     columns = list(columns)
-    if not len(new):
+    full = restore_warmup(new)  # a file shorter than the warm-up: only warm-up rows
+    if not len(full):
         return _without_attrs(fitted.loc[:, columns]), prices
-    full = restore_warmup(new)
     recomputed = _recomputed_columns(new, columns, prices)
     given = [c for c in columns if c not in recomputed]
     _require_columns(full, given + (list(prices.recipe.inputs) if recomputed else []))

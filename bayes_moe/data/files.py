@@ -84,7 +84,8 @@ def read_frame(
         On an unknown extension, an unreadable file, a column name that appears twice
         in the header (pandas would rename a repeated CSV column ``x`` to ``x.1``; it is
         refused instead, naming ``x``), a missing or unparseable date column, unsorted or
-        duplicate dates, no rows, a missing or non-numeric price or
+        duplicate dates, no rows (in the file; a file of fewer rows than the feature
+        warm-up gives an empty frame, for ``update``), a missing or non-numeric price or
         return column, a non-positive price, a high below its low, a price column
         called ``ret`` (the name of the returns computed from it), or conflicting
         column arguments. Each message names the problem.
@@ -278,12 +279,16 @@ def _require_numeric(frame: pd.DataFrame, column: str) -> None:
 
 
 def _drop_leading_nan(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """Drop the leading rows in which a generated column is still NaN (warm-up)."""
+    """Drop the leading rows in which a generated column is still NaN (warm-up).
+
+    A file shorter than the warm-up (one new close, ten days of range features) leaves
+    no row: the frame comes back empty, its rows kept as warm-up in ``attrs``, so that
+    :meth:`MoEFit.update <bayes_moe.MoEFit.update>` computes their features on the
+    fitted history; a fit on it is refused with the rows it lacks.
+    """
     if not columns:
         return frame
     complete = frame[list(columns)].notna().all(axis=1).to_numpy()
     if not complete.any():
-        raise DataError(
-            f"the file has {len(frame)} rows, too few to compute {list(columns)} on any of them"
-        )
+        return frame.iloc[:0]
     return frame.iloc[int(np.argmax(complete)) :]

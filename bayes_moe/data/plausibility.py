@@ -17,7 +17,9 @@ It runs inside :func:`~bayes_moe.data.windows.prepare`, on every path to a model
 
    (the MAD, scaled to equal the standard deviation of a Normal; when more than half
    the values equal the median, so that the MAD is 0, :math:`\hat\sigma` is the mean
-   absolute deviation scaled by 1.2533, Iglewicz and Hoaglin's fallback). A value with
+   absolute deviation scaled by 1.2533, Iglewicz and Hoaglin's fallback, taken over all
+   but the largest 1 % of the deviations so that an outlier cannot inflate it: a short
+   illiquid series of mostly zero returns would otherwise hide a mistyped 1e6 %). A value with
    :math:`z_t >` :data:`OUTLIER_THRESHOLD` (100) is refused with its column, date and
    value. The median and the MAD ignore the outliers themselves, so a single bad value
    cannot hide by inflating the scale. Real market data never come near the threshold:
@@ -91,13 +93,19 @@ def robust_scale(values: np.ndarray) -> float:
     float
         1.4826 times the median absolute deviation from the median; where that is 0
         (more than half the values equal the median), 1.2533 times the mean absolute
-        deviation; 0 only for a constant series.
+        deviation without the largest ``ceil(T / 100)`` deviations (with them when
+        that is 0: at most that many values differ from the median); 0 only for a
+        constant series.
     """
     deviation = np.abs(values - np.median(values))
     mad = float(np.median(deviation))
     if mad > 0:
         return _MAD_TO_SD * mad
-    return _MEAN_AD_TO_SD * float(np.mean(deviation))
+    trimmed = np.sort(deviation)[: len(deviation) - math.ceil(len(deviation) / 100)]
+    mean_ad = float(np.mean(trimmed)) if trimmed.size else 0.0
+    if mean_ad == 0:
+        mean_ad = float(np.mean(deviation))
+    return _MEAN_AD_TO_SD * mean_ad
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:

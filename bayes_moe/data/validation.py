@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from bayes_moe.data.continuation import warmup_rows
 from bayes_moe.data.errors import DataError, format_date
 
 __all__ = ["validate_frame", "validate_index", "validate_unique_columns"]
@@ -207,7 +208,13 @@ def _check_not_constant(
 
 def _check_length(frame: pd.DataFrame, min_length: int) -> None:
     if len(frame) < min_length:
+        warmup = warmup_rows(frame)
+        dropped = (
+            f"; read_frame dropped the first {warmup} row(s) of the file as feature warm-up"
+            if warmup
+            else ""
+        )
         raise DataError(
             f"the frame has {len(frame)} rows but at least {min_length} are needed "
-            "(the context window plus the forecast horizon need them)"
+            f"(the context window plus the forecast horizon need them){dropped}"
         )

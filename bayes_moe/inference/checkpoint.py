@@ -144,7 +144,7 @@ def load_fit(path):
         data = _prepare_data(spec, tensors, dates)
         program = spec.model.program().build(data.inputs).eval()
         program.load_state_dict(check_module_tensors(program.state_dict(), tensors))
-        draws = check_draw_tensors(program.latent_shapes(data.inputs), tensors)
+        draws = check_draw_tensors(program.latent_sites(data.inputs), tensors)
         prices = check_price_tensors(metadata, tensors, spec, dates)
     diag = spec.diagnostics
     diagnostics = SVIDiagnostics(

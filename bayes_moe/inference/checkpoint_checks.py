@@ -38,9 +38,12 @@ tensor                  dtype       shape
 ``data/values``         float64     ``(T, C)``, ``C`` = number of ``columns``
 ``data/dates``          int64       ``(T,)``, sorted distinct dates once read
 ``diagnostics/losses``  float64     ``(num_steps,)``
-``draws/<site>``        floating    ``(S, *shape)`` for every latent site of the model
-                                    built from the metadata (``S >= 1`` shared), finite
-``module/<name>``       as built    the shape of the built program's state-dict entry
+``draws/<site>``        the site's  ``(S, *shape)`` for every latent site of the model
+                                    built from the metadata (``S >= 1`` shared), finite,
+                                    magnitude at most ``MAX_MAGNITUDE`` (1e15), inside
+                                    the support of the site's prior
+``module/<name>``       as built    the shape of the built program's state-dict entry;
+                                    finite and at most ``MAX_MAGNITUDE`` when floating
 ``prices/values``       float64     ``(T_raw, P)``, ``P`` = the recipe's input columns;
                                     only with ``price_history``
 ``prices/dates``        int64       ``(T_raw,)``, sorted distinct dates ending with the
@@ -60,12 +63,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
+from torch.distributions.constraints import Constraint
 
 from bayes_moe.data.continuation import FeatureRecipe, PriceHistory
+from bayes_moe.data.plausibility import MAX_MAGNITUDE
 from bayes_moe.data.validation import validate_index
 from bayes_moe.data.windows import VOL_FEATURES, Preprocessor
 from bayes_moe.inference.svi import GUIDES, STRATEGIES
-from bayes_moe.models.moe import BayesianMoE
+from bayes_moe.models.moe import BayesianMoE, LatentSite
 
 #: Units ``data/dates`` may be stored in (the dtype of the fitted frame's index).
 DATE_UNITS: tuple[str, ...] = tuple(f"datetime64[{u}]" for u in ("s", "ms", "us", "ns"))
@@ -163,6 +168,8 @@ def check_data_tensors(
     """
     values, dates = tensors["data/values"], tensors["data/dates"]
     _check_tensor("data/values", values, torch.float64, ("T", len(spec.columns)))
+    if values.shape[0] == 0:
+        raise CheckpointError("tensor 'data/values' holds no rows: the fit has no data")
     _check_tensor("data/dates", dates, torch.int64, (values.shape[0],))
     num_steps = spec.diagnostics["num_steps"]
     _check_tensor("diagnostics/losses", tensors["diagnostics/losses"], torch.float64, (num_steps,))
@@ -191,43 +198,77 @@ def check_module_tensors(
     for name, value in found.items():
         want = expected[name]
         _check_tensor(f"module/{name}", value, want.dtype, tuple(want.shape))
+        _check_values(f"module/{name}", value)
     return found
 
 
 def check_draw_tensors(
-    shapes: Mapping[str, torch.Size], tensors: Mapping[str, torch.Tensor]
+    sites: Mapping[str, LatentSite], tensors: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """The ``draws/<site>`` tensors, checked against the model's latent sites.
 
     Parameters
     ----------
-    shapes : mapping of str to torch.Size
-        :meth:`MoEProgram.latent_shapes` of the program built from the metadata.
+    sites : mapping of str to LatentSite
+        :meth:`MoEProgram.latent_sites` of the program built from the metadata.
     tensors : mapping of str to Tensor
         Every tensor of the file.
 
     Returns
     -------
     dict of str to Tensor
-        ``S`` draws of every site, ``(S, *shapes[site])``.
+        ``S`` draws of every site, ``(S, *sites[site].shape)``.
 
     Raises
     ------
     CheckpointError
         On a missing or unexpected site, a draw count that differs between sites, a
-        shape that is not ``(S, *shape)``, a non-floating dtype or a non-finite value.
+        shape that is not ``(S, *shape)``, a dtype other than the site's, a non-finite
+        value, a magnitude beyond :data:`~bayes_moe.data.plausibility.MAX_MAGNITUDE`,
+        or a value outside the support of the site's prior (a negative scale or
+        degrees of freedom would otherwise fail only inside a forecast).
     """
     draws = _with_prefix(tensors, "draws/")
-    _check_names("draws", set(shapes), set(draws))
+    _check_names("draws", set(sites), set(draws))
     first, value = next(iter(draws.items()))
     n_draws = value.shape[0] if value.dim() else 0
     if n_draws < 1:
         raise CheckpointError(f"tensor 'draws/{first}' holds no posterior draw")
     for name, value in draws.items():
-        _check_tensor(f"draws/{name}", value, None, (n_draws, *shapes[name]))
-        if not torch.isfinite(value).all():
-            raise CheckpointError(f"tensor 'draws/{name}' holds NaN or infinite values")
+        site = sites[name]
+        _check_tensor(f"draws/{name}", value, site.dtype, (n_draws, *site.shape))
+        _check_values(f"draws/{name}", value)
+        if not bool(site.support.check(value).all()):
+            raise CheckpointError(
+                f"tensor 'draws/{name}' holds values outside the support of its prior "
+                f"({_describe(site.support)})"
+            )
     return draws
+
+
+def _check_values(name: str, value: torch.Tensor) -> None:
+    """Raise for a floating tensor with NaN, inf, or a magnitude beyond the safe bound.
+
+    The bound is the data's (:data:`~bayes_moe.data.plausibility.MAX_MAGNITUDE`): the
+    model works on standardized data, so a fitted parameter near it means a damaged
+    file, and its square would overflow float32 in a forecast.
+    """
+    if not value.is_floating_point() or value.numel() == 0:
+        return
+    if not torch.isfinite(value).all():
+        raise CheckpointError(f"tensor {name!r} holds NaN or infinite values")
+    largest = float(value.abs().max())
+    if largest > MAX_MAGNITUDE:
+        raise CheckpointError(
+            f"tensor {name!r} holds a value of magnitude {largest:.3g}, beyond the "
+            f"{MAX_MAGNITUDE:.0e} a fitted model ever holds"
+        )
+
+
+def _describe(support: Constraint) -> str:
+    """``positive``, ``interval(0.0, 1.0)``: a constraint as a short name."""
+    text = repr(support)
+    return text if len(text) <= 80 else type(support).__name__
 
 
 def check_price_tensors(

@@ -27,6 +27,7 @@ import pyro
 import torch
 from pyro.contrib.autoname import scope
 from torch import nn
+from torch.distributions.constraints import Constraint
 
 from bayes_moe.data.errors import DataError
 from bayes_moe.data.windows import ExpertInputs, ModelData, prepare
@@ -98,6 +99,19 @@ def expert_labels(experts: Sequence[Expert]) -> list[str]:
     return labels
 
 
+@dataclass(frozen=True)
+class LatentSite:
+    """A latent sample site of the mixture: one draw's shape, its dtype, its support.
+
+    ``support.check(x)`` holds everywhere for a draw ``x`` the prior could give (e.g.
+    ``positive`` for a scale, ``simplex`` for transition rows).
+    """
+
+    shape: torch.Size
+    dtype: torch.dtype
+    support: Constraint
+
+
 class MoEProgram(nn.Module):
     """The Pyro model of the mixture (an ``nn.Module`` so SVI sees expert weights).
 
@@ -164,11 +178,19 @@ class MoEProgram(nn.Module):
             In the order the sites are sampled; ``S`` draws of site ``name`` have shape
             ``(S, *shapes[name])``.
         """
+        return {name: site.shape for name, site in self.latent_sites(inputs).items()}
+
+    def latent_sites(self, inputs: ExpertInputs) -> dict[str, LatentSite]:
+        """Shape, dtype and prior support of every latent sample site.
+
+        Sites and order as :meth:`latent_shapes`, from the same prior trace; the
+        checkpoint reader checks stored draws against them.
+        """
         few = inputs.at(inputs.origins[:8])
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             trace = pyro.poutine.trace(self.components).get_trace(few)
         return {
-            name: site["value"].shape
+            name: LatentSite(site["value"].shape, site["value"].dtype, site["fn"].support)
             for name, site in trace.nodes.items()
             if site["type"] == "sample" and not site["is_observed"]
         }

@@ -5,7 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import bayes_moe as bm
 from bayes_moe.data import DataError, add_range_features, log_returns, read_frame
+from bayes_moe.data.continuation import restore_warmup
 
 
 def _prices(n: int = 40, seed: int = 0) -> pd.DataFrame:
@@ -248,6 +250,12 @@ def test_high_below_low_in_the_file(tmp_path: Path) -> None:
 
 
 def test_too_short_for_the_features(tmp_path: Path) -> None:
+    """Ten rows are all warm-up of ``rv_22``: an empty frame that remembers them (for
+    ``update``), which a model refuses to fit on, saying where the rows went."""
     path = _write(_prices(10), tmp_path / "p.csv")
-    with pytest.raises(DataError, match=r"has 10 rows, too few to compute"):
-        read_frame(path, date_col="Date", price_col="Close", high_col="High", low_col="Low")
+    frame = read_frame(path, date_col="Date", price_col="Close", high_col="High", low_col="Low")
+    assert len(frame) == 0 and "rv_22" in frame.columns
+    assert len(restore_warmup(frame)) == 10
+    model = bm.BayesianMoE(experts=["ar"], n_regimes=1, window=4)
+    with pytest.raises(DataError, match=r"has 0 rows .* dropped the first 10 row\(s\)"):
+        model.prepare(frame)

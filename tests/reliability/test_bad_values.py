@@ -119,6 +119,30 @@ def test_allow_outliers_accepts_the_spike(spiked):
     assert np.isfinite(fit.diagnostics.losses).all()
 
 
+def test_a_typo_in_a_short_illiquid_series_is_refused():
+    """Found by the frame fuzzer: most returns exactly 0, so the MAD is 0.
+
+    40 days of an illiquid stock (25 days unchanged, 15 moves of about 1 %) and one
+    return of 1e6 %. The untrimmed fallback scale (the mean absolute deviation) took the
+    typo in: 1.2533 * 1e6 / 40 = 31,000, a robust z of 32, accepted. Without the largest
+    deviation the scale is 1.2533 * 15 * 1 / 39 = 0.48, so the typo's z is 2 million.
+    """
+    values = np.zeros(40)
+    values[::3][:14] = 1.0
+    values[1] = -1.0
+    values[20] = 1e6
+    z = robust_z(values)
+    assert z[20] == pytest.approx(1e6 / (1.2533141373155003 * 15 / 39), rel=1e-9)
+    frame = pd.DataFrame({"ret": values}, index=pd.bdate_range("2020-01-01", periods=40))
+    with pytest.raises(DataError, match="implausible value 1e\\+06 on 2020-01-29"):
+        check_plausible_values(frame, targets=["ret"], columns=["ret"])
+    # One value off the median and nothing else: nothing is left after trimming, so the
+    # untrimmed mean absolute deviation is the scale (a nearly constant series passes).
+    one = np.zeros(40)
+    one[3] = 0.5
+    assert robust_z(one)[3] == pytest.approx(0.5 / (1.2533141373155003 * 0.5 / 40))
+
+
 def test_an_update_with_an_outlier_is_refused_unless_allowed(returns, spiked):
     """New rows go through the same check; the fitted draws are not conditioned on a spike."""
     fit = _tiny_model().fit(returns.loc[:SPIKE_DATE].iloc[:-1], "ret", **TINY)

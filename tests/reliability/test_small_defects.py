@@ -156,6 +156,26 @@ def test_missing_and_foreign_draws_are_named(saved, tmp_path):
     _refused(path, "'draws/gate/transition'", "NaN")
 
 
+def test_draws_outside_their_prior_support_are_refused_at_load(saved, tmp_path):
+    """Found by the checkpoint fuzzer: a negative degrees of freedom loaded silently and
+    failed inside the first forecast with a 30-line tensor dump; a float16 draw failed
+    with a dtype clash, a draw of 1e30 forecast an infinite standard deviation."""
+    tensors = load_file(str(saved))
+    negative = tensors["draws/ar/df"].clone()
+    negative[1] = -3.0
+    path = _forge(saved, tmp_path, tensors={"draws/ar/df": negative})
+    message = _refused(path, "'draws/ar/df'", "outside the support of its prior", "GreaterThan")
+    assert "tensor(" not in message
+    rows = tensors["draws/gate/transition"].clone()
+    rows[0, 0] = rows[0, 0] * 2  # a transition row that sums to 2
+    _refused(_forge(saved, tmp_path, tensors={"draws/gate/transition": rows}), "Simplex")
+    half = tensors["draws/ar/coef"].to(torch.float16)
+    _refused(_forge(saved, tmp_path, tensors={"draws/ar/coef": half}), "dtype torch.float64")
+    huge = tensors["draws/ar/intercept"].clone()
+    huge.view(-1)[0] = 1e30
+    _refused(_forge(saved, tmp_path, tensors={"draws/ar/intercept": huge}), "magnitude 1e+30")
+
+
 def test_network_weights_of_the_wrong_shape_are_refused(sp500, tmp_path):
     frame = sp500[["ret"]].iloc[-150:]
     fit = bm.BayesianMoE(experts=["cnn"], n_regimes=1, window=8).fit(

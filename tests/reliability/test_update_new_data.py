@@ -101,6 +101,37 @@ def test_range_features_of_new_rows_equal_those_of_the_whole_file(files):
     np.testing.assert_allclose(combined.to_numpy(), expected.to_numpy(), rtol=1e-10)
 
 
+def test_a_file_of_one_new_close_is_appended(fit, prices, tmp_path):
+    """Found by the continuation fuzzer: tomorrow's close alone, the daily use, was
+    refused ("the file has 1 rows, too few to compute ['ret']")."""
+    one = prices.loc[LAST_FITTED:].iloc[1:2]
+    updated = fit.update(
+        bm.data.read_frame(_write_csv(one, tmp_path / "one.csv"), price_col="close")
+    )
+    assert updated.data.dates[-1] == one.index[0]
+    assert len(updated.data.dates) == len(fit.data.dates) + 1
+    np.testing.assert_allclose(
+        updated.data.frame["ret"].iloc[-1], _reference_returns(prices, one.index)[0], rtol=1e-12
+    )
+
+
+def test_fewer_new_days_than_the_feature_warm_up_are_appended(files, prices, tmp_path):
+    """Ten new days with range features: all of them warm-up when read alone (rv_22)."""
+    history = bm.data.read_frame(files["history"], price_col="close", **OHLC)
+    ten = prices.loc[LAST_FITTED:].iloc[1:11]
+    newer = bm.data.read_frame(_write_csv(ten, tmp_path / "ten.csv"), price_col="close", **OHLC)
+    assert len(newer) == 0  # every row is warm-up of the file alone
+    columns = ["ret", "var_parkinson", "var_garman_klass", "atr_14", "rv_5", "rv_22"]
+    combined, _ = append_rows(
+        history, newer, columns=columns, prices=PriceHistory.from_frame(history)
+    )
+    whole = bm.data.read_frame(files["whole"], price_col="close", **OHLC)
+    assert combined.index[-10:].equals(ten.index)
+    np.testing.assert_allclose(
+        combined.to_numpy(), whole.loc[combined.index, columns].to_numpy(), rtol=1e-10
+    )
+
+
 def test_a_file_overlapping_the_fitted_data_gives_the_same_rows(fit, files):
     from_newer = fit.update(bm.data.read_frame(files["newer"], price_col="close"))
     from_whole = fit.update(bm.data.read_frame(files["whole"], price_col="close"))
