@@ -6,8 +6,12 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch must be installed before the package: a bare `torch`
 # requirement with no torch present would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# The second interpreter of `make test-all`: Python 3.13 resolves ArviZ 1.x (DataTree),
+# the default Python 3.11 ArviZ 0.23 (InferenceData). Each gets its own venv.
+PYTHON313 ?= python3.13
+VENV313 ?= .venv313
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test test-all bench lint clean
 
 install: $(STAMP)
 
@@ -24,6 +28,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The whole suite twice: default Python (ArviZ 0.23), then Python 3.13 (ArviZ 1.x).
+test-all:
+	$(MAKE) test
+	$(MAKE) test PYTHON=$(PYTHON313) VENV=$(VENV313)
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_inference.py
 
@@ -32,4 +41,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check bayes_moe tests examples benchmarks
 
 clean:
-	rm -rf $(VENV) report
+	rm -rf $(VENV) $(VENV313) report

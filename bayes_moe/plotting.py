@@ -5,16 +5,16 @@ Numerics never import this module; it reads a fitted :class:`~bayes_moe.MoEFit`.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
-import arviz as az
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from bayes_moe.inference.arviz import plot_forest  # noqa: E402
 
 REGIME_COLORS = ["#4c9a2a", "#e0a526", "#c0392b", "#6c3483", "#1f618d", "#7f8c8d"]
 BANDS = ((0.05, 0.95), (0.25, 0.75))
@@ -147,22 +147,10 @@ def plot_regime_posterior(idata, path) -> Path:
     """ArviZ forest plot of each regime's volatility, expected duration and expert weights.
 
     Posterior means with 94% HDIs, from the InferenceData of
-    :meth:`~bayes_moe.MoEFit.to_inference_data`.
+    :meth:`~bayes_moe.MoEFit.to_inference_data`, one panel per variable
+    (:func:`bayes_moe.inference.arviz.plot_forest`, under ArviZ 0.x or 1.x).
     """
-    names = list(_FOREST_TITLES)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2 + 0.25 * 6))
-    with warnings.catch_warnings():
-        # ArviZ 0.23 calls a helper that matplotlib 3.11 deprecates; nothing to act on.
-        warnings.filterwarnings("ignore", category=matplotlib.MatplotlibDeprecationWarning)
-        for ax, name in zip(axes, names):
-            az.plot_forest(idata, var_names=[name], combined=True, hdi_prob=0.94, ax=ax)
-            ax.set_title(_FOREST_TITLES[name], fontsize=10)
-            # "regime_volatility[0]" -> "regime 0", "[1, ar]" -> "regime 1, ar": short
-            # labels that do not run into the panel on the left.
-            labels = [t.get_text().replace(name, "").strip("[]") for t in ax.get_yticklabels()]
-            ax.set_yticklabels([f"regime {label}" for label in labels], fontsize=9)
-        fig.tight_layout()
-    return _save(fig, path)
+    return plot_forest(idata, list(_FOREST_TITLES), path, titles=list(_FOREST_TITLES.values()))
 
 
 def plot_expert_weights(regimes, path) -> Path:

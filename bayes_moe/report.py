@@ -10,12 +10,11 @@ import time
 import warnings
 from pathlib import Path
 
-import arviz as az
 import numpy as np
 import pandas as pd
 
 from bayes_moe import plotting
-from bayes_moe.inference.arviz import compact
+from bayes_moe.inference.arviz import compact, loo, to_netcdf
 from bayes_moe.inference.posterior import DEFAULT_KEEP_DRAWS
 from bayes_moe.io import atomic_folder, atomic_path, write_csv, write_json
 
@@ -177,18 +176,18 @@ def _write_report_files(fit, out: Path, *, price, num_samples: int, started, kee
     idata = fit.to_inference_data(keep_draws=keep_draws)  # every draw's log-likelihood
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pareto-k warnings are reported in the numbers
-        loo = az.loo(idata)
+        psis_loo = loo(idata)
     metrics["in_sample"].update(
-        elpd_loo=float(loo["elpd_loo"]),
-        p_loo=float(loo["p_loo"]),
-        pareto_k_above_0_7=int(np.sum(np.asarray(loo["pareto_k"]) > 0.7)),
+        elpd_loo=psis_loo.elpd_loo,
+        p_loo=psis_loo.p_loo,
+        pareto_k_above_0_7=int(np.sum(psis_loo.pareto_k > 0.7)),
     )
     metrics["inference_data"] = {
         "draws": fit.n_draws,
         "kept_draws": int(idata.posterior_predictive.sizes["draw"]),
     }
     with atomic_path(out / "inference_data.nc") as tmp:
-        compact(idata, log_likelihood="kept").to_netcdf(str(tmp), engine="h5netcdf")
+        to_netcdf(compact(idata, log_likelihood="kept"), tmp)
     fit.save(out / "fit.safetensors")
 
     write_json(metrics["forecast"], out / "forecast.json")

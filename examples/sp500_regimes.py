@@ -45,6 +45,7 @@ import pandas as pd
 
 import bayes_moe as bm
 from bayes_moe import plotting
+from bayes_moe.inference.arviz import to_netcdf
 from bayes_moe.io import atomic_path, write_json
 from bayes_moe.report import format_regime_summary
 
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
             draw(tmp)
     idata = fit.to_inference_data()
     with atomic_path(out / "inference_data.nc") as tmp:
-        idata.to_netcdf(str(tmp), engine="h5netcdf")
+        to_netcdf(idata, tmp)
 
     duration = regimes.expected_duration
     summary = {

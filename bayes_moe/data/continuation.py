@@ -323,9 +323,10 @@ def check_gap(fitted_dates: pd.DatetimeIndex, new_dates: pd.DatetimeIndex) -> No
     if not len(new_dates) or not len(fitted_dates):
         return
     days = fitted_dates.to_numpy().astype("datetime64[D]")
-    allowed = int(np.busday_count(days[:-1] + 1, days[1:]).max()) if len(days) > 1 else 0
+    one = np.timedelta64(1, "D")
+    allowed = int(np.busday_count(days[:-1] + one, days[1:]).max()) if len(days) > 1 else 0
     last, first = days[-1], new_dates[:1].to_numpy().astype("datetime64[D]")[0]
-    skipped = int(np.busday_count(last + 1, first))
+    skipped = int(np.busday_count(last + one, first))
     if skipped > allowed:
         raise DataError(
             f"gap between the fitted data and the new rows: the fitted data ends on "

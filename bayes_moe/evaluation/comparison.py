@@ -56,7 +56,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import arviz as az
 import numpy as np
 import pandas as pd
 from scipy import optimize, special
@@ -65,6 +64,7 @@ from tqdm.auto import tqdm
 from bayes_moe.data.errors import DataError
 from bayes_moe.evaluation.backtest import backtest, origin_rows
 from bayes_moe.evaluation.moe_forecaster import MoEForecaster
+from bayes_moe.inference.arviz import psislw
 from bayes_moe.models.moe import BayesianMoE
 
 METHODS = ("exact", "psis")
@@ -214,7 +214,7 @@ def _psis(log_ratio: np.ndarray) -> tuple[np.ndarray, float]:
     r"""Pareto-smoothed normalized log weights and :math:`\hat k` (ArviZ ``psislw``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # arviz warns on large k; the caller acts on k
-        log_weights, k = az.psislw(log_ratio - log_ratio.max())
+        log_weights, k = psislw(log_ratio - log_ratio.max())
     return np.asarray(log_weights), float(k)
 
 

@@ -366,7 +366,10 @@ class MoEFit:
     def to_inference_data(
         self, *, keep_draws: int | None = DEFAULT_KEEP_DRAWS, log_likelihood: str = "all"
     ):
-        """ArviZ InferenceData (see :func:`bayes_moe.inference.arviz.to_inference_data`)."""
+        """The fit for ArviZ: InferenceData (ArviZ 0.x) or DataTree (1.x).
+
+        See :func:`bayes_moe.inference.arviz.to_inference_data`.
+        """
         from bayes_moe.inference.arviz import to_inference_data
 
         return to_inference_data(self, keep_draws=keep_draws, log_likelihood=log_likelihood)
