@@ -8,7 +8,11 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 # The second interpreter of `make test-all`: Python 3.13 resolves ArviZ 1.x (DataTree),
 # the default Python 3.11 ArviZ 0.23 (InferenceData). Each gets its own venv.
-PYTHON313 ?= python3.13
+# python3.13 from PATH, else the newest 3.13 that pyenv has (its shim alone answers
+# "command not found" until a version is selected).
+PYTHON313 ?= $(shell python3.13 -c 'import sys; print(sys.executable)' 2>/dev/null \
+	|| PYENV_VERSION=$$(pyenv latest 3.13 2>/dev/null) pyenv which python3.13 2>/dev/null \
+	|| echo python3.13)
 VENV313 ?= .venv313
 
 .PHONY: install demo test test-all bench lint clean
