@@ -191,10 +191,8 @@ def restore_warmup(frame: pd.DataFrame) -> pd.DataFrame:
     info = frame.attrs.get(ATTRS_KEY)
     if info is None or not info["warmup"]["dates"]:
         return frame
-    first = info["first_date"]
-    if (len(frame) == 0) != (first is None) or (
-        len(frame) and frame.index[0] != pd.Timestamp(first)
-    ):
+    first = None if info["first_date"] is None else pd.Timestamp(info["first_date"])
+    if (frame.index[0] if len(frame) else None) != first:
         return frame  # rows were cut off (or added) since it was read
     dates = pd.DatetimeIndex(info["warmup"]["dates"]).as_unit(frame.index.unit)
     full = frame.reindex(dates.append(frame.index).rename(frame.index.name))
