@@ -1,13 +1,27 @@
-r"""Hidden Markov model kernels in log space, parallel over time.
+r"""Hidden Markov model kernels: a parallel scan for gradients, a compiled recursion
+for evaluation.
 
 Pure functions for a discrete latent regime :math:`z_t \in \{1, \dots, K\}` with a
 time-homogeneous Markov prior and arbitrary emission log-likelihoods: the log evidence,
 the filter, the forward-backward smoother, the Viterbi path, multi-step propagation and
-the stationary distribution. No function loops over time in Python: the forward and
-backward recursions are prefix products of :math:`K \times K` matrices under an
-associative operator, computed with :func:`bayes_moe.inference.scan.associative_scan`
-(or a pairwise tree reduction when only the total product is needed) in
-``O(log T)`` sequential tensor operations (Särkkä & García-Fernández 2021).
+the stationary distribution. No function loops over time in Python. Each of the four
+kernels has two routes, chosen by its ``method`` keyword (:func:`choose_method`):
+
+* ``"parallel"``: the forward and backward recursions as prefix products of
+  :math:`K \times K` matrices under an associative operator, computed with
+  :func:`bayes_moe.inference.scan.associative_scan` (or a pairwise tree reduction when
+  only the total product is needed) in ``O(log T)`` sequential tensor operations
+  (Särkkä & García-Fernández 2021); differentiable, on any device. SVI uses it.
+* ``"sequential"``: the textbook recursions compiled with numba and looped over the
+  batch (:mod:`bayes_moe.inference.hmm_sequential`): ``O(K^2)`` work per step instead
+  of ``O(K^3)``, no gradients, CPU only. Regime inspection over posterior draws uses it.
+* ``"auto"`` (the default) takes the sequential route on the CPU whenever no gradient
+  is needed, the parallel one otherwise. On the 2-core CPU this was written on the
+  sequential route is 10-100 times faster (``benchmarks/kernels.py``).
+
+The two routes agree to rounding (tests run every oracle against both); they differ
+only below the smallest normal float64: the sequential route returns a probability
+under about 1e-308 as zero (``-inf``), the log-space scan its logarithm.
 
 Conventions
 -----------
@@ -36,12 +50,14 @@ argument / result              shape               meaning
 
 ``K`` is the number of regimes, ``T`` the number of time steps and ``...`` any leading
 batch dimensions (posterior draws, assets), which broadcast between the arguments with
-the usual torch rules. Everything is in log space and every scan element is rescaled
-to a largest entry of zero, so ``T = 100,000`` does not underflow in any floating
-dtype (float32 still carries its ~1e-7 relative error on a log evidence of order
-``T``); every function except the
-discrete Viterbi path is differentiable with autograd (used inside SVI). Structural
-zeros (``-inf`` entries of ``log_trans``) are allowed and give finite gradients.
+the usual torch rules. In the parallel route everything is in log space and every
+scan element is rescaled to a largest entry of zero, and the sequential route rescales
+its messages at every step, so ``T = 100,000`` does not underflow in any floating
+dtype (the parallel route in float32 still carries its ~1e-7 relative error on a log
+evidence of order ``T``; the sequential route computes in float64 and returns the
+input's dtype). Through the parallel route every function except the discrete Viterbi
+path is differentiable with autograd (used inside SVI). Structural zeros (``-inf``
+entries of ``log_trans``) are allowed in both routes and give finite gradients.
 
 Time runs on dimension ``-2`` of ``log_emit`` (batch-major, as in Pyro's
 ``DiscreteHMM``); the scans move it to dimension 0 internally, as
@@ -68,13 +84,20 @@ from typing import NamedTuple
 
 import torch
 
+from bayes_moe.inference.hmm_sequential import (
+    sequential_filter,
+    sequential_log_evidence,
+    sequential_viterbi,
+)
 from bayes_moe.inference.scan import associative_scan
 
 __all__ = [
     "HMMFilterResult",
     "HMMSmootherResult",
     "HMMViterbiResult",
+    "HMM_METHODS",
     "STATIONARY_RESTART",
+    "choose_method",
     "hmm_filter",
     "hmm_log_evidence",
     "hmm_propagate",
@@ -331,6 +354,45 @@ def _forward_scan(
 
 
 # --------------------------------------------------------------------------------------
+# Dispatch between the parallel scan and the compiled sequential recursion
+# --------------------------------------------------------------------------------------
+
+#: Values of the ``method`` keyword of the public kernels.
+HMM_METHODS = ("auto", "parallel", "sequential")
+
+
+def choose_method(method: str, *tensors: torch.Tensor, differentiable: bool = True) -> str:
+    """The route a kernel takes: ``"parallel"`` or ``"sequential"``.
+
+    ``"auto"`` takes the compiled sequential recursion
+    (:mod:`bayes_moe.inference.hmm_sequential`) for tensors on the CPU when no gradient
+    is asked for (it is 10-100 times faster there: ``benchmarks/kernels.py``), and the
+    parallel scan otherwise: on a GPU, and whenever autograd needs the result
+    (``differentiable`` kernels, grad mode on and an input that requires grad).
+    ``"sequential"`` on a GPU tensor or with a gradient to compute is an error.
+    """
+    if method not in HMM_METHODS:
+        raise ValueError(f"method must be one of {HMM_METHODS}, got {method!r}")
+    if method == "parallel":
+        return method
+    on_cpu = all(t.device.type == "cpu" for t in tensors)
+    needs_grad = (
+        differentiable and torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    )
+    if method == "sequential":
+        if not on_cpu:
+            devices = sorted({str(t.device) for t in tensors})
+            raise ValueError(f"method='sequential' runs on the CPU; got tensors on {devices}")
+        if needs_grad:
+            raise ValueError(
+                "method='sequential' computes no gradients, and an input requires grad: "
+                "use method='parallel' (or 'auto'), or call under torch.no_grad()"
+            )
+        return method
+    return "sequential" if on_cpu and not needs_grad else "parallel"
+
+
+# --------------------------------------------------------------------------------------
 # Public kernels
 # --------------------------------------------------------------------------------------
 
@@ -341,6 +403,7 @@ def hmm_log_evidence(
     log_emit: torch.Tensor,
     *,
     time_varying: bool = False,
+    method: str = "auto",
 ) -> torch.Tensor:
     r"""Log marginal likelihood :math:`\log p(y_{1:T})` of a hidden Markov model.
 
@@ -374,6 +437,10 @@ def hmm_log_evidence(
         ``(..., T, K)``, :math:`\log p(y_t \mid z_t = k)`.
     time_varying : bool
         ``log_trans`` has a time axis (module docstring).
+    method : {"auto", "parallel", "sequential"}
+        Route: the parallel scan or the compiled sequential recursion
+        (:func:`choose_method`; ``"auto"`` picks the faster one that can give what
+        is asked, gradients included).
 
     Returns
     -------
@@ -384,6 +451,10 @@ def hmm_log_evidence(
     ----------
     Rabiner (1989), eq. (19)-(21); Särkkä & García-Fernández (2021), Sec. IV.
     """
+    route = choose_method(method, log_init, log_trans, log_emit)
+    if route == "sequential":
+        _broadcast(log_init, log_trans, log_emit, time_varying)  # shape errors
+        return sequential_log_evidence(log_init, log_trans, log_emit, time_varying)
     log_init, step_trans, log_emit = _broadcast(log_init, log_trans, log_emit, time_varying)
     alpha_1 = log_init + log_emit[..., 0, :]
     if log_emit.shape[-2] == 1:
@@ -417,6 +488,7 @@ def hmm_filter(
     log_emit: torch.Tensor,
     *,
     time_varying: bool = False,
+    method: str = "auto",
 ) -> HMMFilterResult:
     r"""Forward filter of a hidden Markov model, parallel over time.
 
@@ -448,6 +520,10 @@ def hmm_filter(
         ``(..., T, K)``, :math:`\log p(y_t \mid z_t = k)`.
     time_varying : bool
         ``log_trans`` has a time axis (module docstring).
+    method : {"auto", "parallel", "sequential"}
+        Route: the parallel scan or the compiled sequential recursion
+        (:func:`choose_method`; ``"auto"`` picks the faster one that can give what
+        is asked, gradients included).
 
     Returns
     -------
@@ -460,6 +536,11 @@ def hmm_filter(
     Rabiner (1989), Sec. III-A and V-A (scaling); Särkkä & García-Fernández (2021);
     Hassan, Särkkä & García-Fernández (2021), Sec. III.
     """
+    route = choose_method(method, log_init, log_trans, log_emit)
+    if route == "sequential":
+        _broadcast(log_init, log_trans, log_emit, time_varying)  # shape errors
+        *parts, _ = sequential_filter(log_init, log_trans, log_emit, time_varying, smooth=False)
+        return HMMFilterResult(*parts, parts[2].sum(-1))
     log_init, step_trans, log_emit = _broadcast(log_init, log_trans, log_emit, time_varying)
     log_alpha, _ = _forward_scan(log_init, step_trans, log_emit, _combine_sum_product)
     return _filter_from_alpha(log_alpha, log_init, step_trans, log_emit)
@@ -485,6 +566,7 @@ def hmm_smoother(
     log_emit: torch.Tensor,
     *,
     time_varying: bool = False,
+    method: str = "auto",
 ) -> HMMSmootherResult:
     r"""Forward-backward smoother of a hidden Markov model, parallel over time.
 
@@ -511,6 +593,10 @@ def hmm_smoother(
         ``(..., T, K)``, :math:`\log p(y_t \mid z_t = k)`.
     time_varying : bool
         ``log_trans`` has a time axis (module docstring).
+    method : {"auto", "parallel", "sequential"}
+        Route: the parallel scan or the compiled sequential recursion
+        (:func:`choose_method`; ``"auto"`` picks the faster one that can give what
+        is asked, gradients included).
 
     Returns
     -------
@@ -521,6 +607,13 @@ def hmm_smoother(
     ----------
     Rabiner (1989), eq. (24)-(27); Särkkä & García-Fernández (2021), Sec. IV.
     """
+    route = choose_method(method, log_init, log_trans, log_emit)
+    if route == "sequential":
+        _broadcast(log_init, log_trans, log_emit, time_varying)  # shape errors
+        filt, pred, inc, smoothed = sequential_filter(
+            log_init, log_trans, log_emit, time_varying, smooth=True
+        )
+        return HMMSmootherResult(filt, pred, inc, inc.sum(-1), smoothed)
     log_init, step_trans, log_emit = _broadcast(log_init, log_trans, log_emit, time_varying)
     log_alpha, rest = _forward_scan(log_init, step_trans, log_emit, _combine_sum_product)
     filtered = _filter_from_alpha(log_alpha, log_init, step_trans, log_emit)
@@ -541,6 +634,7 @@ def hmm_viterbi(
     log_emit: torch.Tensor,
     *,
     time_varying: bool = False,
+    method: str = "auto",
 ) -> HMMViterbiResult:
     r"""Most probable regime path (Viterbi), parallel over time in both passes.
 
@@ -573,6 +667,10 @@ def hmm_viterbi(
         ``(..., T, K)``, :math:`\log p(y_t \mid z_t = k)`.
     time_varying : bool
         ``log_trans`` has a time axis (module docstring).
+    method : {"auto", "parallel", "sequential"}
+        Route: the parallel scan or the compiled sequential recursion
+        (:func:`choose_method`; ``"auto"`` picks the faster one that can give what
+        is asked, gradients included).
 
     Returns
     -------
@@ -586,7 +684,14 @@ def hmm_viterbi(
     Rabiner (1989), Sec. III-B; Hassan, Särkkä & García-Fernández (2021), Sec. IV-C;
     ``hmm_posterior_mode`` in dynamax.
     """
-    log_init, step_trans, log_emit = _broadcast(log_init, log_trans, log_emit, time_varying)
+    route = choose_method(method, log_init, log_trans, log_emit, differentiable=False)
+    broadcast = _broadcast(log_init, log_trans, log_emit, time_varying)
+    if route == "sequential":
+        path, log_max = sequential_viterbi(log_init, log_trans, log_emit, time_varying)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in broadcast):
+            log_max = _path_log_joint(path, *broadcast)  # the same value, differentiable
+        return HMMViterbiResult(path, log_max)
+    log_init, step_trans, log_emit = broadcast
     num_steps, num_states = log_emit.shape[-2:]
     with torch.no_grad():
         delta, _ = _forward_scan(log_init, step_trans, log_emit, _combine_max_product)

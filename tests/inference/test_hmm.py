@@ -1,10 +1,13 @@
-"""Tests for the parallel HMM kernels and their sequential references.
+"""Tests for the HMM kernels (both routes: parallel scan and compiled sequential
+recursion) and their sequential numpy references.
 
-Oracles, in order of appearance: brute-force enumeration of all K^T regime paths,
-Pyro's ``DiscreteHMM.log_prob``, the textbook example of Wikipedia's "Viterbi
-algorithm" page, the sequential numpy references (for long series), finite
-differences (``gradcheck``), numpy matrix powers and eigenvectors, and the closed-form
-stationary distribution of a two-state chain.
+Every oracle test runs against every dispatch route (``method="parallel"`` and
+``method="sequential"``; ``"auto"`` picks one of the two). Oracles, in order of
+appearance: brute-force enumeration of all K^T regime paths, Pyro's
+``DiscreteHMM.log_prob``, the textbook example of Wikipedia's "Viterbi algorithm"
+page, the sequential numpy references (for long series), finite differences
+(``gradcheck``), numpy matrix powers and eigenvectors, and the closed-form stationary
+distribution of a two-state chain.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from hypothesis import strategies as st
 from bayes_moe.inference.hmm import (
     HMMFilterResult,
     HMMSmootherResult,
+    choose_method,
     hmm_filter,
     hmm_log_evidence,
     hmm_propagate,
@@ -134,7 +138,10 @@ def brute_force(log_init, log_trans, log_emit):
     }
 
 
-def parallel(fn):
+ROUTES = ("parallel", "sequential")
+
+
+def routed(fn, method: str):
     """Wrap a torch kernel so that it takes and returns numpy, like the references.
 
     A (T, K, K) ``log_trans`` is passed on as time-varying, as the references read it.
@@ -142,16 +149,17 @@ def parallel(fn):
 
     def wrapped(log_init, log_trans, log_emit):
         args = (torch.as_tensor(a) for a in (log_init, log_trans, log_emit))
-        out = fn(*args, time_varying=np.ndim(log_trans) == 3)
+        out = fn(*args, time_varying=np.ndim(log_trans) == 3, method=method)
         return type(out)(*(np.asarray(x.detach()) for x in out))
 
     return wrapped
 
 
 IMPLEMENTATIONS = {
-    "parallel": (parallel(hmm_filter), parallel(hmm_smoother), parallel(hmm_viterbi)),
-    "reference": (reference_filter, reference_smoother, reference_viterbi),
+    route: tuple(routed(fn, route) for fn in (hmm_filter, hmm_smoother, hmm_viterbi))
+    for route in ROUTES
 }
+IMPLEMENTATIONS["reference"] = (reference_filter, reference_smoother, reference_viterbi)
 
 
 def assert_log_probs_close(actual, expected, atol=1e-10):
@@ -195,8 +203,9 @@ def test_matches_brute_force_enumeration(implementation, num_steps, num_states, 
     np.testing.assert_array_equal(path, oracle["path"])
     np.testing.assert_allclose(log_max, oracle["log_max"], atol=1e-10)
 
-    if implementation == "parallel":
-        evidence = hmm_log_evidence(*(torch.as_tensor(p) for p in params))
+    if implementation in ROUTES:
+        args = (torch.as_tensor(p) for p in params)
+        evidence = hmm_log_evidence(*args, method=implementation)
         np.testing.assert_allclose(evidence.item(), oracle["log_evidence"], atol=1e-10)
 
 
@@ -227,13 +236,14 @@ def test_time_varying_transitions_match_brute_force_enumeration(
     path, log_max = viterbi_fn(log_init, log_trans, log_emit)
     np.testing.assert_array_equal(path, oracle["path"])
     np.testing.assert_allclose(log_max, oracle["log_max"], atol=1e-10)
-    if implementation == "parallel":
+    if implementation in ROUTES:
         args = (torch.as_tensor(a) for a in (log_init, log_trans, log_emit))
-        evidence = hmm_log_evidence(*args, time_varying=True)
+        evidence = hmm_log_evidence(*args, time_varying=True, method=implementation)
         np.testing.assert_allclose(evidence.item(), oracle["log_evidence"], atol=1e-10)
 
 
-def test_time_varying_with_equal_matrices_equals_homogeneous_batched():
+@pytest.mark.parametrize("method", ROUTES)
+def test_time_varying_with_equal_matrices_equals_homogeneous_batched(method):
     # The same matrix at every step must reproduce the homogeneous kernels exactly,
     # with batch dimensions (draws) broadcast against a time-varying log_trans.
     log_init, log_trans, log_emit = (torch.as_tensor(a) for a in random_hmm(5, 40, 3))
@@ -241,18 +251,18 @@ def test_time_varying_with_equal_matrices_equals_homogeneous_batched():
     varying = batch_trans.unsqueeze(1).expand(2, 40, 3, 3)
     for fn in (hmm_filter, hmm_smoother):
         homogeneous, timed = (
-            fn(log_init, batch_trans, log_emit),
-            fn(log_init, varying, log_emit, time_varying=True),
+            fn(log_init, batch_trans, log_emit, method=method),
+            fn(log_init, varying, log_emit, time_varying=True, method=method),
         )
         for a, b in zip(homogeneous, timed):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(
-        hmm_log_evidence(log_init, batch_trans, log_emit),
-        hmm_log_evidence(log_init, varying, log_emit, time_varying=True),
+        hmm_log_evidence(log_init, batch_trans, log_emit, method=method),
+        hmm_log_evidence(log_init, varying, log_emit, time_varying=True, method=method),
     )
     assert torch.equal(
-        hmm_viterbi(log_init, batch_trans, log_emit).path,
-        hmm_viterbi(log_init, varying, log_emit, time_varying=True).path,
+        hmm_viterbi(log_init, batch_trans, log_emit, method=method).path,
+        hmm_viterbi(log_init, varying, log_emit, time_varying=True, method=method).path,
     )
     with pytest.raises(ValueError, match=r"\(\.\.\., T, K, K\)"):
         hmm_filter(log_init, batch_trans, log_emit, time_varying=True)
@@ -283,14 +293,23 @@ def test_structural_zeros_match_brute_force_with_finite_gradients():
     # d log p(y) / d log_emit[t, k] = p(z_t = k | y_{1:T}), zero where unreachable.
     np.testing.assert_allclose(args[2].grad.numpy(), np.exp(oracle["log_smoothed"]), atol=1e-10)
 
+    # The sequential route (no gradients) gives the same answers with the -inf entries.
+    plain = [a.detach() for a in args]
+    result = hmm_smoother(*plain, method="sequential")
+    assert_log_probs_close(result.log_filtered.numpy(), oracle["log_filtered"])
+    assert_log_probs_close(result.log_smoothed.numpy(), oracle["log_smoothed"])
+    np.testing.assert_allclose(result.log_evidence.item(), oracle["log_evidence"], atol=1e-10)
+    np.testing.assert_array_equal(hmm_viterbi(*plain, method="sequential").path, oracle["path"])
+
 
 # --------------------------------------------------------------------------------------
 # Oracle: Pyro's DiscreteHMM
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("method", ROUTES)
 @pytest.mark.parametrize("batch_shape", [(), (4,)])
-def test_log_evidence_matches_pyro_discrete_hmm(batch_shape):
+def test_log_evidence_matches_pyro_discrete_hmm(batch_shape, method):
     # Pyro's initial_logits describe the state *before* the first transition, so our
     # log_init (the first step's state) is that distribution propagated one step.
     torch.manual_seed(0)
@@ -311,8 +330,10 @@ def test_log_evidence_matches_pyro_discrete_hmm(batch_shape):
     log_init = hmm_propagate(pyro_init, log_trans, 1)
     log_emit = dist.Normal(loc, scale).log_prob(y[:, None])  # (..., T, K)
     assert log_emit.shape == batch_shape + (num_steps, num_states)
-    torch.testing.assert_close(hmm_log_evidence(log_init, log_trans, log_emit), expected)
-    torch.testing.assert_close(hmm_filter(log_init, log_trans, log_emit).log_evidence, expected)
+    evidence = hmm_log_evidence(log_init, log_trans, log_emit, method=method)
+    torch.testing.assert_close(evidence, expected)
+    filtered = hmm_filter(log_init, log_trans, log_emit, method=method)
+    torch.testing.assert_close(filtered.log_evidence, expected)
 
 
 # --------------------------------------------------------------------------------------
@@ -320,8 +341,8 @@ def test_log_evidence_matches_pyro_discrete_hmm(batch_shape):
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("viterbi", [hmm_viterbi, reference_viterbi], ids=["parallel", "ref"])
-def test_viterbi_wikipedia_example(viterbi):
+@pytest.mark.parametrize("method", [*ROUTES, "reference"])
+def test_viterbi_wikipedia_example(method):
     # Wikipedia, "Viterbi algorithm", Example: states (Healthy, Fever), observations
     # (normal, cold, dizzy); start 0.6 / 0.4; the most likely path for the observations
     # normal, cold, dizzy is Healthy, Healthy, Fever with probability 0.01512.
@@ -330,10 +351,7 @@ def test_viterbi_wikipedia_example(viterbi):
     emit = np.array([[0.5, 0.4, 0.1], [0.1, 0.3, 0.6]])  # rows: Healthy, Fever
     observations = [0, 1, 2]  # normal, cold, dizzy
     log_emit = np.log(emit[:, observations].T)  # (T, K)
-    args = (np.log(start), np.log(trans), log_emit)
-    if viterbi is hmm_viterbi:
-        args = tuple(torch.as_tensor(a) for a in args)
-    path, log_max = viterbi(*args)
+    path, log_max = IMPLEMENTATIONS[method][2](np.log(start), np.log(trans), log_emit)
     np.testing.assert_array_equal(np.asarray(path), [0, 0, 1])  # Healthy, Healthy, Fever
     np.testing.assert_allclose(math.exp(float(log_max)), 0.01512, rtol=1e-12)
 
@@ -349,9 +367,10 @@ def test_viterbi_wikipedia_example(viterbi):
     num_states=st.integers(1, 4),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_posterior_invariants(num_steps, num_states, seed):
+@pytest.mark.parametrize("method", ROUTES)
+def test_posterior_invariants(method, num_steps, num_states, seed):
     params = [torch.as_tensor(p) for p in random_hmm(seed, num_steps, num_states)]
-    result = hmm_smoother(*params)
+    result = hmm_smoother(*params, method=method)
     ones = torch.ones(num_steps, dtype=torch.float64)
     # Filtered, predicted and smoothed distributions are normalized.
     for name in ("log_filtered", "log_predicted", "log_smoothed"):
@@ -361,9 +380,9 @@ def test_posterior_invariants(num_steps, num_states, seed):
     torch.testing.assert_close(result.log_predicted[0], params[0])
     # Prediction error decomposition: the increments add up to the evidence.
     torch.testing.assert_close(result.log_evidence_increments.sum(), result.log_evidence)
-    torch.testing.assert_close(hmm_log_evidence(*params), result.log_evidence)
+    torch.testing.assert_close(hmm_log_evidence(*params, method=method), result.log_evidence)
     # The Viterbi score is the largest joint density, so it is below the evidence.
-    assert hmm_viterbi(*params).log_max <= result.log_evidence + 1e-12
+    assert hmm_viterbi(*params, method=method).log_max <= result.log_evidence + 1e-12
 
 
 @pytest.mark.parametrize(
@@ -374,7 +393,8 @@ def test_posterior_invariants(num_steps, num_states, seed):
         ((2, 1), (3,), (1, 3)),  # two batch dims, broadcast from all three
     ],
 )
-def test_batch_dims_broadcast_and_match_unbatched(init_batch, trans_batch, emit_batch):
+@pytest.mark.parametrize("method", ROUTES)
+def test_batch_dims_broadcast_and_match_unbatched(init_batch, trans_batch, emit_batch, method):
     num_steps, num_states = 37, 3
     gen = torch.Generator().manual_seed(1)
     log_init = torch.randn(init_batch + (num_states,), generator=gen, dtype=torch.float64)
@@ -385,9 +405,9 @@ def test_batch_dims_broadcast_and_match_unbatched(init_batch, trans_batch, emit_
     log_init, log_trans = log_init.log_softmax(-1), log_trans.log_softmax(-1)
     batch_shape = torch.broadcast_shapes(init_batch, trans_batch, emit_batch)
 
-    smoothed = hmm_smoother(log_init, log_trans, log_emit)
-    path, log_max = hmm_viterbi(log_init, log_trans, log_emit)
-    evidence = hmm_log_evidence(log_init, log_trans, log_emit)
+    smoothed = hmm_smoother(log_init, log_trans, log_emit, method=method)
+    path, log_max = hmm_viterbi(log_init, log_trans, log_emit, method=method)
+    evidence = hmm_log_evidence(log_init, log_trans, log_emit, method=method)
     assert smoothed.log_smoothed.shape == batch_shape + (num_steps, num_states)
     assert smoothed.log_evidence_increments.shape == batch_shape + (num_steps,)
     assert path.shape == batch_shape + (num_steps,) and path.dtype == torch.int64
@@ -397,10 +417,12 @@ def test_batch_dims_broadcast_and_match_unbatched(init_batch, trans_batch, emit_
     trans_b = log_trans.expand(batch_shape + (num_states, num_states))
     emit_b = log_emit.expand(batch_shape + (num_steps, num_states))
     for index in itertools.product(*(range(n) for n in batch_shape)):
-        single = hmm_smoother(init_b[index], trans_b[index], emit_b[index])
+        single = hmm_smoother(init_b[index], trans_b[index], emit_b[index], method=method)
         for batched, unbatched in zip(smoothed, single, strict=True):
             torch.testing.assert_close(batched[index], unbatched)
-        single_path, single_max = hmm_viterbi(init_b[index], trans_b[index], emit_b[index])
+        single_path, single_max = hmm_viterbi(
+            init_b[index], trans_b[index], emit_b[index], method=method
+        )
         torch.testing.assert_close(path[index], single_path)
         torch.testing.assert_close(log_max[index], single_max)
         torch.testing.assert_close(evidence[index], single.log_evidence)
@@ -418,14 +440,15 @@ def long_series():
     return params, reference_smoother(*params), reference_viterbi(*params)
 
 
-def test_long_series_matches_reference(long_series):
+@pytest.mark.parametrize("method", ROUTES)
+def test_long_series_matches_reference(long_series, method):
     params, expected, (expected_path, expected_max) = long_series
     torch_params = [torch.as_tensor(p) for p in params]
-    result = hmm_smoother(*torch_params)
+    result = hmm_smoother(*torch_params, method=method)
     assert all(torch.isfinite(x).all() for x in result)
     np.testing.assert_allclose(result.log_evidence.item(), expected.log_evidence, rtol=1e-6)
     np.testing.assert_allclose(
-        hmm_log_evidence(*torch_params).item(), expected.log_evidence, rtol=1e-6
+        hmm_log_evidence(*torch_params, method=method).item(), expected.log_evidence, rtol=1e-6
     )
     for name in ("log_filtered", "log_predicted", "log_smoothed"):
         assert_log_probs_close(getattr(result, name).numpy(), getattr(expected, name), atol=1e-8)
@@ -433,28 +456,30 @@ def test_long_series_matches_reference(long_series):
         result.log_evidence_increments.numpy(), expected.log_evidence_increments, atol=1e-8
     )
 
-    path, log_max = hmm_viterbi(*torch_params)
+    path, log_max = hmm_viterbi(*torch_params, method=method)
     np.testing.assert_array_equal(path.numpy(), expected_path)
     np.testing.assert_allclose(log_max.item(), expected_max, rtol=1e-10)
 
 
-def test_float32_long_series_keeps_float32_accuracy(long_series):
+@pytest.mark.parametrize("method", ROUTES)
+def test_float32_long_series_keeps_float32_accuracy(long_series, method):
     # float32 keeps the dtype, stays finite over 100,000 steps and agrees with the
     # float64 reference to float32 accuracy: probabilities differ by ~5e-7 and the
     # evidence (about -1.3e5 here) by ~5e-8 relative when this was written.
     params, expected, (expected_path, _) = long_series
     params32 = [torch.as_tensor(p, dtype=torch.float32) for p in params]
-    result = hmm_smoother(*params32)
+    result = hmm_smoother(*params32, method=method)
     assert all(x.dtype == torch.float32 and torch.isfinite(x).all() for x in result)
     for name in ("log_filtered", "log_smoothed"):
         assert_log_probs_close(
             getattr(result, name).double().numpy(), getattr(expected, name), atol=1e-5
         )
-    evidence = hmm_log_evidence(*params32)
+    evidence = hmm_log_evidence(*params32, method=method)
     assert evidence.dtype == torch.float32
     np.testing.assert_allclose(evidence.item(), expected.log_evidence, rtol=1e-6)
     np.testing.assert_allclose(result.log_evidence.item(), expected.log_evidence, rtol=1e-6)
-    np.testing.assert_array_equal(hmm_viterbi(*params32).path.numpy(), expected_path)
+    path32 = hmm_viterbi(*params32, method=method).path
+    np.testing.assert_array_equal(path32.numpy(), expected_path)
 
 
 # --------------------------------------------------------------------------------------
@@ -554,11 +579,67 @@ def test_stationary_distribution_two_state_closed_form_and_gradient():
     assert torch.autograd.gradcheck(stationary_distribution, (trans,))
 
 
-def test_invalid_shapes_raise():
+@pytest.mark.parametrize("method", ROUTES)
+def test_invalid_shapes_raise(method):
     log_init, log_trans, log_emit = (torch.as_tensor(p) for p in random_hmm(0, 4, 3))
     with pytest.raises(ValueError, match="log_trans"):
-        hmm_filter(log_init, log_trans[:2], log_emit)
+        hmm_filter(log_init, log_trans[:2], log_emit, method=method)
     with pytest.raises(ValueError, match="log_init"):
-        hmm_smoother(log_init[:2], log_trans, log_emit)
+        hmm_smoother(log_init[:2], log_trans, log_emit, method=method)
     with pytest.raises(ValueError, match="T = 0"):
-        hmm_log_evidence(log_init, log_trans, log_emit[:0])
+        hmm_log_evidence(log_init, log_trans, log_emit[:0], method=method)
+    with pytest.raises(ValueError, match="log_emit"):
+        hmm_viterbi(log_init, log_trans, log_emit[0], method=method)
+
+
+# --------------------------------------------------------------------------------------
+# Dispatch
+# --------------------------------------------------------------------------------------
+
+
+def test_auto_takes_the_sequential_route_unless_a_gradient_is_needed():
+    log_init, log_trans, log_emit = (torch.as_tensor(p) for p in random_hmm(1, 30, 3))
+    assert choose_method("auto", log_init, log_trans, log_emit) == "sequential"
+    wanted = log_emit.clone().requires_grad_()
+    assert choose_method("auto", log_init, log_trans, wanted) == "parallel"
+    assert choose_method("auto", log_init, log_trans, wanted, differentiable=False) == (
+        "sequential"
+    )
+    with torch.no_grad():
+        assert choose_method("auto", log_init, log_trans, wanted) == "sequential"
+    # auto with a gradient to compute gives one, equal to the smoothed marginals.
+    (grad,) = torch.autograd.grad(hmm_log_evidence(log_init, log_trans, wanted), wanted)
+    smoothed = hmm_smoother(log_init, log_trans, log_emit).log_smoothed.exp()
+    torch.testing.assert_close(grad, smoothed)
+    with pytest.raises(ValueError, match="computes no gradients"):
+        hmm_smoother(log_init, log_trans, wanted, method="sequential")
+    with pytest.raises(ValueError, match="method must be one of"):
+        hmm_filter(log_init, log_trans, log_emit, method="fast")
+    # The Viterbi path is discrete: the sequential route serves it, and log_max keeps
+    # its gradient (taken through the returned path).
+    path, log_max = hmm_viterbi(log_init, log_trans, wanted, method="sequential")
+    (grad,) = torch.autograd.grad(log_max, wanted)
+    torch.testing.assert_close(grad, torch.nn.functional.one_hot(path, 3).double())
+
+
+@pytest.mark.parametrize("time_varying", [False, True])
+def test_routes_agree_on_batched_draws_of_a_long_series(time_varying):
+    # 16 draws of a 3-regime chain over 5,000 steps, as the posterior evaluates them.
+    gen = torch.Generator().manual_seed(11)
+    draws, num_steps, num_states = 16, 5_000, 3
+    log_init = torch.randn(draws, num_states, generator=gen, dtype=torch.float64)
+    shape = (draws, num_steps, num_states, num_states) if time_varying else (draws, 3, 3)
+    log_trans = torch.randn(shape, generator=gen, dtype=torch.float64) + 4 * torch.eye(3)
+    log_emit = 3 * torch.randn(draws, num_steps, num_states, generator=gen, dtype=torch.float64)
+    args = (log_init.log_softmax(-1), log_trans.log_softmax(-1), log_emit)
+    parallel = hmm_smoother(*args, time_varying=time_varying, method="parallel")
+    sequential = hmm_smoother(*args, time_varying=time_varying, method="sequential")
+    for name in ("log_filtered", "log_predicted", "log_smoothed"):
+        a, b = getattr(parallel, name), getattr(sequential, name)
+        torch.testing.assert_close(a.exp(), b.exp(), rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        parallel.log_evidence_increments, sequential.log_evidence_increments, rtol=0, atol=1e-10
+    )
+    torch.testing.assert_close(parallel.log_evidence, sequential.log_evidence, rtol=1e-12, atol=0)
+    paths = [hmm_viterbi(*args, time_varying=time_varying, method=m).path for m in ROUTES]
+    assert torch.equal(*paths)

@@ -1,0 +1,424 @@
+r"""Sequential hidden Markov model kernels, compiled with numba, batched over draws.
+
+The forward filter, the forward-backward smoother and the Viterbi path as the textbook
+recursions (Rabiner 1989), one time step after another, compiled to machine code with
+numba and looped over a flat batch of sequences (posterior draws, assets). They are the
+evaluation route of :mod:`bayes_moe.inference.hmm`: a step costs :math:`O(K^2)`
+multiply-adds against :math:`O(K^3)` for an element of the parallel scan, and on a CPU
+with few cores the batch of draws, not the time axis, is where the parallelism is.
+They compute no gradients (the parallel scan does, for SVI).
+
+Arithmetic
+----------
+The forward and backward messages are kept in probability space and rescaled at every
+step (Rabiner's scaling): each day's emission likelihoods are divided by their largest
+value, :math:`\tilde e_t(k) = \exp(\log p(y_t \mid z_t = k) - m_t)`, the filtered
+message is normalised to sum to one and the backward message to a largest entry of one,
+and :math:`\log c_t + m_t` is the evidence increment. Emission ratios below
+:math:`e^{-708}` are set to zero instead of entering the slow subnormal range. Nothing
+underflows over any length of series; a probability below the smallest normal float64
+(about 1e-308) is returned as zero (``-inf`` in log space), where the log-space scan
+would return its logarithm. Viterbi works in log space with (max, +). Every kernel
+computes in float64 whatever the input dtype.
+
+Array conventions (all C-contiguous float64 unless stated): ``B`` sequences, ``T`` steps,
+``K`` regimes; an argument whose leading size is 1 is shared by all ``B`` sequences, and
+a transition array whose second size is 1 is the same at every step (otherwise entry
+``t`` is the transition *into* step ``t`` and entry 0 is not read), as in
+:mod:`bayes_moe.inference.hmm`.
+
+References
+----------
+L. R. Rabiner, "A tutorial on hidden Markov models and selected applications in speech
+recognition", Proceedings of the IEEE 77(2), 257-286, 1989, Sec. III and V-A.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+
+__all__ = [
+    "backward_smooth",
+    "forward_filter",
+    "scaled_emissions",
+    "sequential_filter",
+    "sequential_log_evidence",
+    "sequential_viterbi",
+    "viterbi_path",
+]
+
+# Reassociation lets the compiler vectorise sums and maxima; ``nnan``/``ninf`` are left
+# out on purpose: structural zeros of the transition matrix are -inf in log space.
+#: Emission log-ratios below this are taken as zero probability: exp() of them would be
+#: subnormal (a slow path) and they change a sum whose largest term is one by < 1e-307.
+LOG_RATIO_FLOOR = -708.0
+
+_JIT = {"cache": True, "nogil": True, "fastmath": {"nsz", "contract", "reassoc"}}
+
+
+@numba.njit(**_JIT)
+def forward_filter(init, trans, scaled_emit, filtered, predicted, norms):
+    r"""Scaled forward recursion (Rabiner 1989, eq. 91-92), in place.
+
+    .. math::
+
+        \hat\alpha_{t \mid t-1} = \hat\alpha_{t-1}^\top P^{(t)}, \qquad
+        c_t = \sum_k \hat\alpha_{t \mid t-1}(k)\, \tilde e_t(k), \qquad
+        \hat\alpha_t(k) = \hat\alpha_{t \mid t-1}(k)\, \tilde e_t(k) / c_t,
+
+    with :math:`\hat\alpha_{1 \mid 0}` the initial distribution; the evidence
+    increment is :math:`\log p(y_t \mid y_{1:t-1}) = \log c_t + m_t`.
+
+    Parameters
+    ----------
+    init : ndarray ``(1 or B, K)``
+        :math:`p(z_1)`, probabilities.
+    trans : ndarray ``(1 or B, 1 or T, K, K)``
+        :math:`P^{(t)}_{ij} = p(z_t = j \mid z_{t-1} = i)`, probabilities.
+    scaled_emit : ndarray ``(1 or B, T, K)``
+        :math:`\tilde e_t(k)` (:func:`scaled_emissions`).
+    filtered, predicted : ndarray ``(B, T, K)`` or ``(0, 0, 0)``
+        Written unless empty: :math:`p(z_t \mid y_{1:t})` and
+        :math:`p(z_t \mid y_{1:t-1})`.
+    norms : ndarray ``(B, T)``
+        Written: :math:`c_t`; zero on a day that every regime the filter allows gives
+        zero likelihood (the message then carries the prediction on unchanged).
+    """
+    n_seq, n_steps = norms.shape
+    n_states = scaled_emit.shape[2]
+    store = filtered.shape[0] > 0
+    prev = np.empty(n_states)
+    pred = np.empty(n_states)
+    for b in range(n_seq):
+        ib = b if init.shape[0] > 1 else 0
+        tb = b if trans.shape[0] > 1 else 0
+        eb = b if scaled_emit.shape[0] > 1 else 0
+        for t in range(n_steps):
+            if t == 0:
+                for k in range(n_states):
+                    pred[k] = init[ib, k]
+            else:
+                step = trans[tb, t if trans.shape[1] > 1 else 0]
+                for j in range(n_states):
+                    pred[j] = 0.0
+                for i in range(n_states):
+                    weight = prev[i]
+                    for j in range(n_states):
+                        pred[j] += weight * step[i, j]
+            emit = scaled_emit[eb, t]
+            total = 0.0
+            for k in range(n_states):
+                prev[k] = pred[k] * emit[k]
+                total += prev[k]
+            norms[b, t] = total
+            if total > 0.0:
+                scale = 1.0 / total
+                for k in range(n_states):
+                    prev[k] *= scale
+            else:
+                for k in range(n_states):
+                    prev[k] = pred[k]
+            if store:
+                for k in range(n_states):
+                    predicted[b, t, k] = pred[k]
+                    filtered[b, t, k] = prev[k]
+
+
+@numba.njit(**_JIT)
+def backward_smooth(trans, filtered, scaled_emit, smoothed):
+    r"""Scaled backward recursion and smoothed marginals (Rabiner 1989, eq. 24-27).
+
+    .. math::
+
+        \hat\beta_T = \mathbf 1, \qquad
+        \hat\beta_t(i) \propto \sum_j P^{(t+1)}_{ij}\, \tilde e_{t+1}(j)\, \hat\beta_{t+1}(j),
+        \qquad p(z_t = k \mid y_{1:T}) \propto \hat\alpha_t(k)\, \hat\beta_t(k),
+
+    each :math:`\hat\beta_t` divided by its largest entry (the constant cancels in the
+    normalised marginal).
+
+    Parameters
+    ----------
+    trans : ndarray ``(1 or B, 1 or T, K, K)``
+        As in :func:`forward_filter`.
+    filtered : ndarray ``(B, T, K)``
+        From :func:`forward_filter`.
+    scaled_emit : ndarray ``(1 or B, T, K)``
+        As in :func:`forward_filter`.
+    smoothed : ndarray ``(B, T, K)``
+        Written: :math:`p(z_t = k \mid y_{1:T})`.
+    """
+    n_seq, n_steps, n_states = filtered.shape
+    beta = np.empty(n_states)
+    weighted = np.empty(n_states)
+    for b in range(n_seq):
+        tb = b if trans.shape[0] > 1 else 0
+        eb = b if scaled_emit.shape[0] > 1 else 0
+        for k in range(n_states):
+            beta[k] = 1.0
+            smoothed[b, n_steps - 1, k] = filtered[b, n_steps - 1, k]
+        for t in range(n_steps - 2, -1, -1):
+            step = trans[tb, t + 1 if trans.shape[1] > 1 else 0]
+            emit = scaled_emit[eb, t + 1]
+            for j in range(n_states):
+                weighted[j] = emit[j] * beta[j]
+            peak = 0.0
+            for i in range(n_states):
+                acc = 0.0
+                for j in range(n_states):
+                    acc += step[i, j] * weighted[j]
+                beta[i] = acc
+                peak = max(peak, acc)
+            scale = 1.0 / peak if peak > 0.0 else 1.0
+            out = smoothed[b, t]
+            total = 0.0
+            for k in range(n_states):
+                beta[k] *= scale
+                out[k] = filtered[b, t, k] * beta[k]
+                total += out[k]
+            if total > 0.0:
+                scale = 1.0 / total
+                for k in range(n_states):
+                    out[k] *= scale
+            else:  # a day with zero likelihood after t: nothing to smooth with
+                for k in range(n_states):
+                    out[k] = filtered[b, t, k]
+
+
+@numba.njit(**_JIT)
+def viterbi_path(log_init, log_trans, log_emit, path, log_max, pointers):
+    r"""Viterbi recursion and backtrace in log space (Rabiner 1989, eq. 30-35).
+
+    .. math::
+
+        \delta_1(j) = \log p(z_1 = j) + \log p(y_1 \mid z_1 = j), \qquad
+        \delta_t(k) = \max_j \big[\delta_{t-1}(j) + \log P^{(t)}_{jk}\big]
+                      + \log p(y_t \mid z_t = k),
+
+    with back-pointers :math:`\psi_t(k)` the maximising ``j`` (the lowest on a tie) and
+    :math:`\hat z_T = \arg\max_k \delta_T(k)`, :math:`\hat z_{t-1} = \psi_t(\hat z_t)`.
+    The maximisation runs over ``j`` in the outer loop and ``k`` in the inner one, so
+    the inner loop is a branch-free select the compiler vectorises.
+
+    Parameters
+    ----------
+    log_init : ndarray ``(1 or B, K)``
+    log_trans : ndarray ``(1 or B, 1 or T, K, K)``
+        Log probabilities.
+    log_emit : ndarray ``(1 or B, T, K)``
+    path : ndarray ``(B, T)`` int64
+        Written: the most probable path.
+    log_max : ndarray ``(B,)``
+        Written: :math:`\max_k \delta_T(k) = \log p(\hat z_{1:T}, y_{1:T})`.
+    pointers : ndarray ``(T, K)`` of an integer dtype that holds ``K - 1``
+        Scratch for the back-pointers of one sequence (uint8 for ``K < 256``: the
+        backtrace then reads a quarter of the memory).
+    """
+    n_seq, n_steps = path.shape
+    n_states = log_emit.shape[2]
+    delta = np.empty(n_states)
+    best = np.empty(n_states)
+    arg = np.empty(n_states, dtype=np.int64)
+    for b in range(n_seq):
+        ib = b if log_init.shape[0] > 1 else 0
+        tb = b if log_trans.shape[0] > 1 else 0
+        eb = b if log_emit.shape[0] > 1 else 0
+        for k in range(n_states):
+            delta[k] = log_init[ib, k] + log_emit[eb, 0, k]
+        for t in range(1, n_steps):
+            step = log_trans[tb, t if log_trans.shape[1] > 1 else 0]
+            first = delta[0]
+            for k in range(n_states):
+                best[k] = first + step[0, k]
+                arg[k] = 0
+            for j in range(1, n_states):
+                dj = delta[j]
+                for k in range(n_states):
+                    score = dj + step[j, k]
+                    take = score > best[k]
+                    best[k] = score if take else best[k]
+                    arg[k] = j if take else arg[k]
+            emit = log_emit[eb, t]
+            for k in range(n_states):
+                delta[k] = best[k] + emit[k]
+                pointers[t, k] = arg[k]
+        state = 0
+        for k in range(1, n_states):
+            if delta[k] > delta[state]:
+                state = k
+        log_max[b] = delta[state]
+        path[b, n_steps - 1] = state
+        for t in range(n_steps - 1, 0, -1):
+            state = pointers[t, state]
+            path[b, t - 1] = state
+
+
+# --------------------------------------------------------------------------------------
+# Torch in, torch out
+# --------------------------------------------------------------------------------------
+
+
+@numba.njit(**_JIT)
+def _log_ratios(log_emit, ratio, peak):
+    """``peak[b, t] = max_k log_emit[b, t, k]``, ``ratio = log_emit - peak`` (floored)."""
+    n_seq, n_steps, n_states = log_emit.shape
+    for b in range(n_seq):
+        for t in range(n_steps):
+            row = log_emit[b, t]
+            top = -np.inf
+            for k in range(n_states):
+                top = max(top, row[k])
+            peak[b, t] = top
+            shift = top if top > -np.inf else 0.0
+            for k in range(n_states):
+                r = row[k] - shift
+                ratio[b, t, k] = r if r >= LOG_RATIO_FLOOR else -np.inf
+
+
+def scaled_emissions(log_emit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""Emission likelihoods relative to each day's largest, and that largest.
+
+    :math:`m_t = \max_k \log p(y_t \mid z_t = k)` and
+    :math:`\tilde e_t(k) = \exp(\log p(y_t \mid z_t = k) - m_t) \in [0, 1]`; the
+    ``exp`` is numpy's vectorised one (the kernels then only multiply and add). A day
+    whose emissions are all ``-inf`` gets :math:`m_t = -\infty` and
+    :math:`\tilde e_t = 0`.
+
+    Parameters
+    ----------
+    log_emit : ndarray ``(B, T, K)``, float64, C-contiguous
+
+    Returns
+    -------
+    tuple of ndarray
+        ``scaled (B, T, K)`` and ``peak (B, T)``.
+    """
+    scaled = np.empty_like(log_emit)
+    peak = np.empty(log_emit.shape[:2])
+    _log_ratios(log_emit, scaled, peak)
+    np.exp(scaled, out=scaled)
+    return scaled, peak
+
+
+def _as_batch_array(x: torch.Tensor, batch_shape: torch.Size, event_ndim: int) -> np.ndarray:
+    """``x`` broadcast to ``batch_shape + event`` as a C-contiguous float64 array.
+
+    Shape ``(1, *event)`` when ``x`` is the same for the whole batch (the broadcast is
+    not copied), else ``(B, *event)`` with ``B`` the product of ``batch_shape``.
+    """
+    event = x.shape[x.dim() - event_ndim :]
+    x = x.detach().expand(batch_shape + event)
+    shared = all(n == 1 or s == 0 for n, s in zip(batch_shape, x.stride()))
+    x = x[(0,) * len(batch_shape)].unsqueeze(0) if shared else x.reshape((-1,) + event)
+    return np.ascontiguousarray(x.to(torch.float64).numpy())
+
+
+def _batch_shape(log_init, log_trans, log_emit, time_varying: bool) -> torch.Size:
+    event = 3 if time_varying else 2
+    return torch.broadcast_shapes(
+        log_init.shape[:-1], log_trans.shape[:-event], log_emit.shape[:-2]
+    )
+
+
+def _transitions(log_trans, batch_shape, time_varying: bool) -> np.ndarray:
+    """``log_trans`` as a ``(1 or B, 1 or T, K, K)`` float64 array of log probabilities."""
+    trans = _as_batch_array(log_trans, batch_shape, 3 if time_varying else 2)
+    return trans if time_varying else trans[:, None]
+
+
+def _result_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def _forward(log_init, log_trans, log_emit, time_varying: bool, store: bool):
+    """Run :func:`forward_filter`; return what the callers below assemble results from."""
+    batch_shape = _batch_shape(log_init, log_trans, log_emit, time_varying)
+    emit, peak = scaled_emissions(_as_batch_array(log_emit, batch_shape, 2))
+    num_steps, num_states = emit.shape[1:]
+    size = (math.prod(batch_shape), num_steps, num_states)
+    trans = np.exp(_transitions(log_trans, batch_shape, time_varying))
+    init = np.exp(_as_batch_array(log_init, batch_shape, 1))
+    filtered = np.empty(size if store else (0, 0, 0))
+    predicted = np.empty(size if store else (0, 0, 0))
+    norms = np.empty(size[:2])
+    forward_filter(init, trans, emit, filtered, predicted, norms)
+    with np.errstate(divide="ignore"):  # a zero-likelihood day: log 0 = -inf
+        increments = np.log(norms, out=norms) + peak  # peak (1 or B, T) broadcasts
+    return batch_shape, trans, emit, filtered, predicted, increments
+
+
+def sequential_log_evidence(log_init, log_trans, log_emit, time_varying: bool = False):
+    r""":math:`\log p(y_{1:T})` by the compiled forward recursion (no gradient).
+
+    Arguments and result as :func:`bayes_moe.inference.hmm.hmm_log_evidence`.
+    """
+    dtype = _result_dtype(log_init, log_trans, log_emit)
+    batch_shape, *_, increments = _forward(log_init, log_trans, log_emit, time_varying, False)
+    return torch.from_numpy(increments.sum(-1)).reshape(batch_shape).to(dtype)
+
+
+def sequential_filter(log_init, log_trans, log_emit, time_varying: bool = False, *, smooth: bool):
+    r"""Filter, and with ``smooth=True`` smoother, by the compiled recursions.
+
+    Arguments as :func:`bayes_moe.inference.hmm.hmm_filter`; returns the tensors
+    ``(log_filtered, log_predicted, log_evidence_increments, log_smoothed or None)``
+    in the arguments' promoted dtype, without gradient.
+    """
+    dtype = _result_dtype(log_init, log_trans, log_emit)
+    batch_shape, trans, emit, filtered, predicted, increments = _forward(
+        log_init, log_trans, log_emit, time_varying, store=True
+    )
+    smoothed = None
+    if smooth:
+        smoothed = np.empty_like(filtered)
+        backward_smooth(trans, filtered, emit, smoothed)
+
+    def as_tensor(array: np.ndarray | None, log: bool = True) -> torch.Tensor | None:
+        if array is None:
+            return None
+        if log:
+            with np.errstate(divide="ignore"):  # probability 0: -inf
+                np.log(array, out=array)
+        return torch.from_numpy(array).reshape(batch_shape + array.shape[1:]).to(dtype)
+
+    return (
+        as_tensor(filtered),
+        as_tensor(predicted),
+        as_tensor(increments, log=False),
+        as_tensor(smoothed),
+    )
+
+
+def sequential_viterbi(log_init, log_trans, log_emit, time_varying: bool = False):
+    r"""Viterbi path ``(..., T)`` int64 and its log joint ``(...)``, compiled recursion.
+
+    Arguments as :func:`bayes_moe.inference.hmm.hmm_viterbi`; ``log_max`` carries no
+    gradient.
+    """
+    dtype = _result_dtype(log_init, log_trans, log_emit)
+    batch_shape = _batch_shape(log_init, log_trans, log_emit, time_varying)
+    emit = _as_batch_array(log_emit, batch_shape, 2)
+    num_steps, num_states = emit.shape[1:]
+    n_seq = math.prod(batch_shape)
+    path = np.empty((n_seq, num_steps), dtype=np.int64)
+    log_max = np.empty(n_seq)
+    pointers = np.empty((num_steps, num_states), dtype=np.uint8 if num_states < 256 else np.int32)
+    viterbi_path(
+        _as_batch_array(log_init, batch_shape, 1),
+        _transitions(log_trans, batch_shape, time_varying),
+        emit,
+        path,
+        log_max,
+        pointers,
+    )
+    return (
+        torch.from_numpy(path).reshape(batch_shape + (num_steps,)),
+        torch.from_numpy(log_max).reshape(batch_shape).to(dtype),
+    )
