@@ -1,5 +1,4 @@
-r"""Hidden Markov model kernels: a parallel scan for gradients, a compiled recursion
-for evaluation.
+r"""Hidden Markov model kernels: a parallel scan for gradients, compiled loops otherwise.
 
 Pure functions for a discrete latent regime :math:`z_t \in \{1, \dots, K\}` with a
 time-homogeneous Markov prior and arbitrary emission log-likelihoods: the log evidence,
@@ -361,15 +360,18 @@ def _forward_scan(
 HMM_METHODS = ("auto", "parallel", "sequential")
 
 
-def choose_method(method: str, *tensors: torch.Tensor, differentiable: bool = True) -> str:
+def choose_method(method: str, *tensors: torch.Tensor, sequential_gradient: bool = False) -> str:
     """The route a kernel takes: ``"parallel"`` or ``"sequential"``.
 
     ``"auto"`` takes the compiled sequential recursion
-    (:mod:`bayes_moe.inference.hmm_sequential`) for tensors on the CPU when no gradient
-    is asked for (it is 10-100 times faster there: ``benchmarks/kernels.py``), and the
-    parallel scan otherwise: on a GPU, and whenever autograd needs the result
-    (``differentiable`` kernels, grad mode on and an input that requires grad).
-    ``"sequential"`` on a GPU tensor or with a gradient to compute is an error.
+    (:mod:`bayes_moe.inference.hmm_sequential`) for tensors on the CPU, unless autograd
+    needs a gradient (grad mode on and an input that requires grad) that the kernel's
+    sequential route does not give (``sequential_gradient=False``: the filter and the
+    smoother); then, and on a GPU, it takes the parallel scan. The log evidence has an
+    exact sequential gradient and the Viterbi path is discrete (its ``log_max`` is
+    differentiated through the returned path), so on the CPU ``"auto"`` always takes
+    the sequential route for those two. ``"sequential"`` on a GPU tensor, or where
+    only the parallel route gives the gradient asked for, is an error.
     """
     if method not in HMM_METHODS:
         raise ValueError(f"method must be one of {HMM_METHODS}, got {method!r}")
@@ -377,7 +379,9 @@ def choose_method(method: str, *tensors: torch.Tensor, differentiable: bool = Tr
         return method
     on_cpu = all(t.device.type == "cpu" for t in tensors)
     needs_grad = (
-        differentiable and torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        not sequential_gradient
+        and torch.is_grad_enabled()
+        and any(t.requires_grad for t in tensors)
     )
     if method == "sequential":
         if not on_cpu:
@@ -385,7 +389,7 @@ def choose_method(method: str, *tensors: torch.Tensor, differentiable: bool = Tr
             raise ValueError(f"method='sequential' runs on the CPU; got tensors on {devices}")
         if needs_grad:
             raise ValueError(
-                "method='sequential' computes no gradients, and an input requires grad: "
+                "method='sequential' gives no gradient here, and an input requires grad: "
                 "use method='parallel' (or 'auto'), or call under torch.no_grad()"
             )
         return method
@@ -451,7 +455,7 @@ def hmm_log_evidence(
     ----------
     Rabiner (1989), eq. (19)-(21); Särkkä & García-Fernández (2021), Sec. IV.
     """
-    route = choose_method(method, log_init, log_trans, log_emit)
+    route = choose_method(method, log_init, log_trans, log_emit, sequential_gradient=True)
     if route == "sequential":
         _broadcast(log_init, log_trans, log_emit, time_varying)  # shape errors
         return sequential_log_evidence(log_init, log_trans, log_emit, time_varying)
@@ -684,7 +688,7 @@ def hmm_viterbi(
     Rabiner (1989), Sec. III-B; Hassan, Särkkä & García-Fernández (2021), Sec. IV-C;
     ``hmm_posterior_mode`` in dynamax.
     """
-    route = choose_method(method, log_init, log_trans, log_emit, differentiable=False)
+    route = choose_method(method, log_init, log_trans, log_emit, sequential_gradient=True)
     broadcast = _broadcast(log_init, log_trans, log_emit, time_varying)
     if route == "sequential":
         path, log_max = sequential_viterbi(log_init, log_trans, log_emit, time_varying)

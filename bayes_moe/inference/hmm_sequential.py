@@ -129,8 +129,8 @@ def forward_filter(init, trans, scaled_emit, filtered, predicted, norms):
 
 
 @numba.njit(**_JIT)
-def backward_smooth(trans, filtered, scaled_emit, smoothed):
-    r"""Scaled backward recursion and smoothed marginals (Rabiner 1989, eq. 24-27).
+def backward_smooth(trans, filtered, scaled_emit, smoothed, pair_probs):
+    r"""Scaled backward recursion, smoothed marginals and pairwise marginals, in place.
 
     .. math::
 
@@ -138,8 +138,11 @@ def backward_smooth(trans, filtered, scaled_emit, smoothed):
         \hat\beta_t(i) \propto \sum_j P^{(t+1)}_{ij}\, \tilde e_{t+1}(j)\, \hat\beta_{t+1}(j),
         \qquad p(z_t = k \mid y_{1:T}) \propto \hat\alpha_t(k)\, \hat\beta_t(k),
 
-    each :math:`\hat\beta_t` divided by its largest entry (the constant cancels in the
-    normalised marginal).
+        \xi_{t+1}(i, j) = p(z_t = i, z_{t+1} = j \mid y_{1:T}) \propto
+        \hat\alpha_t(i)\, P^{(t+1)}_{ij}\, \tilde e_{t+1}(j)\, \hat\beta_{t+1}(j)
+
+    (Rabiner 1989, eq. 24-27 and 37), each :math:`\hat\beta_t` divided by its largest
+    entry (the constant cancels in the normalised marginals).
 
     Parameters
     ----------
@@ -151,34 +154,54 @@ def backward_smooth(trans, filtered, scaled_emit, smoothed):
         As in :func:`forward_filter`.
     smoothed : ndarray ``(B, T, K)``
         Written: :math:`p(z_t = k \mid y_{1:T})`.
+    pair_probs : ndarray ``(B, 1, K, K)``, ``(B, T, K, K)`` or ``(0, 0, 0, 0)``
+        Unless empty, written: :math:`\sum_{t \ge 2} \xi_t` (second size 1) or each
+        :math:`\xi_t` at entry ``t`` (entry 0 zero). They are the gradient of the log
+        evidence with respect to the log transition probabilities.
     """
     n_seq, n_steps, n_states = filtered.shape
+    pairs = pair_probs.shape[0] > 0
     beta = np.empty(n_states)
     weighted = np.empty(n_states)
+    xi = np.empty((n_states, n_states))
     for b in range(n_seq):
         tb = b if trans.shape[0] > 1 else 0
         eb = b if scaled_emit.shape[0] > 1 else 0
+        if pairs:
+            pair_probs[b] = 0.0
         for k in range(n_states):
             beta[k] = 1.0
             smoothed[b, n_steps - 1, k] = filtered[b, n_steps - 1, k]
         for t in range(n_steps - 2, -1, -1):
             step = trans[tb, t + 1 if trans.shape[1] > 1 else 0]
             emit = scaled_emit[eb, t + 1]
+            alpha = filtered[b, t]
             for j in range(n_states):
                 weighted[j] = emit[j] * beta[j]
             peak = 0.0
+            pair_total = 0.0
             for i in range(n_states):
                 acc = 0.0
                 for j in range(n_states):
                     acc += step[i, j] * weighted[j]
                 beta[i] = acc
                 peak = max(peak, acc)
+                if pairs:
+                    pair_total += alpha[i] * acc
+                    for j in range(n_states):
+                        xi[i, j] = alpha[i] * step[i, j] * weighted[j]
+            if pairs and pair_total > 0.0:
+                into = t + 1 if pair_probs.shape[1] > 1 else 0
+                scale = 1.0 / pair_total
+                for i in range(n_states):
+                    for j in range(n_states):
+                        pair_probs[b, into, i, j] += xi[i, j] * scale
             scale = 1.0 / peak if peak > 0.0 else 1.0
             out = smoothed[b, t]
             total = 0.0
             for k in range(n_states):
                 beta[k] *= scale
-                out[k] = filtered[b, t, k] * beta[k]
+                out[k] = alpha[k] * beta[k]
                 total += out[k]
             if total > 0.0:
                 scale = 1.0 / total
@@ -186,7 +209,7 @@ def backward_smooth(trans, filtered, scaled_emit, smoothed):
                     out[k] *= scale
             else:  # a day with zero likelihood after t: nothing to smooth with
                 for k in range(n_states):
-                    out[k] = filtered[b, t, k]
+                    out[k] = alpha[k]
 
 
 @numba.njit(**_JIT)
@@ -354,12 +377,71 @@ def _forward(log_init, log_trans, log_emit, time_varying: bool, store: bool):
     return batch_shape, trans, emit, filtered, predicted, increments
 
 
-def sequential_log_evidence(log_init, log_trans, log_emit, time_varying: bool = False):
-    r""":math:`\log p(y_{1:T})` by the compiled forward recursion (no gradient).
+class _LogEvidence(torch.autograd.Function):
+    r""":math:`\log p(y_{1:T})` by the compiled recursions, with its exact gradient.
 
-    Arguments and result as :func:`bayes_moe.inference.hmm.hmm_log_evidence`.
+    The forward pass runs the filter and the smoother (with pairwise marginals); the
+    backward pass is then one multiplication, because the log evidence is the log of a
+    sum over paths of :math:`\exp(\log p(z_1) + \sum_t \log P^{(t)}_{z_{t-1} z_t} +
+    \sum_t \log p(y_t \mid z_t))`:
+
+    .. math::
+
+        \frac{\partial \log p(y_{1:T})}{\partial \log p(y_t \mid z_t = k)}
+        = p(z_t = k \mid y_{1:T}), \qquad
+        \frac{\partial \log p(y_{1:T})}{\partial \log p(z_1 = k)}
+        = p(z_1 = k \mid y_{1:T}),
+
+        \frac{\partial \log p(y_{1:T})}{\partial \log P_{ij}}
+        = \sum_{t \ge 2} p(z_{t-1} = i, z_t = j \mid y_{1:T})
+
+    (one term per step for time-varying transitions).
     """
-    dtype = _result_dtype(log_init, log_trans, log_emit)
+
+    @staticmethod
+    def forward(ctx, log_init, log_trans, log_emit, time_varying):
+        dtype = _result_dtype(log_init, log_trans, log_emit)
+        batch_shape, trans, emit, filtered, _, increments = _forward(
+            log_init, log_trans, log_emit, time_varying, store=True
+        )
+        n_seq, num_steps, num_states = filtered.shape
+        smoothed = np.empty_like(filtered)
+        pairs = np.empty((n_seq, num_steps if time_varying else 1, num_states, num_states))
+        backward_smooth(trans, filtered, emit, smoothed, pairs)
+        pair_event = pairs.shape[1:] if time_varying else pairs.shape[2:]
+        ctx.save_for_backward(
+            torch.from_numpy(smoothed).reshape(batch_shape + smoothed.shape[1:]),
+            torch.from_numpy(pairs).reshape(batch_shape + pair_event),
+        )
+        ctx.inputs = [(x.shape, x.dtype) for x in (log_init, log_trans, log_emit)]
+        return torch.from_numpy(increments.sum(-1)).reshape(batch_shape).to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        smoothed, pairs = ctx.saved_tensors
+        grad = grad.to(torch.float64)
+        terms = (smoothed[..., 0, :], pairs, smoothed)  # init, trans, emit
+        grads = []
+        for needed, term, (shape, dtype) in zip(ctx.needs_input_grad, terms, ctx.inputs):
+            if not needed:
+                grads.append(None)
+                continue
+            scaled = grad.reshape(grad.shape + (1,) * (term.dim() - grad.dim())) * term
+            grads.append(scaled.sum_to_size(shape).to(dtype))
+        return (*grads, None)
+
+
+def sequential_log_evidence(log_init, log_trans, log_emit, time_varying: bool = False):
+    r""":math:`\log p(y_{1:T})` by the compiled forward recursion.
+
+    Arguments and result as :func:`bayes_moe.inference.hmm.hmm_log_evidence`. When grad
+    mode is on and an input requires grad, the smoother runs too and the result
+    carries the exact gradient (:class:`_LogEvidence`); otherwise only the filter runs.
+    """
+    tensors = (log_init, log_trans, log_emit)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _LogEvidence.apply(log_init, log_trans, log_emit, time_varying)
+    dtype = _result_dtype(*tensors)
     batch_shape, *_, increments = _forward(log_init, log_trans, log_emit, time_varying, False)
     return torch.from_numpy(increments.sum(-1)).reshape(batch_shape).to(dtype)
 
@@ -378,7 +460,7 @@ def sequential_filter(log_init, log_trans, log_emit, time_varying: bool = False,
     smoothed = None
     if smooth:
         smoothed = np.empty_like(filtered)
-        backward_smooth(trans, filtered, emit, smoothed)
+        backward_smooth(trans, filtered, emit, smoothed, np.empty((0, 0, 0, 0)))
 
     def as_tensor(array: np.ndarray | None, log: bool = True) -> torch.Tensor | None:
         if array is None:

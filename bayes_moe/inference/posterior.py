@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from bayes_moe._runtime import release_free_memory, torch_threads
 from bayes_moe.data.windows import ModelData
-from bayes_moe.inference.hmm import hmm_smoother, hmm_viterbi, log_matmul_exp
+from bayes_moe.inference.hmm import hmm_smoother, hmm_viterbi
 from bayes_moe.inference.predictive import mixture_cdf, mixture_moments, sample_mixture
 from bayes_moe.models.distributions import (
     cat_batch,
@@ -181,32 +181,41 @@ def causal_regime(log_init, log_filtered, step_trans, horizon: int) -> torch.Ten
 
     with :math:`\Pi_m` the transition into origin ``m``'s regime (known at the close
     of ``m``, so at ``n``); the first ``h`` origins start from the initial distribution.
+    The products are taken in probability space (batched matrix products); a
+    probability below the smallest normal float64 comes back as ``-inf``.
 
     Parameters
     ----------
     log_init : Tensor ``(S, K)``
     log_filtered : Tensor ``(S, N - h, K)``
         Filtered probabilities of the observed origins.
-    step_trans : Tensor ``(S, N, K, K)``
+    step_trans : Tensor ``(S, N, K, K)``, or ``(S, 1, K, K)`` for the same matrix at
+        every origin
     horizon : int
 
     Returns
     -------
     Tensor ``(S, N, K)``
     """
-    N = step_trans.shape[1]
     n_obs = log_filtered.shape[1]
+    N = n_obs + horizon
+    trans = step_trans.exp()
+    homogeneous = trans.shape[1] == 1
 
-    def step(log_p, trans):
-        return log_matmul_exp(log_p.unsqueeze(-2), trans).squeeze(-2)
+    def step(probs, first):
+        """``probs (S, n, K)`` one transition ahead, into origins ``first, first + 1, ...``."""
+        if homogeneous:
+            return probs @ trans[:, 0]
+        into = trans[:, first : first + probs.shape[1]]
+        return (probs.unsqueeze(-1) * into).sum(-2)
 
-    early = [log_init]
+    early = [log_init.exp().unsqueeze(1)]
     for n in range(1, min(horizon, N)):
-        early.append(step(early[-1], step_trans[:, n]))
-    late = log_filtered
+        early.append(step(early[-1], n))
+    late = log_filtered.exp()
     for j in range(1, horizon + 1):
-        late = step(late, step_trans[:, j : j + n_obs])
-    return torch.cat([torch.stack(early, dim=1), late], dim=1)
+        late = step(late, j)
+    return torch.cat(early + [late], dim=1).log()
 
 
 def expected_stay(log_trans: torch.Tensor) -> torch.Tensor:
@@ -325,9 +334,9 @@ def _for_each_chunk(program, draws, data, consume, *, memory_budget_mib, num_thr
 def seeded_predictive(chunk: dict, rows, draw_ids, n_obs: int) -> torch.Tensor:
     """One sample of every observed day's causal predictive for some draws of a chunk.
 
-    Draw ``s`` is sampled under the seed ``PREDICTIVE_SEED + s``, so the sample of a
-    draw does not depend on how the draws were chunked, and the global torch RNG is
-    left as it was.
+    Draw ``s`` is sampled with its own generator seeded ``PREDICTIVE_SEED + s``, so
+    the sample of a draw does not depend on how the draws were chunked, and the global
+    torch RNG is not used.
 
     Parameters
     ----------
@@ -343,19 +352,15 @@ def seeded_predictive(chunk: dict, rows, draw_ids, n_obs: int) -> torch.Tensor:
     -------
     Tensor ``(len(rows), n_obs, d_y)``
     """
-    samples = []
-    for row, draw in zip(rows, draw_ids):
-        pick = (slice(int(row), int(row) + 1), slice(0, n_obs))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(PREDICTIVE_SEED + int(draw))
-            samples.append(
-                sample_mixture(
-                    chunk["log_mix_weights"][pick],
-                    chunk["log_regime_scale"][pick[:1]],
-                    [index_batch(d, pick) for d in chunk["experts"]],
-                )
-            )
-    return torch.cat(samples, dim=0)
+    rows = torch.as_tensor(list(rows), dtype=torch.long)
+    generators = [torch.Generator().manual_seed(PREDICTIVE_SEED + int(d)) for d in draw_ids]
+    pick = (rows, slice(0, n_obs))
+    return sample_mixture(
+        chunk["log_mix_weights"][pick],
+        chunk["log_regime_scale"][rows],
+        [index_batch(d, pick) for d in chunk["experts"]],
+        generators,
+    )
 
 
 def evaluate_posterior(
@@ -741,7 +746,7 @@ def _evaluate_chunk(program: MoEProgram, draws: dict, data: ModelData) -> dict:
     occupancy = smoothed.log_smoothed.exp()  # (S, N_obs, K)
 
     # Causal regime probabilities at every origin (module docstring).
-    log_causal = causal_regime(log_init, smoothed.log_filtered, step_trans.expand(S, N, K, K), h)
+    log_causal = causal_regime(log_init, smoothed.log_filtered, step_trans, h)
     log_mix = log_causal.unsqueeze(-1) + log_w  # (S, N, K, M)
     log_density = torch.logsumexp((log_mix + log_p)[:, :n_obs].flatten(-2), dim=-1)
 

@@ -23,14 +23,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bayes_moe.models.distributions import index_batch, location, regime_cdf, regime_log_prob
+from bayes_moe.models.distributions import (
+    index_batch,
+    location,
+    mean_and_variance,
+    per_row,
+    regime_cdf,
+    regime_log_prob,
+    sample_rows,
+)
 
 
-def sample_mixture(log_weights, log_scale, experts) -> torch.Tensor:
+def sample_mixture(log_weights, log_scale, experts, generators=None) -> torch.Tensor:
     r"""One value per row of ``log_weights`` from the regime-scaled expert mixture.
 
-    Picks a (regime, expert) pair with probability :math:`w_{n,k,m}`, samples
-    :math:`x \sim p_m` and returns :math:`\mu_m + e^{\lambda_k} (x - \mu_m)`.
+    Picks a (regime, expert) pair with probability :math:`w_{n,k,m}` (inverse CDF of
+    a uniform), samples :math:`x \sim p_m` and returns
+    :math:`\mu_m + e^{\lambda_k} (x - \mu_m)`.
 
     Parameters
     ----------
@@ -38,15 +47,23 @@ def sample_mixture(log_weights, log_scale, experts) -> torch.Tensor:
     log_scale : Tensor ``(S, K)``
         :math:`\lambda_k` of each row's draw.
     experts : list of ``M`` distributions, batch ``(S, n)``
+    generators : sequence of ``S`` ``torch.Generator``, optional
+        Row ``s`` is drawn with ``generators[s]`` alone (its sample then does not depend
+        on the other rows); None draws every row from torch's global generator.
 
     Returns
     -------
     Tensor ``(S, n, d_y)``
     """
-    M = log_weights.shape[-1]
-    picks = torch.distributions.Categorical(logits=log_weights.flatten(-2)).sample()  # (S, n)
+    S, n, _, M = log_weights.shape
+    generators = [None] * S if generators is None else list(generators)
+    if len(generators) != S:
+        raise ValueError(f"{len(generators)} generators for {S} rows")
+    cdf = log_weights.flatten(-2).softmax(-1).cumsum(-1)  # (S, n, K * M)
+    u = per_row(generators, lambda i, g: torch.rand(n, 1, generator=g, dtype=cdf.dtype))
+    picks = torch.searchsorted(cdf, u * cdf[..., -1:]).clamp_max(cdf.shape[-1] - 1)[..., 0]
     regime, expert = picks // M, picks % M
-    values = torch.stack([d.sample() for d in experts], dim=2)  # (S, n, M, d_y)
+    values = torch.stack([sample_rows(d, generators) for d in experts], dim=2)  # (S, n, M, d_y)
     locs = torch.stack([location(d) for d in experts], dim=2)
     x = torch.take_along_dim(values, expert[..., None, None], dim=2).squeeze(2)
     mu = torch.take_along_dim(locs, expert[..., None, None], dim=2).squeeze(2)
@@ -73,8 +90,9 @@ def mixture_moments(log_weights, log_scale, experts) -> tuple[torch.Tensor, torc
         and its variance the average of ``s`` minus the squared mean.
     """
     w = log_weights.exp().unsqueeze(-1)  # (S, n, K, M, 1)
-    means = torch.stack([d.mean for d in experts], dim=2).unsqueeze(2)  # (S, n, 1, M, d)
-    variances = torch.stack([d.variance for d in experts], dim=2).unsqueeze(2)
+    moments = [mean_and_variance(d) for d in experts]
+    means = torch.stack([m for m, _ in moments], dim=2).unsqueeze(2)  # (S, n, 1, M, d)
+    variances = torch.stack([v for _, v in moments], dim=2).unsqueeze(2)
     stretch = (2 * log_scale)[:, None, :, None, None].exp()  # (S, 1, K, 1, 1)
     mean = (w * means).sum((2, 3))
     second = (w * (stretch * variances + means.square())).sum((2, 3))

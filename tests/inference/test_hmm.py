@@ -12,6 +12,7 @@ distribution of a two-state chain.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -487,8 +488,9 @@ def test_float32_long_series_keeps_float32_accuracy(long_series, method):
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("method", ROUTES)
 @pytest.mark.parametrize("num_steps", [1, 6, 1_000])
-def test_evidence_gradient_is_smoothed_posterior(num_steps):
+def test_evidence_gradient_is_smoothed_posterior(num_steps, method):
     # Identity: d log p(y_{1:T}) / d log p(y_t | z_t = k) = p(z_t = k | y_{1:T}).
     # Oracle: brute-force enumeration for T <= 6, the sequential reference otherwise.
     params = random_hmm(seed=num_steps, num_steps=num_steps, num_states=3)
@@ -498,14 +500,20 @@ def test_evidence_gradient_is_smoothed_posterior(num_steps):
         expected = np.exp(reference_smoother(*params).log_smoothed)
     log_init, log_trans = torch.as_tensor(params[0]), torch.as_tensor(params[1])
     log_emit = torch.tensor(params[2], requires_grad=True)
-    for evidence_fn in (hmm_log_evidence, lambda *a: hmm_filter(*a).log_evidence):
+    evidence_fns = (
+        lambda *a: hmm_log_evidence(*a, method=method),
+        lambda *a: hmm_filter(*a, method="parallel").log_evidence,
+    )
+    for evidence_fn in evidence_fns:
         (grad,) = torch.autograd.grad(evidence_fn(log_init, log_trans, log_emit), log_emit)
         np.testing.assert_allclose(grad.numpy(), expected, atol=1e-10)
 
 
 def test_gradcheck_against_finite_differences():
     params = [torch.tensor(p, requires_grad=True) for p in random_hmm(5, 5, 3)]
-    assert torch.autograd.gradcheck(hmm_log_evidence, params)
+    for method in ROUTES:
+        evidence = functools.partial(hmm_log_evidence, method=method)
+        assert torch.autograd.gradcheck(evidence, params)
     assert torch.autograd.gradcheck(lambda *a: hmm_smoother(*a).log_smoothed, params)
     assert torch.autograd.gradcheck(lambda *a: hmm_viterbi(*a).log_max, params)
 
@@ -601,18 +609,19 @@ def test_auto_takes_the_sequential_route_unless_a_gradient_is_needed():
     log_init, log_trans, log_emit = (torch.as_tensor(p) for p in random_hmm(1, 30, 3))
     assert choose_method("auto", log_init, log_trans, log_emit) == "sequential"
     wanted = log_emit.clone().requires_grad_()
+    # The filter and the smoother have gradients through the parallel scan only.
     assert choose_method("auto", log_init, log_trans, wanted) == "parallel"
-    assert choose_method("auto", log_init, log_trans, wanted, differentiable=False) == (
-        "sequential"
-    )
     with torch.no_grad():
         assert choose_method("auto", log_init, log_trans, wanted) == "sequential"
-    # auto with a gradient to compute gives one, equal to the smoothed marginals.
-    (grad,) = torch.autograd.grad(hmm_log_evidence(log_init, log_trans, wanted), wanted)
-    smoothed = hmm_smoother(log_init, log_trans, log_emit).log_smoothed.exp()
-    torch.testing.assert_close(grad, smoothed)
-    with pytest.raises(ValueError, match="computes no gradients"):
+    with pytest.raises(ValueError, match="gives no gradient here"):
         hmm_smoother(log_init, log_trans, wanted, method="sequential")
+    smoothed = hmm_smoother(log_init, log_trans, wanted).log_smoothed.exp()
+    assert smoothed.requires_grad
+    # The log evidence has an exact sequential gradient: auto stays sequential.
+    route = choose_method("auto", log_init, log_trans, wanted, sequential_gradient=True)
+    assert route == "sequential"
+    (grad,) = torch.autograd.grad(hmm_log_evidence(log_init, log_trans, wanted), wanted)
+    torch.testing.assert_close(grad, smoothed.detach(), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="method must be one of"):
         hmm_filter(log_init, log_trans, log_emit, method="fast")
     # The Viterbi path is discrete: the sequential route serves it, and log_max keeps
@@ -620,6 +629,39 @@ def test_auto_takes_the_sequential_route_unless_a_gradient_is_needed():
     path, log_max = hmm_viterbi(log_init, log_trans, wanted, method="sequential")
     (grad,) = torch.autograd.grad(log_max, wanted)
     torch.testing.assert_close(grad, torch.nn.functional.one_hot(path, 3).double())
+
+
+@pytest.mark.parametrize("time_varying", [False, True])
+@pytest.mark.parametrize(
+    ("init_batch", "trans_batch", "emit_batch"),
+    [((), (), (4,)), ((4,), (4,), ()), ((2, 1), (3,), (1, 3))],
+)
+def test_sequential_evidence_gradient_equals_the_parallel_one(
+    time_varying, init_batch, trans_batch, emit_batch
+):
+    # Oracle: autograd through the parallel scan, for every input, with broadcast batch
+    # dimensions (the sequential gradient must be summed back to each input's shape),
+    # a time-varying chain, a structural zero and float32 inputs for one of them.
+    gen = torch.Generator().manual_seed(5)
+    num_steps = 200
+    trans_event = (num_steps, 3, 3) if time_varying else (3, 3)
+    log_init = torch.randn(init_batch + (3,), generator=gen, dtype=torch.float64)
+    log_trans = torch.randn(trans_batch + trans_event, generator=gen, dtype=torch.float64)
+    log_trans[..., 0, 2] = -math.inf  # 0 -> 2 impossible
+    log_emit = 2 * torch.randn(emit_batch + (num_steps, 3), generator=gen, dtype=torch.float64)
+    log_trans = log_trans.log_softmax(-1).float()
+    params = [log_init.log_softmax(-1), log_trans, log_emit]
+    grads = {}
+    for method in ROUTES:
+        args = [p.clone().requires_grad_() for p in params]
+        evidence = hmm_log_evidence(*args, time_varying=time_varying, method=method)
+        weights = torch.linspace(0.5, 1.5, evidence.numel(), dtype=evidence.dtype)
+        (evidence * weights.reshape(evidence.shape)).sum().backward()
+        grads[method] = [a.grad for a in args]
+    for seq, par, arg in zip(grads["sequential"], grads["parallel"], params, strict=True):
+        assert seq.shape == arg.shape and seq.dtype == arg.dtype
+        tol = 1e-5 if arg.dtype == torch.float32 else 1e-10
+        torch.testing.assert_close(seq, par, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("time_varying", [False, True])

@@ -10,7 +10,7 @@ from pyro import poutine
 
 import bayes_moe as bm
 from bayes_moe.data.windows import SLOW_VOL_FEATURES, VOL_FEATURES, prepare
-from bayes_moe.models.gate import horizon_preference
+from bayes_moe.models.gate import horizon_preference, log_softmax_of_sum
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +149,21 @@ def test_initial_levels_are_log_ratios_of_rolling_volatility_quantiles():
     np.testing.assert_allclose(steps.numpy(), np.diff(np.log(q)), rtol=0.02)
     no_levels = bm.MarkovGate(3, volatility_levels=False)
     assert no_levels.initial_levels(torch.as_tensor(y[:, None])) is None
+
+
+@pytest.mark.parametrize("spread", [1.0, 30.0, 400.0])
+def test_log_softmax_of_sum_equals_the_direct_log_softmax(spread):
+    # Oracle: torch.log_softmax of the materialised outer sum. spread=400 puts the two
+    # factors' maxima ~800 nats apart, where the matrix-product normaliser underflows
+    # and the function must fall back to the direct computation.
+    gen = torch.Generator().manual_seed(3)
+    rows = spread * torch.randn(5, 3, 4, generator=gen, dtype=torch.float64)  # S + (K, M)
+    cols = spread * torch.randn(5, 7, 4, generator=gen, dtype=torch.float64)  # S + (N, M)
+    rows.requires_grad_()
+    expected = torch.log_softmax(rows.unsqueeze(-3) + cols.unsqueeze(-2), dim=-1)
+    got = log_softmax_of_sum(rows, cols)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(got.shape, generator=gen, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((got * weights).sum(), rows)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), rows)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
