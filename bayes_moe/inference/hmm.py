@@ -84,6 +84,7 @@ from typing import NamedTuple
 import torch
 
 from bayes_moe.inference.hmm_sequential import (
+    batch_shape_of,
     sequential_filter,
     sequential_log_evidence,
     sequential_viterbi,
@@ -281,18 +282,13 @@ def _compose_maps(
 # --------------------------------------------------------------------------------------
 
 
-def _broadcast(
+def _check_shapes(
     log_init: torch.Tensor,
     log_trans: torch.Tensor,
     log_emit: torch.Tensor,
     time_varying: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Check shapes and broadcast the batch dimensions of the three arguments.
-
-    Returns ``log_init (..., K)``, the per-step transitions ``(..., T - 1, K, K)``
-    (entry ``t - 1`` leads into step ``t``, homogeneous ones expanded without a copy)
-    and ``log_emit (..., T, K)``.
-    """
+) -> tuple[tuple[int, ...], int, int]:
+    """Check the shapes of the three arguments; return ``(batch_shape, T, K)``."""
     if log_emit.dim() < 2:
         raise ValueError(f"log_emit must have shape (..., T, K), got {tuple(log_emit.shape)}")
     num_steps, num_states = log_emit.shape[-2:]
@@ -309,9 +305,29 @@ def _broadcast(
             f"log_trans must have shape {expected} with T = {num_steps}, K = {num_states}, "
             f"got {tuple(log_trans.shape)}"
         )
-    batch_shape = torch.broadcast_shapes(
-        log_init.shape[:-1], log_trans.shape[: -len(event)], log_emit.shape[:-2]
-    )
+    try:
+        batch_shape = batch_shape_of(log_init, log_trans, log_emit, time_varying)
+    except ValueError as error:
+        shapes = [tuple(t.shape) for t in (log_init, log_trans, log_emit)]
+        raise ValueError(f"batch dimensions do not broadcast: {shapes}") from error
+    return batch_shape, num_steps, num_states
+
+
+def _broadcast(
+    log_init: torch.Tensor,
+    log_trans: torch.Tensor,
+    log_emit: torch.Tensor,
+    time_varying: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Check shapes and broadcast the batch dimensions of the three arguments.
+
+    Returns ``log_init (..., K)``, the per-step transitions ``(..., T - 1, K, K)``
+    (entry ``t - 1`` leads into step ``t``, homogeneous ones expanded without a copy)
+    and ``log_emit (..., T, K)``.
+    """
+    batch, num_steps, num_states = _check_shapes(log_init, log_trans, log_emit, time_varying)
+    batch_shape = torch.Size(batch)
+    event = (num_steps, num_states, num_states) if time_varying else (num_states, num_states)
     steps = batch_shape + (num_steps - 1, num_states, num_states)
     if time_varying:
         step_trans = log_trans.expand(batch_shape + event)[..., 1:, :, :]
@@ -457,7 +473,7 @@ def hmm_log_evidence(
     """
     route = choose_method(method, log_init, log_trans, log_emit, sequential_gradient=True)
     if route == "sequential":
-        _broadcast(log_init, log_trans, log_emit, time_varying)  # shape errors
+        _check_shapes(log_init, log_trans, log_emit, time_varying)
         return sequential_log_evidence(log_init, log_trans, log_emit, time_varying)
     log_init, step_trans, log_emit = _broadcast(log_init, log_trans, log_emit, time_varying)
     alpha_1 = log_init + log_emit[..., 0, :]
@@ -542,7 +558,7 @@ def hmm_filter(
     """
     route = choose_method(method, log_init, log_trans, log_emit)
     if route == "sequential":
-        _broadcast(log_init, log_trans, log_emit, time_varying)  # shape errors
+        _check_shapes(log_init, log_trans, log_emit, time_varying)
         *parts, _ = sequential_filter(log_init, log_trans, log_emit, time_varying, smooth=False)
         return HMMFilterResult(*parts, parts[2].sum(-1))
     log_init, step_trans, log_emit = _broadcast(log_init, log_trans, log_emit, time_varying)
@@ -613,7 +629,7 @@ def hmm_smoother(
     """
     route = choose_method(method, log_init, log_trans, log_emit)
     if route == "sequential":
-        _broadcast(log_init, log_trans, log_emit, time_varying)  # shape errors
+        _check_shapes(log_init, log_trans, log_emit, time_varying)
         filt, pred, inc, smoothed = sequential_filter(
             log_init, log_trans, log_emit, time_varying, smooth=True
         )
@@ -689,13 +705,16 @@ def hmm_viterbi(
     ``hmm_posterior_mode`` in dynamax.
     """
     route = choose_method(method, log_init, log_trans, log_emit, sequential_gradient=True)
-    broadcast = _broadcast(log_init, log_trans, log_emit, time_varying)
     if route == "sequential":
+        _check_shapes(log_init, log_trans, log_emit, time_varying)
         path, log_max = sequential_viterbi(log_init, log_trans, log_emit, time_varying)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in broadcast):
+        if torch.is_grad_enabled() and any(
+            t.requires_grad for t in (log_init, log_trans, log_emit)
+        ):
+            broadcast = _broadcast(log_init, log_trans, log_emit, time_varying)
             log_max = _path_log_joint(path, *broadcast)  # the same value, differentiable
         return HMMViterbiResult(path, log_max)
-    log_init, step_trans, log_emit = broadcast
+    log_init, step_trans, log_emit = _broadcast(log_init, log_trans, log_emit, time_varying)
     num_steps, num_states = log_emit.shape[-2:]
     with torch.no_grad():
         delta, _ = _forward_scan(log_init, step_trans, log_emit, _combine_max_product)

@@ -61,6 +61,24 @@ _JIT = {"cache": True, "nogil": True, "fastmath": {"nsz", "contract", "reassoc"}
 
 
 @numba.njit(**_JIT)
+def _load_step(trans, b, t, out, transpose):
+    r"""Copy the transition into step ``t`` of sequence ``b`` into ``out`` (K, K).
+
+    Indexing a local copy is faster than slicing ``trans`` at every step; with
+    ``transpose`` the copy is :math:`P^\top`, so a loop over the previous state reads
+    memory in order.
+    """
+    step = trans[b if trans.shape[0] > 1 else 0, t if trans.shape[1] > 1 else 0]
+    n_states = out.shape[0]
+    for i in range(n_states):
+        for j in range(n_states):
+            if transpose:
+                out[j, i] = step[i, j]
+            else:
+                out[i, j] = step[i, j]
+
+
+@numba.njit(**_JIT)
 def forward_filter(init, trans, scaled_emit, filtered, predicted, norms):
     r"""Scaled forward recursion (Rabiner 1989, eq. 91-92), in place.
 
@@ -91,28 +109,30 @@ def forward_filter(init, trans, scaled_emit, filtered, predicted, norms):
     n_seq, n_steps = norms.shape
     n_states = scaled_emit.shape[2]
     store = filtered.shape[0] > 0
+    varying = trans.shape[1] > 1
+    step = np.empty((n_states, n_states))
     prev = np.empty(n_states)
     pred = np.empty(n_states)
     for b in range(n_seq):
         ib = b if init.shape[0] > 1 else 0
-        tb = b if trans.shape[0] > 1 else 0
         eb = b if scaled_emit.shape[0] > 1 else 0
+        _load_step(trans, b, 0, step, False)
         for t in range(n_steps):
             if t == 0:
                 for k in range(n_states):
                     pred[k] = init[ib, k]
             else:
-                step = trans[tb, t if trans.shape[1] > 1 else 0]
+                if varying:
+                    _load_step(trans, b, t, step, False)
                 for j in range(n_states):
                     pred[j] = 0.0
                 for i in range(n_states):
                     weight = prev[i]
                     for j in range(n_states):
                         pred[j] += weight * step[i, j]
-            emit = scaled_emit[eb, t]
             total = 0.0
             for k in range(n_states):
-                prev[k] = pred[k] * emit[k]
+                prev[k] = pred[k] * scaled_emit[eb, t, k]
                 total += prev[k]
             norms[b, t] = total
             if total > 0.0:
@@ -161,23 +181,24 @@ def backward_smooth(trans, filtered, scaled_emit, smoothed, pair_probs):
     """
     n_seq, n_steps, n_states = filtered.shape
     pairs = pair_probs.shape[0] > 0
+    varying = trans.shape[1] > 1
+    step = np.empty((n_states, n_states))
     beta = np.empty(n_states)
     weighted = np.empty(n_states)
     xi = np.empty((n_states, n_states))
     for b in range(n_seq):
-        tb = b if trans.shape[0] > 1 else 0
         eb = b if scaled_emit.shape[0] > 1 else 0
+        _load_step(trans, b, 0, step, False)
         if pairs:
             pair_probs[b] = 0.0
         for k in range(n_states):
             beta[k] = 1.0
             smoothed[b, n_steps - 1, k] = filtered[b, n_steps - 1, k]
         for t in range(n_steps - 2, -1, -1):
-            step = trans[tb, t + 1 if trans.shape[1] > 1 else 0]
-            emit = scaled_emit[eb, t + 1]
-            alpha = filtered[b, t]
+            if varying:
+                _load_step(trans, b, t + 1, step, False)
             for j in range(n_states):
-                weighted[j] = emit[j] * beta[j]
+                weighted[j] = scaled_emit[eb, t + 1, j] * beta[j]
             peak = 0.0
             pair_total = 0.0
             for i in range(n_states):
@@ -187,9 +208,10 @@ def backward_smooth(trans, filtered, scaled_emit, smoothed, pair_probs):
                 beta[i] = acc
                 peak = max(peak, acc)
                 if pairs:
-                    pair_total += alpha[i] * acc
+                    alpha = filtered[b, t, i]
+                    pair_total += alpha * acc
                     for j in range(n_states):
-                        xi[i, j] = alpha[i] * step[i, j] * weighted[j]
+                        xi[i, j] = alpha * step[i, j] * weighted[j]
             if pairs and pair_total > 0.0:
                 into = t + 1 if pair_probs.shape[1] > 1 else 0
                 scale = 1.0 / pair_total
@@ -197,19 +219,18 @@ def backward_smooth(trans, filtered, scaled_emit, smoothed, pair_probs):
                     for j in range(n_states):
                         pair_probs[b, into, i, j] += xi[i, j] * scale
             scale = 1.0 / peak if peak > 0.0 else 1.0
-            out = smoothed[b, t]
             total = 0.0
             for k in range(n_states):
                 beta[k] *= scale
-                out[k] = alpha[k] * beta[k]
-                total += out[k]
+                smoothed[b, t, k] = filtered[b, t, k] * beta[k]
+                total += smoothed[b, t, k]
             if total > 0.0:
                 scale = 1.0 / total
                 for k in range(n_states):
-                    out[k] *= scale
+                    smoothed[b, t, k] *= scale
             else:  # a day with zero likelihood after t: nothing to smooth with
                 for k in range(n_states):
-                    out[k] = alpha[k]
+                    smoothed[b, t, k] = filtered[b, t, k]
 
 
 @numba.njit(**_JIT)
@@ -224,8 +245,8 @@ def viterbi_path(log_init, log_trans, log_emit, path, log_max, pointers):
 
     with back-pointers :math:`\psi_t(k)` the maximising ``j`` (the lowest on a tie) and
     :math:`\hat z_T = \arg\max_k \delta_T(k)`, :math:`\hat z_{t-1} = \psi_t(\hat z_t)`.
-    The maximisation runs over ``j`` in the outer loop and ``k`` in the inner one, so
-    the inner loop is a branch-free select the compiler vectorises.
+    The transposed log transition matrix is copied once per sequence (per step when it
+    varies), so the maximisation over ``j`` reads memory in order.
 
     Parameters
     ----------
@@ -243,32 +264,31 @@ def viterbi_path(log_init, log_trans, log_emit, path, log_max, pointers):
     """
     n_seq, n_steps = path.shape
     n_states = log_emit.shape[2]
+    varying = log_trans.shape[1] > 1
+    into = np.empty((n_states, n_states))  # into[k, j] = log P_jk
     delta = np.empty(n_states)
-    best = np.empty(n_states)
-    arg = np.empty(n_states, dtype=np.int64)
+    nxt = np.empty(n_states)
     for b in range(n_seq):
         ib = b if log_init.shape[0] > 1 else 0
-        tb = b if log_trans.shape[0] > 1 else 0
         eb = b if log_emit.shape[0] > 1 else 0
+        _load_step(log_trans, b, 0, into, True)
         for k in range(n_states):
             delta[k] = log_init[ib, k] + log_emit[eb, 0, k]
         for t in range(1, n_steps):
-            step = log_trans[tb, t if log_trans.shape[1] > 1 else 0]
-            first = delta[0]
+            if varying:
+                _load_step(log_trans, b, t, into, True)
             for k in range(n_states):
-                best[k] = first + step[0, k]
-                arg[k] = 0
-            for j in range(1, n_states):
-                dj = delta[j]
-                for k in range(n_states):
-                    score = dj + step[j, k]
-                    take = score > best[k]
-                    best[k] = score if take else best[k]
-                    arg[k] = j if take else arg[k]
-            emit = log_emit[eb, t]
+                best = delta[0] + into[k, 0]
+                arg = 0
+                for j in range(1, n_states):
+                    score = delta[j] + into[k, j]
+                    if score > best:
+                        best = score
+                        arg = j
+                nxt[k] = best + log_emit[eb, t, k]
+                pointers[t, k] = arg
             for k in range(n_states):
-                delta[k] = best[k] + emit[k]
-                pointers[t, k] = arg[k]
+                delta[k] = nxt[k]
         state = 0
         for k in range(1, n_states):
             if delta[k] > delta[state]:
@@ -327,23 +347,29 @@ def scaled_emissions(log_emit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scaled, peak
 
 
-def _as_batch_array(x: torch.Tensor, batch_shape: torch.Size, event_ndim: int) -> np.ndarray:
+def _as_batch_array(x: torch.Tensor, batch_shape: tuple, event_ndim: int) -> np.ndarray:
     """``x`` broadcast to ``batch_shape + event`` as a C-contiguous float64 array.
 
     Shape ``(1, *event)`` when ``x`` is the same for the whole batch (the broadcast is
     not copied), else ``(B, *event)`` with ``B`` the product of ``batch_shape``.
     """
-    event = x.shape[x.dim() - event_ndim :]
-    x = x.detach().expand(batch_shape + event)
-    shared = all(n == 1 or s == 0 for n, s in zip(batch_shape, x.stride()))
-    x = x[(0,) * len(batch_shape)].unsqueeze(0) if shared else x.reshape((-1,) + event)
+    event = tuple(x.shape[x.dim() - event_ndim :])
+    own = tuple(x.shape[: x.dim() - event_ndim])
+    x = x.detach()
+    if math.prod(own) == 1:
+        x = x.reshape((1,) + event)
+    elif own == tuple(batch_shape):
+        x = x.reshape((-1,) + event)
+    else:  # partly broadcast: materialise the batch
+        x = x.expand(tuple(batch_shape) + event).reshape((-1,) + event)
     return np.ascontiguousarray(x.to(torch.float64).numpy())
 
 
-def _batch_shape(log_init, log_trans, log_emit, time_varying: bool) -> torch.Size:
+def batch_shape_of(log_init, log_trans, log_emit, time_varying: bool) -> tuple:
+    """Broadcast batch shape of the three arguments (numpy's rules, which are torch's)."""
     event = 3 if time_varying else 2
-    return torch.broadcast_shapes(
-        log_init.shape[:-1], log_trans.shape[:-event], log_emit.shape[:-2]
+    return np.broadcast_shapes(
+        tuple(log_init.shape[:-1]), tuple(log_trans.shape[:-event]), tuple(log_emit.shape[:-2])
     )
 
 
@@ -362,7 +388,7 @@ def _result_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 def _forward(log_init, log_trans, log_emit, time_varying: bool, store: bool):
     """Run :func:`forward_filter`; return what the callers below assemble results from."""
-    batch_shape = _batch_shape(log_init, log_trans, log_emit, time_varying)
+    batch_shape = batch_shape_of(log_init, log_trans, log_emit, time_varying)
     emit, peak = scaled_emissions(_as_batch_array(log_emit, batch_shape, 2))
     num_steps, num_states = emit.shape[1:]
     size = (math.prod(batch_shape), num_steps, num_states)
@@ -410,8 +436,8 @@ class _LogEvidence(torch.autograd.Function):
         backward_smooth(trans, filtered, emit, smoothed, pairs)
         pair_event = pairs.shape[1:] if time_varying else pairs.shape[2:]
         ctx.save_for_backward(
-            torch.from_numpy(smoothed).reshape(batch_shape + smoothed.shape[1:]),
-            torch.from_numpy(pairs).reshape(batch_shape + pair_event),
+            torch.from_numpy(smoothed).reshape(batch_shape + tuple(smoothed.shape[1:])),
+            torch.from_numpy(pairs).reshape(batch_shape + tuple(pair_event)),
         )
         ctx.inputs = [(x.shape, x.dtype) for x in (log_init, log_trans, log_emit)]
         return torch.from_numpy(increments.sum(-1)).reshape(batch_shape).to(dtype)
@@ -468,7 +494,7 @@ def sequential_filter(log_init, log_trans, log_emit, time_varying: bool = False,
         if log:
             with np.errstate(divide="ignore"):  # probability 0: -inf
                 np.log(array, out=array)
-        return torch.from_numpy(array).reshape(batch_shape + array.shape[1:]).to(dtype)
+        return torch.from_numpy(array).reshape(batch_shape + tuple(array.shape[1:])).to(dtype)
 
     return (
         as_tensor(filtered),
@@ -485,7 +511,7 @@ def sequential_viterbi(log_init, log_trans, log_emit, time_varying: bool = False
     gradient.
     """
     dtype = _result_dtype(log_init, log_trans, log_emit)
-    batch_shape = _batch_shape(log_init, log_trans, log_emit, time_varying)
+    batch_shape = batch_shape_of(log_init, log_trans, log_emit, time_varying)
     emit = _as_batch_array(log_emit, batch_shape, 2)
     num_steps, num_states = emit.shape[1:]
     n_seq = math.prod(batch_shape)
