@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from bayes_moe._runtime import release_free_memory, torch_threads
 from bayes_moe.data.windows import ModelData
 from bayes_moe.inference.hmm import hmm_smoother, hmm_viterbi
+from bayes_moe.inference.mixture_kernels import causal_mixture, regime_mixture
 from bayes_moe.inference.predictive import mixture_cdf, mixture_moments, sample_mixture
 from bayes_moe.models.distributions import (
     cat_batch,
@@ -138,30 +139,6 @@ def conditioned_components(program: MoEProgram, draws: dict, inputs):
     """Run the program's components with every latent site set to ``draws`` (batch ``S``)."""
     with torch.no_grad(), pyro.poutine.condition(data=draws):
         return program.components(inputs)
-
-
-def regime_moments(log_weights, log_scale, means, variances):
-    r"""Mean and variance of each regime's mixture of rescaled experts.
-
-    .. math:: \mu_k = \sum_m g_{k,m} \mu_m, \qquad
-              \sigma_k^2 = \sum_m g_{k,m} (e^{2\lambda_k} \sigma_m^2 + \mu_m^2) - \mu_k^2
-
-    Parameters
-    ----------
-    log_weights : Tensor ``(..., N, K, M)``
-    log_scale : Tensor ``(..., K)``
-        Regime volatility levels :math:`\lambda_k`.
-    means, variances : Tensor ``(..., N, M)``
-
-    Returns
-    -------
-    tuple of Tensor ``(..., N, K)``
-    """
-    g = log_weights.exp()
-    stretch = (2 * log_scale).exp()[..., None, :, None]  # (..., 1, K, 1)
-    mu = (g * means.unsqueeze(-2)).sum(-1)
-    second = (g * (stretch * variances.unsqueeze(-2) + means.square().unsqueeze(-2))).sum(-1)
-    return mu, (second - mu.square()).clamp_min(0.0)
 
 
 def relabel_matrices(log_trans: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -715,10 +692,14 @@ def _evaluate_chunk(program: MoEProgram, draws: dict, data: ModelData) -> dict:
     step_trans = gate.hmm_trans.expand(S, N, K, K) if gate.time_varying else log_trans[:, None]
     log_scale = gate.log_scale.expand(S, K)
     moments = [mean_and_variance(d) for d in comps.experts]
-    shape = (S, inputs.n_origins, len(comps.experts))
-    means = torch.stack([m[..., 0] for m, _ in moments], dim=-1).expand(shape)
-    variances = torch.stack([v[..., 0] for _, v in moments], dim=-1).expand(shape)
-    regime_mu, regime_var = regime_moments(log_w, log_scale, means, variances)
+    means = torch.stack([m[..., 0] for m, _ in moments], dim=-1)
+    variances = torch.stack([v[..., 0] for _, v in moments], dim=-1)
+    log_p = torch.stack(
+        [regime_log_prob(d, response, log_scale) for d in comps.experts], dim=-1
+    )  # (S, N, K, M)
+    regime_mu, regime_var, log_emit = regime_mixture(
+        log_w, log_p, means, variances, log_scale, n_obs
+    )
 
     # Labels: by volatility level where the gate has levels (ordered by construction,
     # so this keeps the sampled order), else by the mean predictive sd over all days.
@@ -728,17 +709,15 @@ def _evaluate_chunk(program: MoEProgram, draws: dict, data: ModelData) -> dict:
         order = regime_var[:, :n_obs].sqrt().mean(dim=1).argsort(dim=-1)
     if not bool((order == torch.arange(K)).all()):  # the levels' order needs no copies
         log_w = torch.take_along_dim(log_w, order[:, None, :, None], dim=2)
+        log_p = torch.take_along_dim(log_p, order[:, None, :, None], dim=2)
         log_init = torch.take_along_dim(log_init, order, dim=1)
         log_trans = relabel_matrices(log_trans, order)
         step_trans = relabel_matrices(step_trans, order)
         log_scale = torch.take_along_dim(log_scale, order, dim=1)
         regime_mu = torch.take_along_dim(regime_mu, order[:, None, :], dim=2)
         regime_var = torch.take_along_dim(regime_var, order[:, None, :], dim=2)
+        log_emit = torch.take_along_dim(log_emit, order[:, None, :], dim=2)
 
-    log_p = torch.stack(
-        [regime_log_prob(d, response, log_scale) for d in comps.experts], dim=-1
-    )  # (S, N, K, M)
-    log_emit = torch.logsumexp(log_w[:, :n_obs] + log_p[:, :n_obs], dim=-1)
     timed = {"time_varying": gate.time_varying}
     hmm_trans = step_trans[:, :n_obs] if gate.time_varying else log_trans
     smoothed = hmm_smoother(log_init, hmm_trans, log_emit, **timed)
@@ -747,8 +726,7 @@ def _evaluate_chunk(program: MoEProgram, draws: dict, data: ModelData) -> dict:
 
     # Causal regime probabilities at every origin (module docstring).
     log_causal = causal_regime(log_init, smoothed.log_filtered, step_trans, h)
-    log_mix = log_causal.unsqueeze(-1) + log_w  # (S, N, K, M)
-    log_density = torch.logsumexp((log_mix + log_p)[:, :n_obs].flatten(-2), dim=-1)
+    log_mix, log_density = causal_mixture(log_causal, log_w, log_p, n_obs)  # (S, N, K, M)
 
     return {
         "regime_order": order,

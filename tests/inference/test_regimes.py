@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bayes_moe.inference.posterior import expected_stay, occupancy_average, regime_moments
+from bayes_moe.inference.posterior import expected_stay, occupancy_average
 
 
 def test_occupancy_average_and_expected_stay_closed_forms():
@@ -15,20 +15,6 @@ def test_occupancy_average_and_expected_stay_closed_forms():
     np.testing.assert_allclose(occupancy_average(probs, values).numpy(), expected)
     trans = torch.tensor([[0.95, 0.05], [0.2, 0.8]], dtype=torch.float64)
     np.testing.assert_allclose(expected_stay(trans.log()).numpy(), [20.0, 5.0])
-
-
-def test_regime_moments_stretch_the_variances_by_the_levels():
-    # mu_k = sum_m g mu_m; var_k = sum_m g (e^{2 lambda_k} s_m^2 + mu_m^2) - mu_k^2.
-    g = torch.tensor([[[0.3, 0.7], [0.6, 0.4]]], dtype=torch.float64)  # (N=1, K=2, M=2)
-    mu = torch.tensor([[0.1, -0.2]], dtype=torch.float64)
-    var = torch.tensor([[1.0, 4.0]], dtype=torch.float64)
-    lam = torch.tensor([0.0, 0.5], dtype=torch.float64)
-    m, v = regime_moments(g.log(), lam, mu, var)
-    for k in range(2):
-        mk = (g[0, k] * mu[0]).sum()
-        second = (g[0, k] * (torch.exp(2 * lam[k]) * var[0] + mu[0] ** 2)).sum()
-        assert m[0, k].item() == pytest.approx(mk.item())
-        assert v[0, k].item() == pytest.approx((second - mk**2).item())
 
 
 def test_labels_are_ordered_by_volatility_level_in_every_draw(small_fit):
@@ -74,8 +60,11 @@ def test_volatility_is_the_occupancy_weighted_predictive_sd(small_fit):
     moments = [mean_and_variance(d) for d in post.experts]
     means = torch.stack([m[..., 0] for m, _ in moments], -1)[:, :n_obs]
     variances = torch.stack([v[..., 0] for _, v in moments], -1)[:, :n_obs]
-    log_g = post.log_mix_weights[:, :n_obs] - post.log_causal_regime[:, :n_obs, :, None]
-    _, var_k = regime_moments(log_g, post.log_regime_scale, means, variances)
+    g = (post.log_mix_weights[:, :n_obs] - post.log_causal_regime[:, :n_obs, :, None]).exp()
+    stretch = (2 * post.log_regime_scale).exp()[:, None, :, None]  # e^{2 lambda_k}
+    mu_k = (g * means.unsqueeze(-2)).sum(-1)
+    second = (g * (stretch * variances.unsqueeze(-2) + means.square().unsqueeze(-2))).sum(-1)
+    var_k = second - mu_k.square()
     p = post.log_smoothed.exp()
     by_hand = ((p * var_k).sum(1) / p.sum(1)).sqrt() * scale
     np.testing.assert_allclose(small_fit.regimes().volatility_draws, by_hand.numpy(), rtol=1e-8)

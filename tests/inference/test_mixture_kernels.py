@@ -1,0 +1,71 @@
+"""The compiled regime/expert reductions against the torch expressions they replace.
+
+Oracle: the formulas written out with torch broadcasting and ``logsumexp`` (and, for
+the moments, by hand for one draw), on random arrays with broadcast inputs and
+``-inf`` gate weights (an expert a regime never uses).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bayes_moe.inference.mixture_kernels import causal_mixture, regime_mixture
+
+S, N, K, M = 3, 11, 2, 4
+
+
+def _arrays(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    log_w = torch.randn(S, 1, K, M, generator=gen, dtype=torch.float64).log_softmax(-1)
+    log_w = log_w.expand(S, N, K, M).clone()
+    log_w[:, :, 0, 1] = -math.inf  # regime 0 never uses expert 1
+    log_w = log_w - torch.logsumexp(log_w, -1, keepdim=True)
+    log_p = 3 * torch.randn(S, N, K, M, generator=gen, dtype=torch.float64)
+    means = torch.randn(S, N, M, generator=gen, dtype=torch.float64)
+    variances = torch.rand(S, N, M, generator=gen, dtype=torch.float64) + 0.1
+    log_scale = 0.3 * torch.randn(S, K, generator=gen, dtype=torch.float64)
+    return log_w, log_p, means, variances, log_scale
+
+
+@pytest.mark.parametrize("n_obs", [N, N - 2])
+def test_regime_mixture_equals_the_torch_formulas(n_obs):
+    log_w, log_p, means, variances, log_scale = _arrays(0)
+    mu, var, log_emit = regime_mixture(log_w, log_p, means, variances, log_scale, n_obs)
+    g = log_w.exp()
+    stretch = (2 * log_scale).exp()[:, None, :, None]
+    expected_mu = (g * means.unsqueeze(-2)).sum(-1)
+    second = (g * (stretch * variances.unsqueeze(-2) + means.square().unsqueeze(-2))).sum(-1)
+    torch.testing.assert_close(mu, expected_mu, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(var, second - expected_mu.square(), rtol=1e-12, atol=1e-13)
+    expected_emit = torch.logsumexp(log_w + log_p, dim=-1)[:, :n_obs]
+    assert log_emit.shape == (S, n_obs, K)
+    torch.testing.assert_close(log_emit, expected_emit, rtol=1e-13, atol=1e-13)
+    # By hand for one draw, origin and regime: mu = sum_m g mu_m.
+    hand = sum(g[1, 4, 1, m] * means[1, 4, m] for m in range(M))
+    assert mu[1, 4, 1].item() == pytest.approx(hand.item(), rel=1e-14)
+
+
+@pytest.mark.parametrize("n_obs", [N, 1])
+def test_causal_mixture_equals_the_torch_formulas(n_obs):
+    log_w, log_p, *_ = _arrays(1)
+    gen = torch.Generator().manual_seed(2)
+    log_regime = torch.randn(S, N, K, generator=gen, dtype=torch.float64).log_softmax(-1)
+    log_mix, log_density = causal_mixture(log_regime, log_w[:1], log_p, n_obs)  # broadcast
+    expected_mix = log_regime.unsqueeze(-1) + log_w[:1]
+    torch.testing.assert_close(log_mix, expected_mix.expand(S, N, K, M), rtol=0, atol=0)
+    expected = torch.logsumexp((expected_mix + log_p).flatten(-2), dim=-1)[:, :n_obs]
+    assert log_density.shape == (S, n_obs)
+    torch.testing.assert_close(log_density, expected, rtol=1e-13, atol=1e-13)
+
+
+def test_an_impossible_day_gives_minus_infinity():
+    log_w, log_p, means, variances, log_scale = _arrays(3)
+    log_p[0, 2] = -math.inf  # every expert gives the value zero density
+    _, _, log_emit = regime_mixture(log_w, log_p, means, variances, log_scale, N)
+    assert torch.isneginf(log_emit[0, 2]).all() and torch.isfinite(log_emit[1:]).all()
+    log_regime = torch.full((S, N, K), -math.log(K), dtype=torch.float64)
+    _, log_density = causal_mixture(log_regime, log_w, log_p, N)
+    assert torch.isneginf(log_density[0, 2]) and torch.isfinite(log_density[1]).all()
