@@ -234,7 +234,7 @@ def backward_smooth(trans, filtered, scaled_emit, smoothed, pair_probs):
 
 
 @numba.njit(**_JIT)
-def viterbi_path(log_init, log_trans, log_emit, path, log_max, pointers):
+def viterbi_path(log_init, log_trans, log_emit, path, log_max, lattice):
     r"""Viterbi recursion and backtrace in log space (Rabiner 1989, eq. 30-35).
 
     .. math::
@@ -243,10 +243,14 @@ def viterbi_path(log_init, log_trans, log_emit, path, log_max, pointers):
         \delta_t(k) = \max_j \big[\delta_{t-1}(j) + \log P^{(t)}_{jk}\big]
                       + \log p(y_t \mid z_t = k),
 
-    with back-pointers :math:`\psi_t(k)` the maximising ``j`` (the lowest on a tie) and
-    :math:`\hat z_T = \arg\max_k \delta_T(k)`, :math:`\hat z_{t-1} = \psi_t(\hat z_t)`.
-    The transposed log transition matrix is copied once per sequence (per step when it
-    varies), so the maximisation over ``j`` reads memory in order.
+        \hat z_T = \arg\max_k \delta_T(k), \qquad
+        \hat z_{t-1} = \arg\max_j \big[\delta_{t-1}(j) + \log P^{(t)}_{j \hat z_t}\big]
+
+    (the lowest ``j`` on a tie). The forward pass keeps the whole lattice
+    :math:`\delta` and computes maxima only, a branch-free loop over ``k`` that the
+    compiler vectorises; the backtrace recomputes the one arg max it needs per step
+    from the same sums, so it finds the back-pointers the forward pass would have
+    stored (hmmlearn's C kernel works the same way).
 
     Parameters
     ----------
@@ -258,45 +262,49 @@ def viterbi_path(log_init, log_trans, log_emit, path, log_max, pointers):
         Written: the most probable path.
     log_max : ndarray ``(B,)``
         Written: :math:`\max_k \delta_T(k) = \log p(\hat z_{1:T}, y_{1:T})`.
-    pointers : ndarray ``(T, K)`` of an integer dtype that holds ``K - 1``
-        Scratch for the back-pointers of one sequence (uint8 for ``K < 256``: the
-        backtrace then reads a quarter of the memory).
+    lattice : ndarray ``(T, K)``
+        Scratch for :math:`\delta` of one sequence.
     """
     n_seq, n_steps = path.shape
     n_states = log_emit.shape[2]
     varying = log_trans.shape[1] > 1
-    into = np.empty((n_states, n_states))  # into[k, j] = log P_jk
-    delta = np.empty(n_states)
-    nxt = np.empty(n_states)
+    step = np.empty((n_states, n_states))
+    best = np.empty(n_states)
     for b in range(n_seq):
         ib = b if log_init.shape[0] > 1 else 0
         eb = b if log_emit.shape[0] > 1 else 0
-        _load_step(log_trans, b, 0, into, True)
+        _load_step(log_trans, b, 0, step, False)
         for k in range(n_states):
-            delta[k] = log_init[ib, k] + log_emit[eb, 0, k]
+            lattice[0, k] = log_init[ib, k] + log_emit[eb, 0, k]
         for t in range(1, n_steps):
             if varying:
-                _load_step(log_trans, b, t, into, True)
+                _load_step(log_trans, b, t, step, False)
+            first = lattice[t - 1, 0]
             for k in range(n_states):
-                best = delta[0] + into[k, 0]
-                arg = 0
-                for j in range(1, n_states):
-                    score = delta[j] + into[k, j]
-                    if score > best:
-                        best = score
-                        arg = j
-                nxt[k] = best + log_emit[eb, t, k]
-                pointers[t, k] = arg
+                best[k] = first + step[0, k]
+            for j in range(1, n_states):
+                previous = lattice[t - 1, j]
+                for k in range(n_states):
+                    best[k] = max(best[k], previous + step[j, k])
             for k in range(n_states):
-                delta[k] = nxt[k]
+                lattice[t, k] = best[k] + log_emit[eb, t, k]
         state = 0
         for k in range(1, n_states):
-            if delta[k] > delta[state]:
+            if lattice[n_steps - 1, k] > lattice[n_steps - 1, state]:
                 state = k
-        log_max[b] = delta[state]
+        log_max[b] = lattice[n_steps - 1, state]
         path[b, n_steps - 1] = state
         for t in range(n_steps - 1, 0, -1):
-            state = pointers[t, state]
+            if varying:
+                _load_step(log_trans, b, t, step, False)
+            arg = 0
+            top = lattice[t - 1, 0] + step[0, state]
+            for j in range(1, n_states):
+                score = lattice[t - 1, j] + step[j, state]
+                if score > top:
+                    top = score
+                    arg = j
+            state = arg
             path[b, t - 1] = state
 
 
@@ -517,14 +525,14 @@ def sequential_viterbi(log_init, log_trans, log_emit, time_varying: bool = False
     n_seq = math.prod(batch_shape)
     path = np.empty((n_seq, num_steps), dtype=np.int64)
     log_max = np.empty(n_seq)
-    pointers = np.empty((num_steps, num_states), dtype=np.uint8 if num_states < 256 else np.int32)
+    lattice = np.empty((num_steps, num_states))
     viterbi_path(
         _as_batch_array(log_init, batch_shape, 1),
         _transitions(log_trans, batch_shape, time_varying),
         emit,
         path,
         log_max,
-        pointers,
+        lattice,
     )
     return (
         torch.from_numpy(path).reshape(batch_shape + (num_steps,)),
