@@ -21,7 +21,7 @@ import numba
 import numpy as np
 import torch
 
-__all__ = ["causal_mixture", "regime_mixture"]
+__all__ = ["causal_mixture", "pick_components", "regime_mixture"]
 
 _JIT = {"cache": True, "nogil": True, "fastmath": {"nsz", "contract", "reassoc"}}
 
@@ -75,6 +75,29 @@ def _causal_mixture(log_regime, log_w, log_p, log_mix, log_density):
                 for m in range(n_experts):
                     total += math.exp(log_mix[s, n, k, m] + log_p[s, n, k, m] - top)
             log_density[s, n] = top + math.log(total)
+
+
+@numba.njit(**_JIT)
+def _pick(log_w, u, picks):
+    n_rows, n_components = log_w.shape
+    for r in range(n_rows):
+        top = -np.inf
+        for c in range(n_components):
+            top = max(top, log_w[r, c])
+        total = 0.0
+        for c in range(n_components):
+            total += math.exp(log_w[r, c] - top)
+        target = u[r] * total
+        cumulative = 0.0
+        choice = -1
+        for c in range(n_components):
+            w = math.exp(log_w[r, c] - top)
+            cumulative += w
+            if w > 0.0:
+                choice = c
+                if cumulative >= target:
+                    break
+        picks[r] = choice
 
 
 def _array(x: torch.Tensor, shape: tuple) -> np.ndarray:
@@ -166,3 +189,29 @@ def causal_mixture(log_regime, log_w, log_p, n_obs: int):
         log_density,
     )
     return torch.from_numpy(log_mix), torch.from_numpy(log_density)
+
+
+def pick_components(log_w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    r"""Inverse-CDF draws of a component from unnormalised log weights.
+
+    Row ``r`` picks the first component ``c`` with positive weight at which the
+    cumulative normalised weight reaches ``u[r]``:
+    :math:`\min\{c : w_c > 0, \sum_{c' \le c} w_{c'} \ge u_r \sum_{c'} w_{c'}\}`
+    (the last positive-weight component if rounding leaves the sum short), so a
+    uniform ``u`` gives a draw from :math:`w / \sum w`.
+
+    Parameters
+    ----------
+    log_w : Tensor ``(..., C)``
+        Log weights, not necessarily normalised; ``-inf`` for an impossible component.
+    u : Tensor ``(...)``
+        Uniform draws in ``[0, 1)``.
+
+    Returns
+    -------
+    Tensor ``(...)`` int64
+    """
+    shape = tuple(log_w.shape)
+    picks = np.empty(math.prod(shape[:-1]), dtype=np.int64)
+    _pick(_array(log_w, shape).reshape(-1, shape[-1]), _array(u, shape[:-1]).reshape(-1), picks)
+    return torch.from_numpy(picks).reshape(shape[:-1])

@@ -148,7 +148,9 @@ def relabel_matrices(log_trans: torch.Tensor, order: torch.Tensor) -> torch.Tens
     return torch.take_along_dim(rows, index.unsqueeze(-2), dim=-1)
 
 
-def causal_regime(log_init, log_filtered, step_trans, horizon: int) -> torch.Tensor:
+def causal_regime(
+    log_init, log_filtered, step_trans, horizon: int, log_predicted=None
+) -> torch.Tensor:
     r"""Regime probabilities at every origin from the information at its close.
 
     .. math::
@@ -169,12 +171,21 @@ def causal_regime(log_init, log_filtered, step_trans, horizon: int) -> torch.Ten
     step_trans : Tensor ``(S, N, K, K)``, or ``(S, 1, K, K)`` for the same matrix at
         every origin
     horizon : int
+    log_predicted : Tensor ``(S, N - h, K)``, optional
+        The filter's predicted probabilities :math:`p(z_n \mid y_{1:n-1})`. At
+        ``horizon = 1`` they are the first ``N - 1`` rows of the result (the filter has
+        already taken the products), so only the last row is computed.
 
     Returns
     -------
     Tensor ``(S, N, K)``
     """
     n_obs = log_filtered.shape[1]
+    if horizon == 1 and log_predicted is not None:
+        last = log_filtered[:, -1:].exp()
+        into = step_trans[:, -1:].exp()  # the transition into the last origin
+        ahead = (last.unsqueeze(-1) * into).sum(-2)  # (S, 1, K)
+        return torch.cat([log_predicted, ahead.log()], dim=1)
     N = n_obs + horizon
     trans = step_trans.exp()
     homogeneous = trans.shape[1] == 1
@@ -725,7 +736,9 @@ def _evaluate_chunk(program: MoEProgram, draws: dict, data: ModelData) -> dict:
     occupancy = smoothed.log_smoothed.exp()  # (S, N_obs, K)
 
     # Causal regime probabilities at every origin (module docstring).
-    log_causal = causal_regime(log_init, smoothed.log_filtered, step_trans, h)
+    log_causal = causal_regime(
+        log_init, smoothed.log_filtered, step_trans, h, smoothed.log_predicted
+    )
     log_mix, log_density = causal_mixture(log_causal, log_w, log_p, n_obs)  # (S, N, K, M)
 
     return {

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bayes_moe.inference.mixture_kernels import pick_components
 from bayes_moe.models.distributions import (
     index_batch,
     location,
@@ -59,9 +60,8 @@ def sample_mixture(log_weights, log_scale, experts, generators=None) -> torch.Te
     generators = [None] * S if generators is None else list(generators)
     if len(generators) != S:
         raise ValueError(f"{len(generators)} generators for {S} rows")
-    cdf = log_weights.flatten(-2).softmax(-1).cumsum(-1)  # (S, n, K * M)
-    u = per_row(generators, lambda i, g: torch.rand(n, 1, generator=g, dtype=cdf.dtype))
-    picks = torch.searchsorted(cdf, u * cdf[..., -1:]).clamp_max(cdf.shape[-1] - 1)[..., 0]
+    u = per_row(generators, lambda i, g: torch.rand(n, generator=g, dtype=torch.float64))
+    picks = pick_components(log_weights.flatten(-2), u)  # (S, n)
     regime, expert = picks // M, picks % M
     values = torch.stack([sample_rows(d, generators) for d in experts], dim=2)  # (S, n, M, d_y)
     locs = torch.stack([location(d) for d in experts], dim=2)

@@ -7,9 +7,10 @@ r"""The Bayesian mixture of experts with a Markov-switching gate.
 
 where :math:`p_m^{(k)}` is expert ``m``'s predictive stretched by regime ``k``'s
 volatility level (:mod:`bayes_moe.models.gate`),
-with the regime path marginalised exactly by the forward algorithm in log space
-(:func:`bayes_moe.inference.hmm.hmm_log_evidence`, a parallel scan over time),
-entering the Pyro model as one ``pyro.factor``. :class:`BayesianMoE` is the model
+with the regime path marginalised exactly by the forward algorithm
+(:func:`bayes_moe.inference.hmm.hmm_log_evidence`: on the CPU the compiled recursion
+with its exact gradient, on a GPU a parallel scan over time), entering the Pyro model
+as one ``pyro.factor``. :class:`BayesianMoE` is the model
 specification (experts, gate, window); fitting returns a separate results object
 and leaves the specification unchanged.
 """

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 
-from bayes_moe.inference.mixture_kernels import causal_mixture, regime_mixture
+from bayes_moe.inference.mixture_kernels import causal_mixture, pick_components, regime_mixture
 
 S, N, K, M = 3, 11, 2, 4
 
@@ -69,3 +71,24 @@ def test_an_impossible_day_gives_minus_infinity():
     log_regime = torch.full((S, N, K), -math.log(K), dtype=torch.float64)
     _, log_density = causal_mixture(log_regime, log_w, log_p, N)
     assert torch.isneginf(log_density[0, 2]) and torch.isfinite(log_density[1]).all()
+
+
+def test_pick_components_is_the_inverse_cdf_and_draws_the_weights():
+    # Oracle: searchsorted on the normalised cumulative weights, for fixed u; and a
+    # chi-square test of 200,000 uniform draws against the weights (scipy).
+    log_w = torch.tensor([[0.0, -math.inf, math.log(3.0), -1.0]], dtype=torch.float64)
+    probs = torch.softmax(log_w, -1)[0]
+    u = torch.tensor([0.0, 0.1, 0.2, 0.25 - 1e-12, 0.9, 0.999999], dtype=torch.float64)
+    picks = pick_components(log_w.expand(6, 4), u)
+    expected = torch.searchsorted(probs.cumsum(0), u).clamp_max(3)
+    expected[0] = 0  # u = 0: the first component with positive weight
+    torch.testing.assert_close(picks, expected)
+    assert not (picks == 1).any()  # the impossible component is never picked
+    gen = torch.Generator().manual_seed(0)
+    draws = pick_components(
+        log_w.expand(200_000, 4), torch.rand(200_000, generator=gen, dtype=torch.float64)
+    )
+    counts = np.bincount(draws.numpy(), minlength=4)
+    keep = probs.numpy() > 0
+    result = stats.chisquare(counts[keep], probs.numpy()[keep] * counts.sum())
+    assert result.pvalue > 1e-3 and counts[1] == 0

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from bayes_moe.inference.posterior import expected_stay, occupancy_average
+from bayes_moe.inference.hmm import hmm_filter
+from bayes_moe.inference.posterior import causal_regime, expected_stay, occupancy_average
 
 
 def test_occupancy_average_and_expected_stay_closed_forms():
@@ -80,3 +81,35 @@ def test_diagnostics_are_consistent_with_the_tables(small_fit):
     assert diag["share_of_days"][1] == pytest.approx((best == 1).mean())
     switches = np.count_nonzero(np.diff(best))
     assert diag["switches_per_year"] == pytest.approx(switches * 252 / len(best))
+
+
+@pytest.mark.parametrize("time_varying", [False, True])
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_causal_regime_is_the_filter_propagated_h_steps(time_varying, horizon):
+    # Oracle: numpy, p(z_{n-h} | y_{1:n-h}) P_{n-h+1} ... P_n from the filtered
+    # probabilities, the initial distribution for the first h origins. At h = 1 the
+    # shortcut through the filter's predicted probabilities must give the same.
+    gen = torch.Generator().manual_seed(horizon)
+    S, N, K = 2, 9, 3
+    n_obs = N - horizon
+    log_init = torch.randn(S, K, generator=gen, dtype=torch.float64).log_softmax(-1)
+    shape = (S, N, K, K) if time_varying else (S, 1, K, K)
+    step_trans = torch.randn(shape, generator=gen, dtype=torch.float64).log_softmax(-1)
+    log_emit = torch.randn(S, n_obs, K, generator=gen, dtype=torch.float64)
+    hmm_trans = step_trans[:, :n_obs] if time_varying else step_trans[:, 0]
+    filt = hmm_filter(log_init, hmm_trans, log_emit, time_varying=time_varying)
+    got = causal_regime(log_init, filt.log_filtered, step_trans, horizon)
+    trans = step_trans.expand(S, N, K, K).exp().numpy()
+    for s in range(S):
+        for n in range(N):
+            p = (
+                np.exp(log_init[s].numpy())
+                if n < horizon
+                else np.exp(filt.log_filtered[s, n - horizon].numpy())
+            )
+            for m in range(max(n - horizon + 1, 1), n + 1):
+                p = p @ trans[s, m]
+            np.testing.assert_allclose(np.exp(got[s, n].numpy()), p, rtol=1e-12)
+    if horizon == 1:
+        fast = causal_regime(log_init, filt.log_filtered, step_trans, 1, filt.log_predicted)
+        torch.testing.assert_close(fast, got, rtol=1e-12, atol=1e-14)
