@@ -247,10 +247,11 @@ def viterbi_path(log_init, log_trans, log_emit, path, log_max, lattice):
         \hat z_{t-1} = \arg\max_j \big[\delta_{t-1}(j) + \log P^{(t)}_{j \hat z_t}\big]
 
     (the lowest ``j`` on a tie). The forward pass keeps the whole lattice
-    :math:`\delta` and computes maxima only, a branch-free loop over ``k`` that the
-    compiler vectorises; the backtrace recomputes the one arg max it needs per step
-    from the same sums, so it finds the back-pointers the forward pass would have
-    stored (hmmlearn's C kernel works the same way).
+    :math:`\delta` and computes maxima only (a branch-free running maximum over ``j``
+    on the transposed log transition matrix, read in memory order); the backtrace
+    recomputes the one arg max it needs per step from the same sums, so it finds the
+    back-pointers the forward pass would have stored (hmmlearn's C kernel works the
+    same way).
 
     Parameters
     ----------
@@ -268,26 +269,22 @@ def viterbi_path(log_init, log_trans, log_emit, path, log_max, lattice):
     n_seq, n_steps = path.shape
     n_states = log_emit.shape[2]
     varying = log_trans.shape[1] > 1
-    step = np.empty((n_states, n_states))
-    best = np.empty(n_states)
+    into = np.empty((n_states, n_states))  # into[k, j] = log P_jk
     for b in range(n_seq):
         ib = b if log_init.shape[0] > 1 else 0
         eb = b if log_emit.shape[0] > 1 else 0
-        _load_step(log_trans, b, 0, step, False)
+        _load_step(log_trans, b, 0, into, True)
         for k in range(n_states):
             lattice[0, k] = log_init[ib, k] + log_emit[eb, 0, k]
         for t in range(1, n_steps):
             if varying:
-                _load_step(log_trans, b, t, step, False)
-            first = lattice[t - 1, 0]
+                _load_step(log_trans, b, t, into, True)
             for k in range(n_states):
-                best[k] = first + step[0, k]
-            for j in range(1, n_states):
-                previous = lattice[t - 1, j]
-                for k in range(n_states):
-                    best[k] = max(best[k], previous + step[j, k])
-            for k in range(n_states):
-                lattice[t, k] = best[k] + log_emit[eb, t, k]
+                top = lattice[t - 1, 0] + into[k, 0]
+                for j in range(1, n_states):
+                    score = lattice[t - 1, j] + into[k, j]
+                    top = score if score > top else top
+                lattice[t, k] = top + log_emit[eb, t, k]
         state = 0
         for k in range(1, n_states):
             if lattice[n_steps - 1, k] > lattice[n_steps - 1, state]:
@@ -296,11 +293,11 @@ def viterbi_path(log_init, log_trans, log_emit, path, log_max, lattice):
         path[b, n_steps - 1] = state
         for t in range(n_steps - 1, 0, -1):
             if varying:
-                _load_step(log_trans, b, t, step, False)
+                _load_step(log_trans, b, t, into, True)
             arg = 0
-            top = lattice[t - 1, 0] + step[0, state]
+            top = lattice[t - 1, 0] + into[state, 0]
             for j in range(1, n_states):
-                score = lattice[t - 1, j] + step[j, state]
+                score = lattice[t - 1, j] + into[state, j]
                 if score > top:
                     top = score
                     arg = j

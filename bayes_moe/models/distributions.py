@@ -10,6 +10,7 @@ tensors of full batch shape and building it again.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import pyro.distributions as dist
@@ -200,10 +201,29 @@ def regime_log_prob(d: dist.Distribution, value: torch.Tensor, log_scale: torch.
     -------
     Tensor ``S + (N, K)``
     """
-    loc = location(d)  # S + (N, d_y)
     shrink = (-log_scale).exp().movedim(-1, 0)[..., None, None]  # (K,) + S + (1, 1)
-    standardized = loc + shrink * (value - loc)  # (K,) + S + (N, d_y)
-    log_p = d.log_prob(standardized).movedim(0, -1)  # S + (N, K)
+    if isinstance(d, dist.Independent):
+        # Normal / Student-t margins: the normalising constant depends on the
+        # parameters only, so it is computed once for all K regimes.
+        *df, loc, scale = decompose(d)[1]
+        z = shrink * ((value - loc) / scale)  # (K,) + S + (N, d_y)
+        if df:
+            (nu,) = df
+            log_norm = (
+                scale.log()
+                + 0.5 * (nu * math.pi).log()
+                + torch.lgamma(0.5 * nu)
+                - torch.lgamma(0.5 * (nu + 1.0))
+            )
+            log_kernel = -0.5 * (nu + 1.0) * torch.log1p(z.square() / nu)
+        else:
+            log_norm = scale.log() + 0.5 * math.log(2.0 * math.pi)
+            log_kernel = -0.5 * z.square()
+        log_p = (log_kernel - log_norm).sum(-1).movedim(0, -1)  # S + (N, K)
+    else:
+        loc = location(d)  # S + (N, d_y)
+        standardized = loc + shrink * (value - loc)  # (K,) + S + (N, d_y)
+        log_p = d.log_prob(standardized).movedim(0, -1)  # S + (N, K)
     return log_p - value.shape[-1] * log_scale.unsqueeze(-2)
 
 
