@@ -10,13 +10,15 @@ kernels has two routes, chosen by its ``method`` keyword (:func:`choose_method`)
   :math:`K \times K` matrices under an associative operator, computed with
   :func:`bayes_moe.inference.scan.associative_scan` (or a pairwise tree reduction when
   only the total product is needed) in ``O(log T)`` sequential tensor operations
-  (Särkkä & García-Fernández 2021); differentiable, on any device. SVI uses it.
+  (Särkkä & García-Fernández 2021); differentiable, on any device.
 * ``"sequential"``: the textbook recursions compiled with numba and looped over the
   batch (:mod:`bayes_moe.inference.hmm_sequential`): ``O(K^2)`` work per step instead
-  of ``O(K^3)``, no gradients, CPU only. Regime inspection over posterior draws uses it.
-* ``"auto"`` (the default) takes the sequential route on the CPU whenever no gradient
-  is needed, the parallel one otherwise. On the 2-core CPU this was written on the
-  sequential route is 10-100 times faster (``benchmarks/kernels.py``).
+  of ``O(K^3)``, CPU only. Of its results only the log evidence carries a gradient
+  (exact, from the smoothed and pairwise marginals).
+* ``"auto"`` (the default) takes the sequential route on the CPU unless a gradient is
+  asked of the filter or the smoother, and the parallel one otherwise and on a GPU: so
+  on the CPU SVI and regime inspection both run the recursion. On the 2-core CPU this
+  was written on the sequential route is 10-100 times faster (``benchmarks/kernels.py``).
 
 The two routes agree to rounding (tests run every oracle against both); they differ
 only below the smallest normal float64: the sequential route returns a probability
@@ -55,8 +57,9 @@ its messages at every step, so ``T = 100,000`` does not underflow in any floatin
 dtype (the parallel route in float32 still carries its ~1e-7 relative error on a log
 evidence of order ``T``; the sequential route computes in float64 and returns the
 input's dtype). Through the parallel route every function except the discrete Viterbi
-path is differentiable with autograd (used inside SVI). Structural zeros (``-inf``
-entries of ``log_trans``) are allowed in both routes and give finite gradients.
+path is differentiable with autograd; through the sequential one the log evidence and
+the Viterbi ``log_max``. Structural zeros (``-inf`` entries of ``log_trans``) are
+allowed in both routes and give finite gradients.
 
 Time runs on dimension ``-2`` of ``log_emit`` (batch-major, as in Pyro's
 ``DiscreteHMM``); the scans move it to dimension 0 internally, as
@@ -559,8 +562,9 @@ def hmm_filter(
     route = choose_method(method, log_init, log_trans, log_emit)
     if route == "sequential":
         _check_shapes(log_init, log_trans, log_emit, time_varying)
-        *parts, _ = sequential_filter(log_init, log_trans, log_emit, time_varying, smooth=False)
-        return HMMFilterResult(*parts, parts[2].sum(-1))
+        return HMMFilterResult(
+            *sequential_filter(log_init, log_trans, log_emit, time_varying, smooth=False)
+        )
     log_init, step_trans, log_emit = _broadcast(log_init, log_trans, log_emit, time_varying)
     log_alpha, _ = _forward_scan(log_init, step_trans, log_emit, _combine_sum_product)
     return _filter_from_alpha(log_alpha, log_init, step_trans, log_emit)
@@ -630,10 +634,9 @@ def hmm_smoother(
     route = choose_method(method, log_init, log_trans, log_emit)
     if route == "sequential":
         _check_shapes(log_init, log_trans, log_emit, time_varying)
-        filt, pred, inc, smoothed = sequential_filter(
-            log_init, log_trans, log_emit, time_varying, smooth=True
+        return HMMSmootherResult(
+            *sequential_filter(log_init, log_trans, log_emit, time_varying, smooth=True)
         )
-        return HMMSmootherResult(filt, pred, inc, inc.sum(-1), smoothed)
     log_init, step_trans, log_emit = _broadcast(log_init, log_trans, log_emit, time_varying)
     log_alpha, rest = _forward_scan(log_init, step_trans, log_emit, _combine_sum_product)
     filtered = _filter_from_alpha(log_alpha, log_init, step_trans, log_emit)

@@ -100,7 +100,7 @@ def forward_filter(init, trans, scaled_emit, filtered, predicted, norms):
     scaled_emit : ndarray ``(1 or B, T, K)``
         :math:`\tilde e_t(k)` (:func:`scaled_emissions`).
     filtered, predicted : ndarray ``(B, T, K)`` or ``(0, 0, 0)``
-        Written unless empty: :math:`p(z_t \mid y_{1:t})` and
+        Each written unless empty: :math:`p(z_t \mid y_{1:t})` and
         :math:`p(z_t \mid y_{1:t-1})`.
     norms : ndarray ``(B, T)``
         Written: :math:`c_t`; zero on a day that every regime the filter allows gives
@@ -108,7 +108,8 @@ def forward_filter(init, trans, scaled_emit, filtered, predicted, norms):
     """
     n_seq, n_steps = norms.shape
     n_states = scaled_emit.shape[2]
-    store = filtered.shape[0] > 0
+    keep_filtered = filtered.shape[0] > 0
+    keep_predicted = predicted.shape[0] > 0
     varying = trans.shape[1] > 1
     step = np.empty((n_states, n_states))
     prev = np.empty(n_states)
@@ -142,9 +143,11 @@ def forward_filter(init, trans, scaled_emit, filtered, predicted, norms):
             else:
                 for k in range(n_states):
                     prev[k] = pred[k]
-            if store:
+            if keep_predicted:
                 for k in range(n_states):
                     predicted[b, t, k] = pred[k]
+            if keep_filtered:
+                for k in range(n_states):
                     filtered[b, t, k] = prev[k]
 
 
@@ -305,11 +308,6 @@ def viterbi_path(log_init, log_trans, log_emit, path, log_max, lattice):
             path[b, t - 1] = state
 
 
-# --------------------------------------------------------------------------------------
-# Torch in, torch out
-# --------------------------------------------------------------------------------------
-
-
 @numba.njit(**_JIT)
 def _log_ratios(log_emit, ratio, peak):
     """``peak[b, t] = max_k log_emit[b, t, k]``, ``ratio = log_emit - peak`` (floored)."""
@@ -352,6 +350,11 @@ def scaled_emissions(log_emit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scaled, peak
 
 
+# --------------------------------------------------------------------------------------
+# Torch in, torch out
+# --------------------------------------------------------------------------------------
+
+
 def _as_batch_array(x: torch.Tensor, batch_shape: tuple, event_ndim: int) -> np.ndarray:
     """``x`` broadcast to ``batch_shape + event`` as a C-contiguous float64 array.
 
@@ -391,16 +394,20 @@ def _result_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return dtype
 
 
-def _forward(log_init, log_trans, log_emit, time_varying: bool, store: bool):
-    """Run :func:`forward_filter`; return what the callers below assemble results from."""
+def _forward(log_init, log_trans, log_emit, time_varying: bool, keep: tuple[str, ...]):
+    """Run :func:`forward_filter`; return what the callers below assemble results from.
+
+    ``keep`` names the ``(B, T, K)`` outputs to write (``"filtered"``, ``"predicted"``);
+    the others come back as empty arrays.
+    """
     batch_shape = batch_shape_of(log_init, log_trans, log_emit, time_varying)
     emit, peak = scaled_emissions(_as_batch_array(log_emit, batch_shape, 2))
     num_steps, num_states = emit.shape[1:]
     size = (math.prod(batch_shape), num_steps, num_states)
     trans = np.exp(_transitions(log_trans, batch_shape, time_varying))
     init = np.exp(_as_batch_array(log_init, batch_shape, 1))
-    filtered = np.empty(size if store else (0, 0, 0))
-    predicted = np.empty(size if store else (0, 0, 0))
+    filtered = np.empty(size if "filtered" in keep else (0, 0, 0))
+    predicted = np.empty(size if "predicted" in keep else (0, 0, 0))
     norms = np.empty(size[:2])
     forward_filter(init, trans, emit, filtered, predicted, norms)
     with np.errstate(divide="ignore"):  # a zero-likelihood day: log 0 = -inf
@@ -433,7 +440,7 @@ class _LogEvidence(torch.autograd.Function):
     def forward(ctx, log_init, log_trans, log_emit, time_varying):
         dtype = _result_dtype(log_init, log_trans, log_emit)
         batch_shape, trans, emit, filtered, _, increments = _forward(
-            log_init, log_trans, log_emit, time_varying, store=True
+            log_init, log_trans, log_emit, time_varying, keep=("filtered",)
         )
         n_seq, num_steps, num_states = filtered.shape
         smoothed = np.empty_like(filtered)
@@ -473,7 +480,7 @@ def sequential_log_evidence(log_init, log_trans, log_emit, time_varying: bool = 
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return _LogEvidence.apply(log_init, log_trans, log_emit, time_varying)
     dtype = _result_dtype(*tensors)
-    batch_shape, *_, increments = _forward(log_init, log_trans, log_emit, time_varying, False)
+    batch_shape, *_, increments = _forward(log_init, log_trans, log_emit, time_varying, keep=())
     return torch.from_numpy(increments.sum(-1)).reshape(batch_shape).to(dtype)
 
 
@@ -481,12 +488,13 @@ def sequential_filter(log_init, log_trans, log_emit, time_varying: bool = False,
     r"""Filter, and with ``smooth=True`` smoother, by the compiled recursions.
 
     Arguments as :func:`bayes_moe.inference.hmm.hmm_filter`; returns the tensors
-    ``(log_filtered, log_predicted, log_evidence_increments, log_smoothed or None)``
-    in the arguments' promoted dtype, without gradient.
+    ``(log_filtered, log_predicted, log_evidence_increments, log_evidence)`` and, with
+    ``smooth=True``, ``log_smoothed`` after them, in the arguments' promoted dtype,
+    without gradient (the evidence summed in float64).
     """
     dtype = _result_dtype(log_init, log_trans, log_emit)
     batch_shape, trans, emit, filtered, predicted, increments = _forward(
-        log_init, log_trans, log_emit, time_varying, store=True
+        log_init, log_trans, log_emit, time_varying, keep=("filtered", "predicted")
     )
     smoothed = None
     if smooth:
@@ -501,12 +509,13 @@ def sequential_filter(log_init, log_trans, log_emit, time_varying: bool = False,
                 np.log(array, out=array)
         return torch.from_numpy(array).reshape(batch_shape + tuple(array.shape[1:])).to(dtype)
 
-    return (
+    result = (
         as_tensor(filtered),
         as_tensor(predicted),
         as_tensor(increments, log=False),
-        as_tensor(smoothed),
+        torch.from_numpy(increments.sum(-1)).reshape(batch_shape).to(dtype),
     )
+    return result + (as_tensor(smoothed),) if smooth else result
 
 
 def sequential_viterbi(log_init, log_trans, log_emit, time_varying: bool = False):
