@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def add_mixture_options(parser: argparse.ArgumentParser, *, regimes: int | str = 3) -> None:
@@ -17,3 +20,26 @@ def add_mixture_options(parser: argparse.ArgumentParser, *, regimes: int | str =
     parser.add_argument("--num-steps", type=int, default=1500, help="maximum SVI steps")
     parser.add_argument("--num-draws", type=int, default=200, help="posterior draws kept")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def add_run_options(parser: argparse.ArgumentParser, name: str, *, extra_out: str = "") -> None:
+    """``--quick --out --no-progress`` of a script writing ``results/<name>.json``.
+
+    ``extra_out`` is appended to the help of ``--out`` (files written beside it).
+    """
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: small sizes, few repeats, seconds"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"JSON output (default: benchmarks/results/{name}.json, or {name}_quick.json "
+        f"with --quick){extra_out}",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def output_path(args: argparse.Namespace, name: str) -> Path:
+    """``--out``, else ``results/<name>.json`` (``<name>_quick.json`` with ``--quick``)."""
+    return args.out or RESULTS_DIR / (f"{name}_quick.json" if args.quick else f"{name}.json")

@@ -39,11 +39,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pyro
 import torch
+from _options import add_run_options, output_path  # benchmarks/ is on sys.path
 from tqdm.auto import tqdm
 
 import bayes_moe as bm
@@ -52,7 +52,6 @@ from bayes_moe.inference.hmm_reference import reference_smoother
 from bayes_moe.inference.kalman import kalman_filter, reference_kalman_filter
 from bayes_moe.io import write_json
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DTYPE = torch.float64
 K = 3
 
@@ -402,20 +401,10 @@ def print_table(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run: small sizes, few repeats, seconds"
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="JSON output (default: benchmarks/results/inference.json, "
-        "or inference_quick.json with --quick)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_run_options(parser, "inference")
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
-    out = args.out or RESULTS_DIR / ("inference_quick.json" if args.quick else "inference.json")
+    out = output_path(args, "inference")
 
     default_threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -96,11 +96,11 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pyro.distributions as dist  # noqa: E402
 import torch  # noqa: E402
+from _options import add_run_options, output_path  # noqa: E402
 from bench_inference import machine, time_call  # noqa: E402  (benchmarks/ is on sys.path)
 from tqdm.auto import tqdm  # noqa: E402
 
@@ -113,7 +113,6 @@ from bayes_moe.inference.hmm import (  # noqa: E402
 )
 from bayes_moe.io import atomic_path, write_json  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 STAY = 0.97  # diagonal of the sticky transition matrix
 TOL = 1e-10  # every agreement check (relative for log-likelihoods, absolute for probabilities)
 FULL = {
@@ -887,15 +886,7 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: small sizes, seconds")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="JSON output (default: benchmarks/results/kernels.json, or kernels_quick.json "
-        "with --quick); the markdown table goes beside it with the suffix .md",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_run_options(parser, "kernels", extra_out="; the markdown table goes beside it as .md")
     parser.add_argument(
         "--check-only", action="store_true", help="run the agreement checks, time nothing"
     )
@@ -904,7 +895,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
-    out = args.out or RESULTS_DIR / ("kernels_quick.json" if args.quick else "kernels.json")
+    out = output_path(args, "kernels")
 
     torch.set_num_threads(1)
     try:
