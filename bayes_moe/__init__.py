@@ -21,6 +21,7 @@ from bayes_moe.models import experts
 from bayes_moe.models.experts import list_experts, make_expert, register_expert
 from bayes_moe.models.gate import MarkovGate
 from bayes_moe.models.moe import BayesianMoE
+from bayes_moe.models.ms_garch import ms_garch
 
 load_fit = MoEFit.load
 
@@ -38,6 +39,7 @@ __all__ = [
     "list_experts",
     "load_fit",
     "make_expert",
+    "ms_garch",
     "register_expert",
 ]
 __version__ = "0.1.0"

@@ -58,8 +58,9 @@ def parse_args(argv=None):
         "--models",
         default="bayes_moe,default,experts,baselines",
         help="comma list of: bayes_moe (the --experts mixture), default (the default "
-        "mixture, when --experts differs from it), experts (each alone), baselines, or "
-        "single names (expert_tcn, garch_t, ...)",
+        "mixture, when --experts differs from it), experts (each alone), baselines, "
+        "ms_garch (the Bayesian Markov-switching GARCH, bm.ms_garch(2)), or single names "
+        "(expert_tcn, garch_t, ...)",
     )
     add_mixture_options(parser)
     parser.add_argument("--refit-every", type=int, default=250)
@@ -92,6 +93,8 @@ def model_specs(args) -> dict[str, tuple]:
     for expert in experts:
         if "experts" in wanted or f"expert_{expert}" in wanted:
             specs[f"expert_{expert}"] = ("mixture", (expert,), 1)
+    if "ms_garch" in wanted:
+        specs["ms_garch"] = ("ms_garch", 2)
     for name in BASELINES:
         if "baselines" in wanted or name in wanted:
             specs[name] = ("baseline", name)
@@ -102,8 +105,11 @@ def make_forecaster(name: str, spec: tuple, args, covariates, cache):
     """The forecaster of one spec of :func:`model_specs`."""
     if spec[0] == "baseline":
         return BASELINES[spec[1]]()
-    _, experts, regimes = spec
-    model = bm.BayesianMoE(experts=list(experts), n_regimes=regimes, window=args.window)
+    if spec[0] == "ms_garch":
+        model = bm.ms_garch(spec[1], window=args.window)
+    else:
+        _, experts, regimes = spec
+        model = bm.BayesianMoE(experts=list(experts), n_regimes=regimes, window=args.window)
     return MoEForecaster(
         model,
         covariates=covariates,

@@ -69,6 +69,45 @@ def associative_scan(
     return _scan(combine, elems)
 
 
+def linear_recurrence(
+    decay: torch.Tensor, drive: torch.Tensor, initial: torch.Tensor
+) -> torch.Tensor:
+    r"""The first-order linear recurrence :math:`x_t = a_t x_{t-1} + b_t`, by a parallel scan.
+
+    .. math::
+
+        x_t = a_t x_{t-1} + b_t, \quad t = 1, \dots, T, \qquad
+        (a, b) \otimes (a', b') = (a a',\ a' b + b'),
+
+    the affine maps :math:`x \mapsto a x + b` composed by :func:`associative_scan`
+    (earlier map first), started from :math:`x_0`. A GARCH variance recursion given its
+    residuals is of this form (:func:`bayes_moe.inference.garch.garch_variance`).
+    Differentiable; no Python loop over time.
+
+    Parameters
+    ----------
+    decay, drive : Tensor ``(T, ...)``
+        :math:`a_t` and :math:`b_t`, time on dimension 0 (broadcastable to each other).
+    initial : Tensor
+        :math:`x_0`, broadcastable to ``decay.shape[1:]``.
+
+    Returns
+    -------
+    Tensor ``(T, ...)``
+        :math:`x_1, \dots, x_T`.
+    """
+    decay, drive = torch.broadcast_tensors(decay, drive)
+    if decay.shape[0] == 0:
+        return drive.clone()
+    # Fold x_0 into the first map: x_1 = a_1 x_0 + b_1.
+    first = decay[:1] * initial + drive[:1]
+    drive = torch.cat([first, drive[1:]], dim=0)
+    _, x = associative_scan(
+        lambda early, late: (early[0] * late[0], late[0] * early[1] + late[1]), (decay, drive)
+    )
+    return x
+
+
 def _scan(combine: Callable[[Elements, Elements], Elements], elems: Elements) -> Elements:
     length = elems[0].shape[0]
     if length < 2:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from bayes_moe.models.experts.ar import AR
 from bayes_moe.models.experts.base import CAPACITY_CLASSES, HORIZON_GROUPS, Expert
+from bayes_moe.models.experts.garch import GARCH
 from bayes_moe.models.experts.kalman import Kalman
 from bayes_moe.models.experts.long_range import LONG_RANGE_EXPERTS
 from bayes_moe.models.experts.neural import NEURAL_EXPERTS
@@ -30,7 +31,7 @@ def register_expert(cls: type[Expert]) -> type[Expert]:
     return cls
 
 
-for _cls in (AR, VAR, Kalman, *NEURAL_EXPERTS, *LONG_RANGE_EXPERTS):
+for _cls in (AR, VAR, Kalman, GARCH, *NEURAL_EXPERTS, *LONG_RANGE_EXPERTS):
     register_expert(_cls)
 
 
@@ -94,6 +95,7 @@ __all__ = [
     "AR",
     "CAPACITY_CLASSES",
     "Expert",
+    "GARCH",
     "HORIZON_GROUPS",
     "Kalman",
     "NoiseModel",
