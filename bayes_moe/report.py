@@ -309,6 +309,7 @@ def _score_lines(results: dict, out: Path, doc: dict, reference: str) -> list[st
             "pit_ks_pvalue",
             "berkowitz_pvalue",
             "interval_score_90",
+            "variance_correlation",
             "n_days",
             "n_days_missing",
             "elapsed_s",

@@ -122,10 +122,14 @@ def make_forecaster(name: str, spec: tuple, args, covariates, cache):
 
 
 def load_frame():
-    """S&P 500 with NASDAQ, range features and VIX (arch.data), and the mixture's columns."""
+    """S&P 500 with NASDAQ, range features and VIX (arch.data), and the mixture's columns.
+
+    Every column is offered; each expert reads its own (the returns-only experts none of
+    the range columns). The VIX starts in 2014: only experts that accept gaps read it
+    (the ``volatility`` expert, with its documented fallback before then).
+    """
     frame = bm.data.add_vix(bm.data.load_sp500())
-    # The mixture reads returns only (and range features); VIX (2014-) is left to har_vix.
-    covariates = [c for c in frame.columns if c != "ret" and frame[c].notna().all()]
+    covariates = [c for c in frame.columns if c != "ret"]
     return frame, covariates
 
 

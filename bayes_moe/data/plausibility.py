@@ -162,11 +162,13 @@ def check_plausible_values(
     readers = readers or {}
     targets = list(targets)
     for column in dict.fromkeys(targets + list(columns)):
-        values = frame[column].to_numpy(dtype=np.float64)
+        raw = frame[column].to_numpy(dtype=np.float64)
+        present = ~np.isnan(raw)  # the gaps of a column read with a mask are skipped
+        values, index = raw[present], frame.index[present]
         suffix = f"; read by {readers[column]}" if column in readers else ""
         if column in targets and not allow_outliers:
-            _check_outliers(frame.index, column, values, suffix)
-        _check_scale(frame.index, column, values, suffix)
+            _check_outliers(index, column, values, suffix)
+        _check_scale(index, column, values, suffix)
 
 
 def _check_outliers(index: pd.Index, column: str, values: np.ndarray, suffix: str) -> None:

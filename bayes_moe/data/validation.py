@@ -9,8 +9,9 @@
    columns of one name is ambiguous wherever it is read);
 5. every requested column exists;
 6. every requested column is numeric (integer or float);
-7. no requested column holds NaN or +-inf;
-8. no requested column is constant;
+7. no requested column holds NaN or +-inf, except NaN in the ``optional`` columns
+   (covariates some expert reads with gaps), which must still have two values;
+8. no requested column is constant (over its values, for an optional column);
 9. the frame has at least ``min_length`` rows.
 
 Only the requested ``columns`` are checked for content; other columns (a ticker name,
@@ -37,6 +38,7 @@ def validate_frame(
     columns: Sequence[str],
     min_length: int,
     readers: Mapping[str, str] | None = None,
+    optional: Sequence[str] = (),
 ) -> None:
     """Raise :class:`DataError` unless ``frame`` can be read by a model.
 
@@ -52,6 +54,9 @@ def validate_frame(
     readers : mapping of str to str, optional
         Who reads a column, e.g. ``{"volume": "expert 'var'"}``; an error about that
         column ends with ``"; read by expert 'var'"``.
+    optional : sequence of str
+        Requested columns that may hold NaN (missing days), because every expert that
+        reads them accepts gaps (:meth:`~bayes_moe.models.experts.Expert.optional_columns`).
 
     Raises
     ------
@@ -67,7 +72,7 @@ def validate_frame(
     readers = readers or {}
     _check_columns_exist(frame, columns, readers)
     _check_numeric(frame, columns, readers)
-    _check_finite(frame, columns, readers)
+    _check_finite(frame, columns, readers, set(optional))
     _check_not_constant(frame, columns, readers)
     _check_length(frame, min_length)
 
@@ -177,12 +182,20 @@ def _check_numeric(frame: pd.DataFrame, columns: list[str], readers: Mapping[str
         )
 
 
-def _check_finite(frame: pd.DataFrame, columns: list[str], readers: Mapping[str, str]) -> None:
+def _check_finite(
+    frame: pd.DataFrame, columns: list[str], readers: Mapping[str, str], optional: set[str]
+) -> None:
     for column in columns:
         values = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
         nan = np.isnan(values)
         inf = np.isinf(values)
-        bad = nan | inf
+        bad = inf if column in optional else nan | inf
+        if column in optional and np.count_nonzero(~nan) < 2:
+            raise DataError(
+                f"column {column!r} has {int(np.count_nonzero(~nan))} value(s) besides its "
+                f"{int(nan.sum())} missing day(s); a column with gaps needs at least 2"
+                + _read_by([column], readers)
+            )
         if bad.any():
             first = frame.index[np.argmax(bad)]
             raise DataError(
@@ -198,7 +211,8 @@ def _check_not_constant(
         return
     for column in columns:
         values = frame[column].to_numpy(dtype=np.float64)
-        if np.all(values == values[0]):
+        values = values[~np.isnan(values)]  # gaps of an optional column (checked before)
+        if len(values) and np.all(values == values[0]):
             raise DataError(
                 f"column {column!r} is constant (every one of its {len(values)} values is "
                 f"{float(values[0])!r}); it carries no information and breaks standardisation"

@@ -104,6 +104,9 @@ class Preprocessor:
         Per-column mean and standard deviation on the training sample.
     vol_center : tuple of tuple of float
         Training mean of each target's volatility summaries, ``(d_y, V)``.
+    optional : tuple of str
+        Covariates read with gaps (:meth:`~bayes_moe.models.experts.Expert.optional_columns`):
+        their mean and standard deviation are over the days they have.
     """
 
     columns: tuple[str, ...]
@@ -111,14 +114,21 @@ class Preprocessor:
     loc: tuple[float, ...]
     scale: tuple[float, ...]
     vol_center: tuple[tuple[float, ...], ...]
+    optional: tuple[str, ...] = ()
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame, targets: Sequence[str], covariates: Sequence[str]):
+    def from_frame(
+        cls,
+        frame: pd.DataFrame,
+        targets: Sequence[str],
+        covariates: Sequence[str],
+        optional: Sequence[str] = (),
+    ):
         """Compute the constants from a (training) frame."""
         columns = tuple(targets) + tuple(c for c in covariates if c not in targets)
         values = frame.loc[:, list(columns)].to_numpy(dtype=np.float64)
-        loc = values.mean(axis=0)
-        scale = values.std(axis=0)
+        loc = np.nanmean(values, axis=0)  # NaN only in the optional columns' gaps
+        scale = np.nanstd(values, axis=0)
         standardized_targets = (values[:, : len(targets)] - loc[: len(targets)]) / scale[
             : len(targets)
         ]
@@ -129,6 +139,7 @@ class Preprocessor:
             loc=tuple(float(x) for x in loc),
             scale=tuple(float(x) for x in scale),
             vol_center=tuple(tuple(float(x) for x in row) for row in vol.mean(axis=0)),
+            optional=tuple(c for c in columns if c in set(optional)),
         )
 
     def to_json(self) -> str:
@@ -208,6 +219,15 @@ class ExpertInputs:
         The summaries an expert's scale model reads unless it chooses its own: all of
         :data:`VOL_FEATURES`, or those the gate's regimes leave to the experts
         (:meth:`bayes_moe.models.moe.MoEProgram.expert_inputs`).
+    column_loc, column_scale : tuple of float
+        The training-sample mean and standard deviation of each column
+        (:class:`Preprocessor`), so that :meth:`raw` gives back data units; empty for
+        :meth:`header` inputs.
+    observed : BoolTensor, shape ``(T, C)``, optional
+        Which values are data, when some column is read with gaps
+        (:meth:`~bayes_moe.models.experts.Expert.optional_columns`); ``series`` holds 0
+        (the training mean) at the others, a placeholder that only the experts reading
+        the column with :meth:`observed_mask` see. None: every value is data.
     """
 
     series: torch.Tensor
@@ -218,6 +238,9 @@ class ExpertInputs:
     window: int
     vol: torch.Tensor
     scale_features: tuple[str, ...] = VOL_FEATURES
+    column_loc: tuple[float, ...] = ()
+    column_scale: tuple[float, ...] = ()
+    observed: torch.Tensor | None = None
 
     @classmethod
     def header(
@@ -276,6 +299,26 @@ class ExpertInputs:
         values = self.series[:, cols]  # (T, c)
         unfolded = values.unfold(0, length, 1)  # (T - length + 1, c, length)
         return unfolded[self.origins - (length - 1)].transpose(-1, -2)
+
+    def raw(self, names: Sequence[str]) -> torch.Tensor:
+        r"""Columns ``names`` in data units, :math:`x = \mu + \sigma z`: shape ``(T, c)``.
+
+        For experts whose features are nonlinear in the data (logs of variances).
+        ValueError for inputs without the preprocessing constants (:meth:`header`).
+        """
+        if len(self.column_scale) != len(self.columns):
+            raise ValueError("these inputs carry no preprocessing constants to undo")
+        cols = self.column_index(names)
+        loc = torch.tensor([self.column_loc[c] for c in cols], dtype=self.series.dtype)
+        scale = torch.tensor([self.column_scale[c] for c in cols], dtype=self.series.dtype)
+        return loc + scale * self.series[:, cols]
+
+    def observed_mask(self, names: Sequence[str]) -> torch.Tensor:
+        """Whether each value of columns ``names`` is data: BoolTensor ``(T, c)``."""
+        cols = self.column_index(names)
+        if self.observed is None:
+            return torch.ones(self.series.shape[0], len(cols), dtype=torch.bool)
+        return self.observed[:, cols]
 
     @cached_property
     def origin_vol(self) -> torch.Tensor:
@@ -356,6 +399,7 @@ def prepare(
     min_observations: int = 30,
     readers: Mapping[str, str] | None = None,
     allow_outliers: bool = False,
+    optional: Sequence[str] = (),
 ) -> ModelData:
     """Validate ``frame`` and turn it into :class:`ModelData`.
 
@@ -381,6 +425,11 @@ def prepare(
         :data:`~bayes_moe.data.plausibility.OUTLIER_THRESHOLD`; see
         :func:`~bayes_moe.data.plausibility.check_plausible_values`, which runs after
         :func:`~bayes_moe.data.validate_frame` on every frame.
+    optional : sequence of str
+        Covariates that may have gaps (NaN), because every expert reading them accepts
+        gaps (:meth:`~bayes_moe.models.experts.Expert.optional_columns`); the inputs
+        carry their :attr:`~ExpertInputs.observed` mask. With a ``preprocessor``, its
+        :attr:`~Preprocessor.optional` columns.
 
     Raises
     ------
@@ -394,6 +443,7 @@ def prepare(
         raise DataError(f"window ({window}) and horizon ({horizon}) must be positive integers")
     if preprocessor is not None:
         covariates = [c for c in preprocessor.columns if c not in targets]
+        optional = preprocessor.optional
         if tuple(targets) != preprocessor.targets:
             raise DataError(
                 f"targets {targets} differ from the fitted model's {list(preprocessor.targets)}"
@@ -410,15 +460,19 @@ def prepare(
         columns=columns,
         min_length=window + horizon + min_observations,
         readers=readers,
+        optional=[c for c in optional if c not in targets],
     )
     check_plausible_values(
         frame, targets=targets, columns=columns, allow_outliers=allow_outliers, readers=readers
     )
 
     if preprocessor is None:
-        preprocessor = Preprocessor.from_frame(frame, targets, covariates)
+        preprocessor = Preprocessor.from_frame(frame, targets, covariates, optional)
     values = frame.loc[:, columns].to_numpy(dtype=np.float64)
     z = (values - np.asarray(preprocessor.loc)) / np.asarray(preprocessor.scale)
+    gaps = np.isnan(z)  # only in optional columns (validated above)
+    present = torch.as_tensor(~gaps) if gaps.any() else None
+    z[gaps] = 0.0  # a placeholder: the mask, not this value, tells the experts
     d_y = len(targets)
     vol = _vol_summaries(z[:, :d_y]) - np.asarray(preprocessor.vol_center)
 
@@ -438,6 +492,9 @@ def prepare(
         horizon=horizon,
         window=window,
         vol=torch.as_tensor(vol, dtype=dtype),
+        column_loc=tuple(preprocessor.loc),
+        column_scale=tuple(preprocessor.scale),
+        observed=present,
     )
     return ModelData(
         inputs=inputs,

@@ -86,6 +86,7 @@ __all__ = [
     "pit_ks_test",
     "score_table",
     "summarize",
+    "variance_correlation",
 ]
 
 
@@ -468,7 +469,7 @@ def score_table(predictive: LocationScaleMixture, y) -> pd.DataFrame:
     (lower is better); ``pit`` (:math:`F_t(y_t)`); ``lower_90``, ``upper_90``,
     ``lower_95``, ``upper_95`` (central intervals, from the exact quantiles);
     ``interval_score_90``, ``interval_score_95`` (lower is better); ``covered_90``,
-    ``covered_95`` (bool).
+    ``covered_95`` (bool); ``mean`` and ``variance`` of the predictive.
 
     Parameters
     ----------
@@ -497,6 +498,7 @@ def score_table(predictive: LocationScaleMixture, y) -> pd.DataFrame:
         table[f"interval_score_{level}"] = interval_score(y, lower, upper, 1.0 - level / 100.0)
     for level in (90, 95):
         table[f"covered_{level}"] = (y >= table[f"lower_{level}"]) & (y <= table[f"upper_{level}"])
+    table["mean"], table["variance"] = predictive.mean(), predictive.variance()
     return pd.DataFrame(table, index=pd.DatetimeIndex(predictive.dates, name="date"))
 
 
@@ -511,7 +513,10 @@ def summarize(table: pd.DataFrame) -> dict:
         ``coverage_90``, ``coverage_95`` (shares of days covered); ``pit_ks_statistic``,
         ``pit_ks_pvalue`` (:func:`pit_ks_test`); ``berkowitz_lr``,
         ``berkowitz_pvalue`` (:func:`berkowitz_test`, exact likelihood; ``nan`` for
-        fewer than 3 days).
+        fewer than 3 days); ``variance_correlation``, the Pearson correlation of the
+        predictive variance with the squared outcome :math:`y_t^2` (how well the
+        forecast tracks volatility; ``nan`` for fewer than 3 days, a non-finite
+        variance, or a table without the ``variance`` column).
 
     References
     ----------
@@ -535,4 +540,16 @@ def summarize(table: pd.DataFrame) -> dict:
         out["berkowitz_lr"], out["berkowitz_pvalue"] = berk["lr"], berk["pvalue"]
     else:
         out["berkowitz_lr"] = out["berkowitz_pvalue"] = float("nan")
+    out["variance_correlation"] = variance_correlation(table)
     return out
+
+
+def variance_correlation(table: pd.DataFrame) -> float:
+    r"""Pearson correlation of a :func:`score_table`'s ``variance`` with :math:`y_t^2`."""
+    if len(table) < 3 or "variance" not in table:
+        return float("nan")
+    variance = table["variance"].to_numpy(dtype=float)
+    squared = table["y"].to_numpy(dtype=float) ** 2
+    if not np.all(np.isfinite(variance)) or variance.std() == 0 or squared.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(variance, squared)[0, 1])

@@ -40,6 +40,7 @@ from bayes_moe.inference.checkpoint_checks import (
     parse_metadata,
 )
 from bayes_moe.io import atomic_path
+from bayes_moe.models.experts import expert_spec
 
 FORMAT = "bayes-moe-fit"
 #: Version 2 added regime volatility levels and input-output transitions to the gate
@@ -70,7 +71,11 @@ def save_fit(fit, path) -> None:
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
-        "model": json.dumps(fit.model.config()),
+        # The built experts' settings: what building fixed from the data (a volatility
+        # expert's gap indicators) is rebuilt the same from any later data.
+        "model": json.dumps(
+            fit.model.config() | {"experts": [expert_spec(e) for e in fit.program.experts]}
+        ),
         "preprocessor": fit.data.preprocessor.to_json(),
         "horizon": str(fit.horizon),
         "columns": json.dumps(list(frame.columns)),

@@ -13,7 +13,8 @@ metadata field         expected
                        [0, 1)), accepted by :meth:`BayesianMoE.from_config`
 ``preprocessor``       JSON object: ``columns`` (distinct names), ``targets`` (the first
                        columns), ``loc`` and ``scale`` (one finite number per column,
-                       scales > 0), ``vol_center`` (``d_y`` rows of ``V`` finite numbers)
+                       scales > 0), ``vol_center`` (``d_y`` rows of ``V`` finite numbers),
+                       optional ``optional`` (covariates read with gaps, NaN allowed)
 ``horizon``            a decimal integer >= 1
 ``columns``            JSON list equal to the preprocessor's columns
 ``date_unit``          one of :data:`DATE_UNITS`
@@ -405,7 +406,12 @@ def _parse_model(config: dict) -> BayesianMoE:
 
 def _parse_preprocessor(raw: dict) -> Preprocessor:
     keys = {"columns", "targets", "loc", "scale", "vol_center"}
-    _require(set(raw) == keys, "'preprocessor'", f"an object with keys {sorted(keys)}", sorted(raw))
+    _require(
+        set(raw) in (keys, keys | {"optional"}),  # "optional" written since gaps are read
+        "'preprocessor'",
+        f"an object with keys {sorted(keys)} and optionally 'optional'",
+        sorted(raw),
+    )
     columns, targets = raw["columns"], raw["targets"]
     names_ok = isinstance(columns, list) and all(isinstance(c, str) for c in columns)
     _require(
@@ -440,6 +446,13 @@ def _parse_preprocessor(raw: dict) -> Preprocessor:
         "'preprocessor' vol_center",
         f"{rows} list(s) of {width} finite numbers",
         center,
+    )
+    optional = raw.get("optional", [])
+    _require(
+        isinstance(optional, list) and all(c in columns[len(targets) :] for c in optional),
+        "'preprocessor' optional",
+        f"a list of covariates among {columns[len(targets):]}",
+        optional,
     )
     return Preprocessor.from_json(json.dumps(raw))
 

@@ -226,6 +226,13 @@ class MoEProgram(nn.Module):
         return masked - torch.logsumexp(masked, dim=-1, keepdim=True)
 
 
+def _values_in(column: pd.Series) -> int:
+    """Number of values (not NaN) of a numeric column; a non-numeric one counts as full."""
+    if not pd.api.types.is_numeric_dtype(column.dtype):
+        return len(column)  # left to validation, which names it
+    return int(column.notna().sum())
+
+
 class BayesianMoE:
     """Bayesian mixture of experts with a Markov-switching gate (model specification).
 
@@ -360,6 +367,24 @@ class BayesianMoE:
                 readers.setdefault(column, []).append(label)
         return {c: readers[c] for c in offered[len(targets) :] if c in readers}
 
+    def columns_with_gaps(
+        self, target: str | Sequence[str], covariates: Sequence[str]
+    ) -> list[str]:
+        """The read covariates that may have gaps: every expert reading them accepts them.
+
+        (:meth:`Expert.optional_columns`); asked on the column names alone, like
+        :meth:`column_readers`. A NaN in any other read column is refused, naming it.
+        """
+        targets = as_targets(target)
+        offered = targets + [c for c in dict.fromkeys(covariates) if c not in targets]
+        header = ExpertInputs.header(offered, len(targets), window=self.window)
+        accepted: dict[str, bool] = {}
+        for expert in self.experts:
+            optional = set(expert.optional_columns(header))
+            for column in expert.reads(header):
+                accepted[column] = accepted.get(column, True) and column in optional
+        return [c for c in offered[len(targets) :] if accepted.get(c, False)]
+
     def prepare(
         self,
         frame: pd.DataFrame,
@@ -374,7 +399,12 @@ class BayesianMoE:
         Only the targets and the offered covariates that some expert reads
         (:meth:`column_readers`) become model columns; the other columns of ``frame``
         (a ticker, a volume with gaps) are neither read nor checked, and an error about a
-        column that is read names the experts that read it (see :func:`prepare`).
+        column that is read names the experts that read it (see :func:`prepare`). A read
+        covariate may have gaps (NaN) when every expert reading it accepts them
+        (:meth:`columns_with_gaps`): the VIX, which starts in 2014 in ``arch.data``, for
+        the ``volatility`` expert. Such a column with fewer than two values in ``frame``
+        (the VIX in a training window that ends before 2014) is not offered: the fit
+        does not read it, then or when it is updated with newer rows.
 
         Parameters
         ----------
@@ -398,6 +428,14 @@ class BayesianMoE:
         targets = as_targets(target)
         offered = list(frame.columns) if covariates is None else list(covariates)
         readers = self.column_readers(targets, offered)
+        with_gaps = self.columns_with_gaps(targets, list(readers))
+        # A column with gaps that has (almost) no values here cannot inform the fit:
+        # it is not offered, so the fit neither reads it now nor later.
+        empty = [c for c in with_gaps if c in frame.columns and _values_in(frame[c]) < 2]
+        if empty:
+            offered = [c for c in offered if c not in empty]
+            readers = self.column_readers(targets, offered)
+            with_gaps = [c for c in with_gaps if c not in empty]
         return prepare(
             frame,
             targets=targets,
@@ -406,6 +444,7 @@ class BayesianMoE:
             horizon=horizon,
             readers={column: describe_readers(labels) for column, labels in readers.items()},
             allow_outliers=allow_outliers,
+            optional=with_gaps,
         )
 
     def fit(

@@ -449,6 +449,11 @@ def test_score_table_and_summary_agree_with_the_scoring_functions():
     assert summary["coverage_90"] == pytest.approx(sc.coverage(y, lower, upper))
     assert summary["pit_ks_pvalue"] == pytest.approx(sc.pit_ks_test(table["pit"])[1])
     assert summary["berkowitz_pvalue"] == pytest.approx(sc.berkowitz_test(table["pit"])["pvalue"])
+    np.testing.assert_allclose(table["variance"], pred.variance())
+    np.testing.assert_allclose(table["mean"], pred.mean())
+    expected = np.corrcoef(pred.variance(), y.to_numpy() ** 2)[0, 1]
+    assert summary["variance_correlation"] == pytest.approx(expected)
+    assert math.isnan(sc.summarize(table.drop(columns="variance"))["variance_correlation"])
     shifted = pd.Series(y.to_numpy(), index=pred.dates + pd.Timedelta(days=1))
     with pytest.raises(ValueError, match="dates"):
         sc.score_table(pred, shifted)

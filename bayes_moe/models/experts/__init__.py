@@ -18,6 +18,7 @@ from bayes_moe.models.experts.long_range import LONG_RANGE_EXPERTS
 from bayes_moe.models.experts.neural import NEURAL_EXPERTS
 from bayes_moe.models.experts.noise import NoiseModel
 from bayes_moe.models.experts.var import VAR
+from bayes_moe.models.experts.volatility import Volatility
 from bayes_moe.models.experts.window import WindowExpert
 
 _REGISTRY: dict[str, type[Expert]] = {}
@@ -31,7 +32,7 @@ def register_expert(cls: type[Expert]) -> type[Expert]:
     return cls
 
 
-for _cls in (AR, VAR, Kalman, GARCH, *NEURAL_EXPERTS, *LONG_RANGE_EXPERTS):
+for _cls in (AR, VAR, Kalman, GARCH, Volatility, *NEURAL_EXPERTS, *LONG_RANGE_EXPERTS):
     register_expert(_cls)
 
 
@@ -100,6 +101,7 @@ __all__ = [
     "Kalman",
     "NoiseModel",
     "VAR",
+    "Volatility",
     "WindowExpert",
     "expert_class",
     "expert_list",

@@ -92,6 +92,20 @@ class Expert(nn.Module, ABC):
         """
         return inputs.targets
 
+    def optional_columns(self, inputs: ExpertInputs) -> tuple[str, ...]:
+        """Columns among :meth:`reads` this expert accepts with gaps (missing days).
+
+        A frame may hold NaN in a column only if every expert that reads it lists it
+        here. Such an expert gets the column with a mask
+        (:meth:`ExpertInputs.observed_mask <bayes_moe.data.windows.ExpertInputs.observed_mask>`)
+        and must use the value where it is observed and its own documented fallback
+        where it is not: the series holds the column's training mean (0 standardized)
+        there, a placeholder, not data. Same contract as :meth:`reads` (the answer
+        depends on ``inputs.columns`` and ``inputs.n_targets`` only). Targets never
+        have gaps. The default accepts none.
+        """
+        return ()
+
     @abstractmethod
     def model(self, inputs: ExpertInputs) -> torch.distributions.Distribution:
         """Sample the parameters from their priors and return the predictive.
