@@ -3,16 +3,35 @@
 A task is ``function(*arguments)`` returning ``(name, result or None, error or None)``
 (the error a formatted traceback): a failing task is reported and the others go on.
 Workers are started with ``spawn`` (each imports torch afresh and sets its own thread
-count), so the function must live in an importable module.
+count), so the function must live in an importable module. A worker whose parent
+process is gone (the run was killed) exits within :data:`PARENT_POLL_S` seconds
+instead of computing on for nobody.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from tqdm.auto import tqdm
+
+#: How often (seconds) a worker checks that the process that started it still runs.
+PARENT_POLL_S = 1.0
+
+
+def exit_with_parent(parent_pid: int, poll_s: float = PARENT_POLL_S) -> None:
+    """Worker initializer: end this process once ``parent_pid`` is no longer its parent."""
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)  # the run that wanted the result is gone
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def run_tasks(
@@ -42,7 +61,12 @@ def run_tasks(
             finished(function(*arguments))
     else:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=context,
+            initializer=exit_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             futures = [pool.submit(function, *arguments) for arguments in tasks]
             for future in tqdm(as_completed(futures), total=len(futures), desc=desc):
                 finished(future.result())

@@ -84,3 +84,56 @@ def test_the_log_score_lost_is_measured_against_the_control():
     assert table["ar"]["vs_full"]["mean_diff"] == pytest.approx(-0.01)  # full - without_ar
     no_control = left_out_table(full, None, runs)
     assert no_control["var"]["mean_diff"] == pytest.approx(-0.03)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (Linux ``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
+def test_workers_of_a_killed_run_stop_instead_of_computing_on(tmp_path):
+    # A run of two slow tasks in worker processes; its parent is killed (SIGKILL, as an
+    # out-of-memory kill or a closed terminal would): the workers must not run on.
+    import os
+    import signal
+    import subprocess
+    import time
+
+    (tmp_path / "slow_task.py").write_text(
+        "import os, time\n"
+        "def slow(name, folder):\n"
+        "    open(os.path.join(folder, name + '.pid'), 'w').write(str(os.getpid()))\n"
+        "    time.sleep(120)\n"
+        "    return name, None, None\n"
+    )
+    (tmp_path / "run.py").write_text(
+        "import sys\n"
+        f"sys.path[:0] = [{str(BENCHMARKS)!r}, {str(tmp_path)!r}]\n"
+        "from _parallel import run_tasks\n"
+        "from slow_task import slow\n"
+        "if __name__ == '__main__':\n"
+        f"    run_tasks(slow, [('a', {str(tmp_path)!r}), ('b', {str(tmp_path)!r})], "
+        "jobs=2, desc='slow')\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "run.py")], stderr=subprocess.DEVNULL)
+    files = [tmp_path / "a.pid", tmp_path / "b.pid"]
+    deadline = time.monotonic() + 120
+    while not all(f.exists() and f.read_text() for f in files):
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.2)
+    workers = [int(f.read_text()) for f in files]
+    assert all(_running(pid) for pid in workers)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 15
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = [pid for pid in workers if _running(pid)]
+    for pid in survivors:  # leave nothing behind, then fail
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors
