@@ -63,6 +63,12 @@ def parse_args(argv=None):
         "(expert_tcn, garch_t, ...)",
     )
     add_mixture_options(parser)
+    parser.add_argument(
+        "--expert-dropout",
+        type=float,
+        default=0.0,
+        help="expert dropout p of the --experts mixture during fitting (0: none)",
+    )
     parser.add_argument("--refit-every", type=int, default=250)
     parser.add_argument(
         "--jobs", type=int, default=1, help="models backtested at once, in processes"
@@ -87,7 +93,7 @@ def model_specs(args) -> dict[str, tuple]:
     experts = expert_names(args.experts)
     specs = {}
     if "bayes_moe" in wanted:
-        specs["bayes_moe"] = ("mixture", tuple(experts), args.regimes)
+        specs["bayes_moe"] = ("mixture", tuple(experts), args.regimes, args.expert_dropout)
     if "default" in wanted and experts != list(DEFAULT_EXPERTS):
         specs["bayes_moe_default"] = ("mixture", tuple(DEFAULT_EXPERTS), args.regimes)
     for expert in experts:
@@ -108,8 +114,13 @@ def make_forecaster(name: str, spec: tuple, args, covariates, cache):
     if spec[0] == "ms_garch":
         model = bm.ms_garch(spec[1], window=args.window)
     else:
-        _, experts, regimes = spec
-        model = bm.BayesianMoE(experts=list(experts), n_regimes=regimes, window=args.window)
+        _, experts, regimes, *dropout = spec
+        model = bm.BayesianMoE(
+            experts=list(experts),
+            n_regimes=regimes,
+            window=args.window,
+            expert_dropout=dropout[0] if dropout else 0.0,
+        )
     return MoEForecaster(
         model,
         covariates=covariates,
@@ -238,6 +249,7 @@ def main(argv=None) -> int:
             "num_steps": args.num_steps,
             "num_draws": args.num_draws,
             "seed": args.seed,
+            "expert_dropout": args.expert_dropout,
         },
         "failures": {name: error.splitlines()[0] for name, error in failures.items()},
     }

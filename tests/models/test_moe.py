@@ -197,3 +197,24 @@ def test_bad_input_is_rejected_before_fitting(sp500):
         bm.BayesianMoE(experts=[{"name": "ar", "order": 10}], window=5)
     with pytest.raises(ValueError, match="unknown expert"):
         bm.BayesianMoE(experts=["no_such_expert"])
+
+
+def test_expert_dropout_zero_is_the_plain_model_exactly(sp500):
+    # p = 0 in training and any p at evaluation give the plain mixture's likelihood, to
+    # the last bit, and p = 0 draws no random numbers (a fit's trajectory is unchanged).
+    program, inputs, response, params = _setup(sp500, rows=60, n_regimes=2)
+    plain = _model_log_evidence(program.eval(), inputs, response, params)
+    spec = dict(experts=["ar", "var", "kalman"], window=3, gate=bm.MarkovGate(2))
+    zero = bm.BayesianMoE(**spec, expert_dropout=0.0).program().train()
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        in_training = poutine.condition(zero, data=params)(inputs, response)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert in_training.item() == plain.item()
+    dropping = bm.BayesianMoE(**spec, expert_dropout=0.3).program().eval()
+    assert _model_log_evidence(dropping, inputs, response, params).item() == plain.item()
+    torch.manual_seed(1)
+    dropping.train()
+    with torch.no_grad():
+        trained = [poutine.condition(dropping, data=params)(inputs, response) for _ in range(20)]
+    assert any(t.item() != plain.item() for t in trained)  # p > 0 does drop in training
