@@ -95,10 +95,10 @@ def model_specs(args) -> dict[str, tuple]:
     if "bayes_moe" in wanted:
         specs["bayes_moe"] = ("mixture", tuple(experts), args.regimes, args.expert_dropout)
     if "default" in wanted and experts != list(DEFAULT_EXPERTS):
-        specs["bayes_moe_default"] = ("mixture", tuple(DEFAULT_EXPERTS), args.regimes)
+        specs["bayes_moe_default"] = ("mixture", tuple(DEFAULT_EXPERTS), args.regimes, 0.0)
     for expert in experts:
         if "experts" in wanted or f"expert_{expert}" in wanted:
-            specs[f"expert_{expert}"] = ("mixture", (expert,), 1)
+            specs[f"expert_{expert}"] = ("mixture", (expert,), 1, 0.0)
     if "ms_garch" in wanted:
         specs["ms_garch"] = ("ms_garch", 2)
     for name in BASELINES:
@@ -114,12 +114,9 @@ def make_forecaster(name: str, spec: tuple, args, covariates, cache):
     if spec[0] == "ms_garch":
         model = bm.ms_garch(spec[1], window=args.window)
     else:
-        _, experts, regimes, *dropout = spec
+        _, experts, regimes, dropout = spec
         model = bm.BayesianMoE(
-            experts=list(experts),
-            n_regimes=regimes,
-            window=args.window,
-            expert_dropout=dropout[0] if dropout else 0.0,
+            experts=list(experts), n_regimes=regimes, window=args.window, expert_dropout=dropout
         )
     return MoEForecaster(
         model,

@@ -190,9 +190,10 @@ def _check_finite(
         nan = np.isnan(values)
         inf = np.isinf(values)
         bad = inf if column in optional else nan | inf
-        if column in optional and np.count_nonzero(~nan) < 2:
+        present = int(np.count_nonzero(~nan))
+        if column in optional and present < 2:
             raise DataError(
-                f"column {column!r} has {int(np.count_nonzero(~nan))} value(s) besides its "
+                f"column {column!r} has {present} value(s) besides its "
                 f"{int(nan.sum())} missing day(s); a column with gaps needs at least 2"
                 + _read_by([column], readers)
             )

@@ -221,12 +221,13 @@ class Volatility(Expert):
         if columns:
             raw = inputs.raw(columns)  # (T, c) in data units
             observed = inputs.observed_mask(columns)
+            indicated = self.indicated(inputs)
             for i, name in enumerate(columns):
                 factor = RANGE_COLUMNS[name]
                 variance = raw[:, i] if factor is None else raw[:, i].square() * factor
                 variance = (variance[:, None] / target_scale.square()).expand(-1, d_y)
                 parts.append(torch.where(observed[:, i : i + 1], variance, fallback))
-                if name in self.indicated(inputs):
+                if name in indicated:
                     gap = (~observed[:, i : i + 1]).to(series.dtype)
                     missing.append(gap.expand(-1, d_y))
         logs = torch.log(torch.stack(parts, dim=-1).clamp_min(0.0) + VOL_FLOOR)
