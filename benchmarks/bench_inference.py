@@ -50,6 +50,7 @@ import bayes_moe as bm
 from bayes_moe.inference.hmm import hmm_log_evidence, hmm_smoother
 from bayes_moe.inference.hmm_reference import reference_smoother
 from bayes_moe.inference.kalman import kalman_filter, reference_kalman_filter
+from bayes_moe.inference.posterior import evaluation_threads
 from bayes_moe.io import write_json
 
 DTYPE = torch.float64
@@ -276,7 +277,8 @@ def bench_svi(
         _ = fit.posterior
         record["posterior_draws"] = fit.n_draws
         record["posterior_eval_s"] = time.perf_counter() - start
-        record["posterior_eval_threads"] = 1  # evaluate_posterior's default
+        # evaluate_posterior's default: one thread per torch thread (1 in this script).
+        record["posterior_eval_threads"] = evaluation_threads(None)
     return record
 
 

@@ -86,6 +86,7 @@ from typing import NamedTuple
 
 import torch
 
+from bayes_moe.inference.dispatch import KERNEL_METHODS, choose_method
 from bayes_moe.inference.hmm_sequential import (
     batch_shape_of,
     sequential_filter,
@@ -371,48 +372,9 @@ def _forward_scan(
     return prefix[..., 0, :].movedim(0, -2), rest
 
 
-# --------------------------------------------------------------------------------------
-# Dispatch between the parallel scan and the compiled sequential recursion
-# --------------------------------------------------------------------------------------
-
-#: Values of the ``method`` keyword of the public kernels.
-HMM_METHODS = ("auto", "parallel", "sequential")
-
-
-def choose_method(method: str, *tensors: torch.Tensor, sequential_gradient: bool = False) -> str:
-    """The route a kernel takes: ``"parallel"`` or ``"sequential"``.
-
-    ``"auto"`` takes the compiled sequential recursion
-    (:mod:`bayes_moe.inference.hmm_sequential`) for tensors on the CPU, unless autograd
-    needs a gradient (grad mode on and an input that requires grad) that the kernel's
-    sequential route does not give (``sequential_gradient=False``: the filter and the
-    smoother); then, and on a GPU, it takes the parallel scan. The log evidence has an
-    exact sequential gradient and the Viterbi path is discrete (its ``log_max`` is
-    differentiated through the returned path), so on the CPU ``"auto"`` always takes
-    the sequential route for those two. ``"sequential"`` on a GPU tensor, or where
-    only the parallel route gives the gradient asked for, is an error.
-    """
-    if method not in HMM_METHODS:
-        raise ValueError(f"method must be one of {HMM_METHODS}, got {method!r}")
-    if method == "parallel":
-        return method
-    on_cpu = all(t.device.type == "cpu" for t in tensors)
-    needs_grad = (
-        not sequential_gradient
-        and torch.is_grad_enabled()
-        and any(t.requires_grad for t in tensors)
-    )
-    if method == "sequential":
-        if not on_cpu:
-            devices = sorted({str(t.device) for t in tensors})
-            raise ValueError(f"method='sequential' runs on the CPU; got tensors on {devices}")
-        if needs_grad:
-            raise ValueError(
-                "method='sequential' gives no gradient here, and an input requires grad: "
-                "use method='parallel' (or 'auto'), or call under torch.no_grad()"
-            )
-        return method
-    return "sequential" if on_cpu and not needs_grad else "parallel"
+#: Values of the ``method`` keyword of the public kernels (:func:`choose_method`, from
+#: :mod:`bayes_moe.inference.dispatch`).
+HMM_METHODS = KERNEL_METHODS
 
 
 # --------------------------------------------------------------------------------------

@@ -33,6 +33,11 @@ per-day values and the predictive at the last :data:`TAIL_ORIGINS` origins
 
 from __future__ import annotations
 
+import contextlib
+import math
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyro
@@ -211,7 +216,7 @@ def expected_stay(log_trans: torch.Tensor) -> torch.Tensor:
 
     ``(..., K, K)`` log transitions to ``(..., K)`` days.
     """
-    stay = torch.diagonal(log_trans, dim1=-2, dim2=-1).exp()
+    stay = torch.diagonal(log_trans, dim1=-2, dim2=-1).contiguous().exp()  # a strided exp is slow
     return 1.0 / (1.0 - stay).clamp_min(1e-12)
 
 
@@ -293,30 +298,83 @@ def _n_draws(draws: dict) -> int:
     return next(iter(draws.values())).shape[0]
 
 
-def _for_each_chunk(program, draws, data, consume, *, memory_budget_mib, num_threads):
-    """Evaluate the draws chunk by chunk; ``consume(ids, chunk)`` reduces each chunk.
+def evaluation_threads(num_threads: int | None) -> int:
+    """Threads that evaluate chunks of draws side by side: ``num_threads``, or torch's count.
 
-    ``ids`` (LongTensor) are the chunk's draw indices, ``chunk`` the dict of
-    :func:`_evaluate_chunk`; nothing of a chunk outlives ``consume``.
+    ``None`` takes ``torch.get_num_threads()`` at the call (the cores torch would use;
+    1 in a process that set it to 1, such as a benchmark worker).
+    """
+    threads = torch.get_num_threads() if num_threads is None else num_threads
+    if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads}")
+    return int(threads)
+
+
+def _for_each_chunk(program, draws, data, reduce, combine, *, memory_budget_mib, num_threads):
+    """Evaluate the draws in chunks: ``reduce`` each chunk, ``combine`` the results in order.
+
+    ``reduce(ids, chunk)`` runs where the chunk was evaluated and returns what is kept
+    of it (``ids``, a LongTensor, are the chunk's draw indices, ``chunk`` the dict of
+    :func:`_evaluate_chunk`; nothing else of a chunk outlives it);
+    ``combine(ids, reduced)`` runs in the calling thread, chunk after chunk in draw
+    order, so that running sums do not depend on which thread finished first. With
+    ``T = evaluation_threads(num_threads) > 1`` up to ``T`` chunks are evaluated at
+    once, each in its own thread with one torch intra-op thread (torch operations and
+    the compiled kernels release the GIL; Pyro's effect handlers, which are global,
+    run under a lock); chunks are sized for ``memory_budget_mib / T`` and to give every
+    thread work. The result equals the one-thread evaluation to rounding.
     """
     n_draws = _n_draws(draws)
+    threads = evaluation_threads(num_threads)
     size = draws_per_chunk(
         data.inputs.n_origins,
         program.gate.n_regimes,
         len(program.experts),
         data.response.shape[-1],
-        memory_budget_mib=memory_budget_mib,
+        memory_budget_mib=memory_budget_mib / threads,
     )
+    size = max(1, min(size, math.ceil(n_draws / threads)))
     starts = range(0, n_draws, size)
+    pyro_lock = threading.Lock()
+
+    def work(start: int) -> tuple[torch.Tensor, object]:
+        ids = torch.arange(start, min(start + size, n_draws))
+        chunk_draws = {k: v[start : start + size] for k, v in draws.items()}
+        with torch.no_grad():  # grad mode is per thread
+            # No name holds the chunk: it is freed once reduced.
+            return ids, reduce(ids, _evaluate_chunk(program, chunk_draws, data, pyro_lock))
+
     # disable=None: a bar on a terminal, silence in logs and captured output.
-    bar = tqdm(starts, desc="posterior draws", unit="chunk", disable=None, leave=False)
-    with torch_threads(num_threads):
-        for start in bar:
-            stop = min(start + size, n_draws)
-            chunk_draws = {k: v[start:stop] for k, v in draws.items()}
-            # No name holds the chunk: it is freed before the next one is evaluated.
-            consume(torch.arange(start, stop), _evaluate_chunk(program, chunk_draws, data))
-            release_free_memory()  # the chunk's memory, back to the system
+    bar = tqdm(total=len(starts), desc="posterior draws", unit="chunk", disable=None, leave=False)
+
+    def finish(ids, reduced) -> None:
+        combine(ids, reduced)
+        bar.update()
+
+    # The chunks' memory goes back to the system once, at the end: trimmed after each
+    # chunk, the next one's arrays would be paged in afresh (slow on virtual machines).
+    with torch_threads(1), bar, _release_when_done():
+        if threads == 1:
+            for start in starts:
+                finish(*work(start))
+            return
+        with ThreadPoolExecutor(threads, thread_name_prefix="posterior") as pool:
+            pending: deque = deque()
+            for start in starts:
+                pending.append(pool.submit(work, start))
+                if len(pending) > threads:
+                    finish(*pending.popleft().result())
+            while pending:
+                finish(*pending.popleft().result())
+
+
+@contextlib.contextmanager
+def _release_when_done():
+    """Hand freed memory back to the system on leaving (:func:`release_free_memory`)."""
+    try:
+        yield
+    finally:
+        release_free_memory()
 
 
 def seeded_predictive(chunk: dict, rows, draw_ids, n_obs: int) -> torch.Tensor:
@@ -351,13 +409,34 @@ def seeded_predictive(chunk: dict, rows, draw_ids, n_obs: int) -> torch.Tensor:
     )
 
 
+class _DrawArrays:
+    """Arrays ``(S, ...)`` filled chunk by chunk, possibly from several threads.
+
+    The first chunk of a name allocates it; each chunk writes its own rows (disjoint
+    slices), so no chunk is copied twice and no concatenation follows.
+    """
+
+    def __init__(self, n_draws: int):
+        self.n_draws = n_draws
+        self.arrays: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def write(self, name: str, ids: torch.Tensor, value: torch.Tensor) -> None:
+        """Put ``value`` ``(len(ids), ...)`` at rows ``ids`` (consecutive) of ``name``."""
+        with self._lock:
+            if name not in self.arrays:
+                self.arrays[name] = value.new_empty((self.n_draws,) + value.shape[1:])
+            out = self.arrays[name]
+        out[int(ids[0]) : int(ids[-1]) + 1] = value
+
+
 def evaluate_posterior(
     program: MoEProgram,
     draws: dict,
     data: ModelData,
     *,
     memory_budget_mib: float = DEFAULT_MEMORY_BUDGET_MIB,
-    num_threads: int | None = 1,
+    num_threads: int | None = None,
 ) -> PosteriorEvaluation:
     """Every per-draw quantity over all origins (:class:`PosteriorEvaluation`).
 
@@ -367,21 +446,29 @@ def evaluate_posterior(
     inspection of small fits. :func:`summarize_posterior` keeps per-day summaries
     instead, in memory that does not grow with ``S`` per day.
     """
-    parts = []
+    S = _n_draws(draws)
+    full = _DrawArrays(S)
+    experts = []
 
-    def keep(ids, chunk):
+    def into_place(ids, chunk):  # in the worker: its rows of every draw-indexed array
         chunk["posterior_predictive"] = seeded_predictive(
             chunk, range(len(ids)), ids, data.n_observed
         )
-        parts.append(chunk)
+        for name in PosteriorEvaluation.__dataclass_fields__:
+            if name != "experts":
+                full.write(name, ids, chunk[name])
+        return chunk["experts"]
 
     _for_each_chunk(
-        program, draws, data, keep, memory_budget_mib=memory_budget_mib, num_threads=num_threads
+        program,
+        draws,
+        data,
+        into_place,
+        lambda ids, chunk_experts: experts.append(chunk_experts),
+        memory_budget_mib=memory_budget_mib,
+        num_threads=num_threads,
     )
-    fields = {}
-    for name in PosteriorEvaluation.__dataclass_fields__:
-        values = [p[name] for p in parts]
-        fields[name] = cat_experts(values) if name == "experts" else torch.cat(values, dim=0)
+    fields = dict(full.arrays, experts=cat_experts(experts))
     return PosteriorEvaluation(**fields)
 
 
@@ -392,7 +479,7 @@ def evaluate_origins(
     origins: torch.Tensor,
     *,
     memory_budget_mib: float = DEFAULT_MEMORY_BUDGET_MIB,
-    num_threads: int | None = 1,
+    num_threads: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list]:
     """The causal predictive of every draw at some origins only.
 
@@ -412,13 +499,26 @@ def evaluate_origins(
     """
     weights, scales, experts = [], [], []
 
-    def keep(ids, chunk):
-        weights.append(chunk["log_mix_weights"][:, origins])
-        scales.append(chunk["log_regime_scale"])
-        experts.append([index_batch(d, (slice(None), origins)) for d in chunk["experts"]])
+    def at_origins(ids, chunk):
+        pick = (slice(None), origins)
+        return (
+            chunk["log_mix_weights"][:, origins],
+            chunk["log_regime_scale"],
+            [index_batch(d, pick) for d in chunk["experts"]],
+        )
+
+    def keep(ids, reduced):
+        for parts, part in zip((weights, scales, experts), reduced):
+            parts.append(part)
 
     _for_each_chunk(
-        program, draws, data, keep, memory_budget_mib=memory_budget_mib, num_threads=num_threads
+        program,
+        draws,
+        data,
+        at_origins,
+        keep,
+        memory_budget_mib=memory_budget_mib,
+        num_threads=num_threads,
     )
     return torch.cat(weights), torch.cat(scales), cat_experts(experts)
 
@@ -566,39 +666,61 @@ class _Summarizer:
         self.kept_parts = {name: [] for name in ("filtered", "smoothed", "viterbi", "predictive")}
         self.tail_weights, self.tail_experts = [], []
 
-    def __call__(self, ids: torch.Tensor, chunk: dict) -> None:
+    def reduce(self, ids: torch.Tensor, chunk: dict) -> dict:
+        """What is kept of a chunk: per-draw values, sums over its draws, kept draws."""
         n_obs = self.data.n_observed
-        for name in PER_DRAW:  # copies: a view would keep the chunk's (s, N, ...) tensor alive
-            self.per_draw[name].append(chunk[name].clone())
+        # Copies: a view would keep the chunk's (s, N, ...) tensor alive.
+        per_draw = {name: chunk[name].clone() for name in PER_DRAW}
         filtered = chunk["log_filtered"].exp()  # (s, N_obs, K)
         smoothed = chunk["log_smoothed"].exp()
         K = filtered.shape[-1]
-        self.per_draw["last_log_filtered"].append(chunk["log_filtered"][:, -1].clone())
-        best = nn_one_hot(filtered.argmax(-1), K)  # (s, N_obs, K)
-        self.per_draw["share_of_days"].append(best.mean(1))
-        if self.log_density is None:
-            self.log_density = chunk["log_predictive_density"].new_empty(self.n_draws, n_obs)
-        self.log_density[ids] = chunk["log_predictive_density"]
-        self.moments["filtered"].update(filtered)
-        self.moments["smoothed"].update(smoothed)
+        per_draw["last_log_filtered"] = chunk["log_filtered"][:, -1].clone()
+        per_draw["share_of_days"] = nn_one_hot(filtered.argmax(-1), K).mean(1)
         log_mix = chunk["log_mix_weights"][:, :n_obs]
         experts = [index_batch(d, (slice(None), slice(0, n_obs))) for d in chunk["experts"]]
         mean, second = mixture_moments(log_mix, chunk["log_regime_scale"], experts)
         realized = self.data.observed_response[:, 0]
         cdf = mixture_cdf(log_mix, chunk["log_regime_scale"], experts, realized)
-        self._add("viterbi", nn_one_hot(chunk["viterbi"], K).sum(0))
-        self._add("mean", mean.sum(0))
-        self._add("second", second.sum(0))
-        self._add("cdf", cdf.sum(0))
         rows = torch.nonzero(torch.isin(ids, self.kept)).flatten()
+        kept = {}
         if len(rows):
-            self.kept_parts["filtered"].append(filtered[rows])
-            self.kept_parts["smoothed"].append(smoothed[rows])
-            self.kept_parts["viterbi"].append(chunk["viterbi"][rows])
-            self.kept_parts["predictive"].append(seeded_predictive(chunk, rows, ids[rows], n_obs))
-        self.tail_weights.append(chunk["log_mix_weights"][:, self.tail])
+            kept = {
+                "filtered": filtered[rows],
+                "smoothed": smoothed[rows],
+                "viterbi": chunk["viterbi"][rows],
+                "predictive": seeded_predictive(chunk, rows, ids[rows], n_obs),
+            }
         pick = (slice(None), self.tail)
-        self.tail_experts.append([index_batch(d, pick) for d in chunk["experts"]])
+        return {
+            "per_draw": per_draw,
+            "log_density": chunk["log_predictive_density"],
+            "moments": {"filtered": filtered, "smoothed": smoothed},
+            "sums": {
+                "viterbi": nn_one_hot(chunk["viterbi"], K).sum(0),
+                "mean": mean.sum(0),
+                "second": second.sum(0),
+                "cdf": cdf.sum(0),
+            },
+            "kept": kept,
+            "tail_weights": chunk["log_mix_weights"][:, self.tail],
+            "tail_experts": [index_batch(d, pick) for d in chunk["experts"]],
+        }
+
+    def combine(self, ids: torch.Tensor, reduced: dict) -> None:
+        """Add a reduced chunk (chunks in draw order)."""
+        for name, value in reduced["per_draw"].items():
+            self.per_draw[name].append(value)
+        if self.log_density is None:
+            self.log_density = reduced["log_density"].new_empty(self.n_draws, self.data.n_observed)
+        self.log_density[ids] = reduced["log_density"]
+        for name, value in reduced["moments"].items():
+            self.moments[name].update(value)
+        for name, value in reduced["sums"].items():
+            self._add(name, value)
+        for name, value in reduced["kept"].items():
+            self.kept_parts[name].append(value)
+        self.tail_weights.append(reduced["tail_weights"])
+        self.tail_experts.append(reduced["tail_experts"])
 
     def _add(self, name: str, value: torch.Tensor) -> None:
         self.sums[name] = value if name not in self.sums else self.sums[name] + value
@@ -642,7 +764,7 @@ def summarize_posterior(
     keep_draws: int | None = DEFAULT_KEEP_DRAWS,
     tail_origins: int = TAIL_ORIGINS,
     memory_budget_mib: float = DEFAULT_MEMORY_BUDGET_MIB,
-    num_threads: int | None = 1,
+    num_threads: int | None = None,
 ) -> PosteriorSummary:
     """Evaluate the draws in chunks and keep per-day summaries (:class:`PosteriorSummary`).
 
@@ -665,7 +787,8 @@ def summarize_posterior(
     memory_budget_mib : float
         Bound on the working memory of one chunk, MiB.
     num_threads : int or None
-        Torch intra-op threads.
+        Threads that evaluate chunks of draws side by side (:func:`_for_each_chunk`,
+        each with one torch intra-op thread); None: ``torch.get_num_threads()``.
     """
     S = _n_draws(draws)
     if tail_origins < 1:
@@ -675,7 +798,8 @@ def summarize_posterior(
         program,
         draws,
         data,
-        summarizer,
+        summarizer.reduce,
+        summarizer.combine,
         memory_budget_mib=memory_budget_mib,
         num_threads=num_threads,
     )
@@ -687,11 +811,14 @@ def cat_experts(chunks: list[list]) -> list:
     return [cat_batch(list(per_expert), dim=0) for per_expert in zip(*chunks)]
 
 
-def _evaluate_chunk(program: MoEProgram, draws: dict, data: ModelData) -> dict:
+def _evaluate_chunk(
+    program: MoEProgram, draws: dict, data: ModelData, pyro_lock: threading.Lock | None = None
+) -> dict:
     inputs = data.inputs
     n_obs, h = data.n_observed, inputs.horizon
     response = torch.nan_to_num(data.response, nan=0.0)  # unobserved rows are padding
-    comps = conditioned_components(program, draws, inputs)
+    with pyro_lock or contextlib.nullcontext():  # Pyro's handler stack is global
+        comps = conditioned_components(program, draws, inputs)
     S = next(iter(draws.values())).shape[0]
     K = program.gate.n_regimes
     gate = comps.gate
@@ -730,7 +857,8 @@ def _evaluate_chunk(program: MoEProgram, draws: dict, data: ModelData) -> dict:
         log_emit = torch.take_along_dim(log_emit, order[:, None, :], dim=2)
 
     timed = {"time_varying": gate.time_varying}
-    hmm_trans = step_trans[:, :n_obs] if gate.time_varying else log_trans
+    # Contiguous once, so that the smoother and Viterbi read it without copies.
+    hmm_trans = step_trans[:, :n_obs].contiguous() if gate.time_varying else log_trans
     smoothed = hmm_smoother(log_init, hmm_trans, log_emit, **timed)
     path, _ = hmm_viterbi(log_init, hmm_trans, log_emit, **timed)
     occupancy = smoothed.log_smoothed.exp()  # (S, N_obs, K)
@@ -754,7 +882,7 @@ def _evaluate_chunk(program: MoEProgram, draws: dict, data: ModelData) -> dict:
         "regime_expert_weights": log_w[:, :n_obs].exp().mean(dim=1),
         "regime_volatility": occupancy_average(occupancy, regime_var[:, :n_obs]).sqrt(),
         "regime_mean": occupancy_average(occupancy, regime_mu[:, :n_obs]),
-        "regime_duration": occupancy_average(occupancy, expected_stay(step_trans[:, :n_obs]))
+        "regime_duration": occupancy_average(occupancy, expected_stay(hmm_trans))
         if gate.time_varying
         else expected_stay(log_trans),
         "log_predictive_density": log_density,

@@ -31,7 +31,7 @@ from bayes_moe.models.distributions import (
     per_row,
     regime_cdf,
     regime_log_prob,
-    sample_rows,
+    sample_picked,
 )
 
 
@@ -63,9 +63,8 @@ def sample_mixture(log_weights, log_scale, experts, generators=None) -> torch.Te
     u = per_row(generators, lambda i, g: torch.rand(n, generator=g, dtype=torch.float64))
     picks = pick_components(log_weights.flatten(-2), u)  # (S, n)
     regime, expert = picks // M, picks % M
-    values = torch.stack([sample_rows(d, generators) for d in experts], dim=2)  # (S, n, M, d_y)
+    x = sample_picked(experts, expert, generators)  # (S, n, d_y)
     locs = torch.stack([location(d) for d in experts], dim=2)
-    x = torch.take_along_dim(values, expert[..., None, None], dim=2).squeeze(2)
     mu = torch.take_along_dim(locs, expert[..., None, None], dim=2).squeeze(2)
     stretch = torch.take_along_dim(log_scale, regime, dim=1).exp().unsqueeze(-1)  # (S, n, 1)
     return mu + stretch * (x - mu)

@@ -17,6 +17,9 @@ import pyro.distributions as dist
 import torch
 from scipy import special
 
+from bayes_moe.inference.dispatch import choose_method
+from bayes_moe.inference.mixture_kernels import regime_location_scale_log_prob
+
 Builder = Callable[..., dist.Distribution]
 
 
@@ -110,46 +113,85 @@ def per_row(generators: Sequence[torch.Generator | None], draw) -> torch.Tensor:
 
 
 def sample_rows(d: dist.Distribution, generators: Sequence[torch.Generator | None]):
-    r"""One sample of ``d``, row ``s`` of the batch drawn with ``generators[s]`` only.
+    """One sample of ``d``, row ``s`` of the batch ``(S, n)`` drawn with ``generators[s]`` only.
+
+    :func:`sample_picked` with one distribution: returns a Tensor ``(S, n, d_y)``.
+    """
+    choice = torch.zeros(d.batch_shape[:2], dtype=torch.long)
+    return sample_picked([d], choice, generators)
+
+
+def _noise_transform(d: dist.Distribution):
+    r"""``loc (B, d_y)``, ``tril (B, d_y, d_y)``, ``half_df (B, d_y)`` of ``d`` (batch ``B``).
+
+    The scale of ``Independent`` margins as a diagonal factor; ``half_df`` is
+    :math:`\nu / 2` per margin, repeated for ``MultivariateStudentT`` and 1 (unused)
+    for the Normal families.
+    """
+    _, params = decompose(d)
+    *df, loc, scale = params
+    tril = scale if not isinstance(d, dist.Independent) else torch.diag_embed(scale)
+    if not df:
+        half_df = torch.ones_like(loc)
+    elif isinstance(d, dist.Independent):
+        half_df = 0.5 * df[0]
+    else:
+        half_df = 0.5 * df[0].unsqueeze(-1).expand(loc.shape)
+    return loc, tril, half_df
+
+
+def sample_picked(
+    dists: Sequence[dist.Distribution],
+    choice: torch.Tensor,
+    generators: Sequence[torch.Generator | None],
+) -> torch.Tensor:
+    r"""One sample per entry of the batch ``(S, n)``, entry ``(s, i)`` from ``dists[choice[s, i]]``.
 
     The supported families as location-scale transforms of standard noise,
 
     .. math::
 
-        x = \mu + L z \sqrt{\nu / c}, \qquad z \sim N(0, I), \quad
-        c \sim \chi^2_\nu = 2\,\mathrm{Gamma}(\nu / 2)
+        x = \mu + L \big(z \odot \sqrt{\nu / c}\big), \qquad z \sim N(0, I),
+        \quad c \sim \chi^2_\nu = 2\,\mathrm{Gamma}(\nu / 2)
 
-    (:math:`L` the scale or Cholesky factor; the :math:`\sqrt{\nu/c}` factor only for
-    the Student-t families, one per margin for ``Independent(StudentT)``, one per
-    vector for ``MultivariateStudentT``). The noise of each row is drawn with its own
-    generator, the arithmetic for all rows at once: a row's sample depends on its
-    generator only, not on the other rows.
+    (:math:`L` the Cholesky factor, diagonal for ``Independent`` margins; the
+    :math:`\sqrt{\nu/c}` factor only for the Student-t families, one per margin for
+    ``Independent(StudentT)``, one per vector for ``MultivariateStudentT``), with the
+    parameters of the chosen distribution only: one normal vector and one gamma vector
+    per entry whatever the number of distributions. Row ``s`` is drawn with
+    ``generators[s]`` alone (``None``: torch's global generator), so its sample depends
+    on its generator only, not on the other rows.
 
     Parameters
     ----------
-    d : Distribution
-        Batch ``(S, n)``, event ``(d_y,)``.
+    dists : sequence of Distribution
+        Each with batch ``(S, n)`` and event ``(d_y,)``.
+    choice : LongTensor ``(S, n)``
+        Index into ``dists`` of every entry.
     generators : sequence of ``S`` ``torch.Generator`` (or None)
 
     Returns
     -------
     Tensor ``(S, n, d_y)``
     """
-    _, params = decompose(d)
-    row_shape = d.batch_shape[1:] + d.event_shape
-    dtype = params[-1].dtype
-    z = per_row(generators, lambda i, g: torch.randn(row_shape, generator=g, dtype=dtype))
-    multivariate = not isinstance(d, dist.Independent)
-    *df, loc, scale = params
-    x = (scale @ z.unsqueeze(-1)).squeeze(-1) if multivariate else scale * z
-    if df:
-        (df,) = df
-        chi2 = per_row(
-            generators, lambda i, g: 2.0 * torch._standard_gamma(df[i] / 2.0, generator=g)
-        )
-        stretch = (df / chi2).sqrt()
-        x = x * (stretch.unsqueeze(-1) if multivariate else stretch)
-    return loc + x
+    parts = [_noise_transform(d) for d in dists]
+    pick = choice[..., None, None]
+
+    def chosen(tensors: list) -> torch.Tensor:  # stack over dists, take the chosen one
+        stacked = torch.stack(tensors, dim=2)  # (S, n, M, ...)
+        index = pick.view(pick.shape + (1,) * (stacked.dim() - 4))
+        return torch.take_along_dim(stacked, index, dim=2).squeeze(2)
+
+    loc, tril, half_df = (chosen([p[i] for p in parts]) for i in range(3))
+    student = torch.tensor([bool(decompose(d)[1][:-2]) for d in dists])[choice]  # (S, n)
+    joint = torch.tensor([not isinstance(d, dist.Independent) for d in dists])[choice]
+    row_shape = loc.shape[1:]
+    z = per_row(generators, lambda i, g: torch.randn(row_shape, generator=g, dtype=loc.dtype))
+    chi2 = per_row(generators, lambda i, g: 2.0 * torch._standard_gamma(half_df[i], generator=g))
+    stretch = (2.0 * half_df / chi2).sqrt()
+    stretch = torch.where(joint.unsqueeze(-1), stretch[..., :1], stretch)
+    stretch = torch.where(student.unsqueeze(-1), stretch, torch.ones_like(stretch))
+    return loc + (tril @ (z * stretch).unsqueeze(-1)).squeeze(-1)
 
 
 def rescale(d: dist.Distribution, log_factor: torch.Tensor) -> dist.Distribution:
@@ -187,7 +229,9 @@ def regime_log_prob(d: dist.Distribution, value: torch.Tensor, log_scale: torch.
         \log p_k(y) = \log p\big(\mu + e^{-\lambda_k} (y - \mu)\big) - d_y\,\lambda_k,
 
     the change of variables of :func:`rescale`, evaluated without building ``K``
-    distributions.
+    distributions. For ``Independent`` margins on the CPU with no gradient asked for it
+    is one compiled pass
+    (:func:`~bayes_moe.inference.mixture_kernels.regime_location_scale_log_prob`).
 
     Parameters
     ----------
@@ -201,11 +245,14 @@ def regime_log_prob(d: dist.Distribution, value: torch.Tensor, log_scale: torch.
     -------
     Tensor ``S + (N, K)``
     """
-    shrink = (-log_scale).exp().movedim(-1, 0)[..., None, None]  # (K,) + S + (1, 1)
     if isinstance(d, dist.Independent):
+        *df, loc, scale = decompose(d)[1]
+        if choose_method("auto", value, log_scale, loc, scale, *df) == "sequential":
+            nu = df[0] if df else None
+            return regime_location_scale_log_prob(value, loc, scale, nu, log_scale)
         # Normal / Student-t margins: the normalising constant depends on the
         # parameters only, so it is computed once for all K regimes.
-        *df, loc, scale = decompose(d)[1]
+        shrink = (-log_scale).exp().movedim(-1, 0)[..., None, None]  # (K,) + S + (1, 1)
         z = shrink * ((value - loc) / scale)  # (K,) + S + (N, d_y)
         if df:
             (nu,) = df
@@ -222,6 +269,7 @@ def regime_log_prob(d: dist.Distribution, value: torch.Tensor, log_scale: torch.
         log_p = (log_kernel - log_norm).sum(-1).movedim(0, -1)  # S + (N, K)
     else:
         loc = location(d)  # S + (N, d_y)
+        shrink = (-log_scale).exp().movedim(-1, 0)[..., None, None]  # (K,) + S + (1, 1)
         standardized = loc + shrink * (value - loc)  # (K,) + S + (N, d_y)
         log_p = d.log_prob(standardized).movedim(0, -1)  # S + (N, K)
     return log_p - value.shape[-1] * log_scale.unsqueeze(-2)

@@ -87,7 +87,9 @@ from bayes_moe.data.windows import (
     select_vol_features,
     vol_feature_names,
 )
+from bayes_moe.inference.dispatch import choose_method
 from bayes_moe.inference.hmm import stationary_distribution
+from bayes_moe.inference.mixture_kernels import outer_log_softmax
 
 
 def log_softmax_of_sum(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -106,6 +108,9 @@ def log_softmax_of_sum(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     torch). Equal to ``torch.log_softmax(a[..., None, :, :] + b[..., :, None, :], -1)``;
     that is computed instead if a normaliser comes out below the smallest normal number
     (only possible when the two factors' maxima sit at experts ~700 nats apart).
+    Without a gradient to compute, on the CPU, it is the compiled loop
+    :func:`~bayes_moe.inference.mixture_kernels.outer_log_softmax` (one pass, no
+    ``(N, K, M)`` temporaries; :func:`~bayes_moe.inference.dispatch.choose_method`).
 
     Parameters
     ----------
@@ -118,6 +123,8 @@ def log_softmax_of_sum(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     -------
     Tensor ``S + (N, K, M)``
     """
+    if choose_method("auto", rows, cols) == "sequential":
+        return outer_log_softmax(rows, cols)
     row_max = rows.detach().amax(-1, keepdim=True)  # S + (K, 1)
     col_max = cols.detach().amax(-1, keepdim=True)  # S + (N, 1)
     total = (cols - col_max).exp() @ (rows - row_max).exp().transpose(-1, -2)  # S + (N, K)

@@ -163,6 +163,55 @@ def test_batch_dims_broadcast():
             _assert_results_close(KalmanFilterResult(*(x[i, j] for x in batched)), single)
 
 
+# ---------------------------------------------------------------------------------------
+# the compiled route for a scalar state and observation
+
+
+@pytest.mark.parametrize("time_varying_R", [False, True])
+@pytest.mark.parametrize("method", ["sequential", "parallel"])
+def test_scalar_routes_match_statsmodels(method, time_varying_R):
+    model = _random_model(np.random.default_rng(21 + time_varying_R), 1, 1, 300, time_varying_R)
+    sm = _statsmodels_filter(model)
+    out = kalman_filter(**_torch(model), method=method)
+    _assert_close(out.log_likelihood_terms, sm.llf_obs)
+    _assert_close(out.filtered_mean, sm.filtered_state.T)
+    _assert_close(out.filtered_cov, np.moveaxis(sm.filtered_state_cov, -1, 0))
+    _assert_close(out.predicted_state_mean, sm.predicted_state[:, :300].T)
+    _assert_close(out.predicted_obs_cov, np.moveaxis(sm.forecasts_error_cov, -1, 0))
+
+
+def test_scalar_routes_agree_on_broadcast_batches_and_auto_takes_the_loop():
+    # A batch of draws (3, 2): F, Q and the initial mean vary along it, y along dim 1,
+    # R is time-varying and shared; the loop must equal the scan entry by entry.
+    rng = np.random.default_rng(8)
+    base = _torch(_random_model(rng, 1, 1, 60, time_varying_R=True))
+    F = base["F"] * torch.tensor([1.0, 0.5, -0.7], dtype=DT).reshape(3, 1, 1, 1)
+    Q = base["Q"] * torch.linspace(0.5, 2.0, 6, dtype=DT).reshape(3, 2, 1, 1)
+    init_mean = base["init_mean"] + torch.tensor([0.0, 1.0, -2.0], dtype=DT).reshape(3, 1, 1)
+    y = base["y"] + torch.arange(2, dtype=DT).reshape(2, 1, 1)
+    args = (y, F, base["c"], base["H"], base["d"], Q, base["R"], init_mean, base["init_cov"])
+    loop = kalman_filter(*args, method="sequential")
+    scan = kalman_filter(*args, method="parallel")
+    assert loop.filtered_mean.shape == (3, 2, 60, 1) and loop.log_likelihood.shape == (3, 2)
+    _assert_results_close(loop, scan, rtol=1e-11, atol=1e-12)
+    auto = kalman_filter(*args)
+    assert all(torch.equal(a, b) for a, b in zip(auto, loop))  # no gradient: the loop
+    needs_grad = kalman_filter(*(a.clone().requires_grad_() for a in args))
+    assert needs_grad.log_likelihood.grad_fn is not None  # a gradient: the scan
+    _assert_results_close(KalmanFilterResult(*(x.detach() for x in needs_grad)), scan)
+
+
+def test_the_loop_refuses_what_it_cannot_do():
+    model = _torch(_random_model(np.random.default_rng(1), 2, 1, 10, time_varying_R=False))
+    with pytest.raises(ValueError, match="k = 2, p = 1"):
+        kalman_filter(**model, method="sequential")
+    scalar = _torch(_random_model(np.random.default_rng(2), 1, 1, 10, time_varying_R=False))
+    with pytest.raises(ValueError, match="requires grad"):
+        kalman_filter(**dict(scalar, Q=scalar["Q"].requires_grad_()), method="sequential")
+    with pytest.raises(ValueError, match="method must be one of"):
+        kalman_filter(**scalar, method="fast")
+
+
 def test_time_varying_flag_disambiguates_batch_dim_equal_to_T():
     rng = np.random.default_rng(3)
     T = 4

@@ -2,7 +2,8 @@
 
 Oracle: the formulas written out with torch broadcasting and ``logsumexp`` (and, for
 the moments, by hand for one draw), on random arrays with broadcast inputs and
-``-inf`` gate weights (an expert a regime never uses).
+``-inf`` gate weights (an expert a regime never uses); scipy's Student-t and Normal
+densities for the regime emissions.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ import pytest
 import torch
 from scipy import stats
 
-from bayes_moe.inference.mixture_kernels import causal_mixture, pick_components, regime_mixture
+from bayes_moe.inference.mixture_kernels import (
+    causal_mixture,
+    outer_log_softmax,
+    pick_components,
+    regime_location_scale_log_prob,
+    regime_mixture,
+)
+from bayes_moe.models.gate import log_softmax_of_sum
 
 S, N, K, M = 3, 11, 2, 4
 
@@ -92,3 +100,53 @@ def test_pick_components_is_the_inverse_cdf_and_draws_the_weights():
     keep = probs.numpy() > 0
     result = stats.chisquare(counts[keep], probs.numpy()[keep] * counts.sum())
     assert result.pvalue > 1e-3 and counts[1] == 0
+
+
+def test_outer_log_softmax_equals_torch_log_softmax_with_broadcast_batches():
+    gen = torch.Generator().manual_seed(4)
+    rows = 2 * torch.randn(S, 1, K, M, generator=gen, dtype=torch.float64)  # batch (S, 1)
+    cols = 2 * torch.randn(1, 2, N, M, generator=gen, dtype=torch.float64)  # batch (1, 2)
+    cols[0, 1, 3, 2] = -math.inf  # an expert the gate switches off on a day
+    expected = torch.log_softmax(rows[..., None, :, :] + cols[..., :, None, :], dim=-1)
+    got = outer_log_softmax(rows, cols)
+    assert got.shape == (S, 2, N, K, M)
+    torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-13)
+    # The gate's function takes this route without a gradient, torch's with one.
+    torch.testing.assert_close(log_softmax_of_sum(rows, cols), got, rtol=0, atol=0)
+    with_grad = log_softmax_of_sum(rows.requires_grad_(), cols)
+    assert with_grad.grad_fn is not None
+    torch.testing.assert_close(with_grad.detach(), got, rtol=1e-13, atol=1e-13)
+
+
+def test_outer_log_softmax_when_the_two_maxima_are_far_apart():
+    # Row maximum at expert 0, column maximum at expert 1, 800 nats apart: the
+    # factorised normaliser underflows to 0 and the stable log-sum-exp takes over.
+    rows = torch.tensor([[[0.0, -800.0], [0.0, 0.0]]], dtype=torch.float64)  # (1, K=2, M=2)
+    cols = torch.tensor([[[-800.0, 0.0]]], dtype=torch.float64)  # (1, N=1, M=2)
+    got = outer_log_softmax(rows, cols)[0, 0]
+    expected = torch.log_softmax(rows[0] + cols[0], dim=-1)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)  # 800 nats: 800 eps
+    assert got[0].tolist() == pytest.approx([-math.log(2.0)] * 2, abs=1e-12)
+
+
+@pytest.mark.parametrize("family", ["studentt", "normal"])
+def test_regime_emissions_equal_scipy_densities(family):
+    # log p_k(y) = sum_j log f(y_j; mu_j, s_j e^{lambda_k}) with scipy's densities.
+    gen = torch.Generator().manual_seed(5)
+    D = 2
+    value = torch.randn(N, D, generator=gen, dtype=torch.float64)
+    loc = 0.3 * torch.randn(S, N, D, generator=gen, dtype=torch.float64)
+    scale = 0.5 + torch.rand(S, N, D, generator=gen, dtype=torch.float64)
+    df = (3 + 10 * torch.rand(S, 1, 1, generator=gen, dtype=torch.float64)).expand(S, N, D)
+    log_scale = 0.4 * torch.randn(S, K, generator=gen, dtype=torch.float64)
+    nu = df if family == "studentt" else None
+    got = regime_location_scale_log_prob(value, loc, scale, nu, log_scale)
+    assert got.shape == (S, N, K)
+    for k in range(K):
+        stretched = scale * log_scale[:, k, None, None].exp()
+        if family == "studentt":
+            density = stats.t(df.numpy(), loc.numpy(), stretched.numpy())
+        else:
+            density = stats.norm(loc.numpy(), stretched.numpy())
+        expected = density.logpdf(value.expand(S, N, D).numpy()).sum(-1)
+        np.testing.assert_allclose(got[..., k].numpy(), expected, rtol=1e-12, atol=1e-12)

@@ -23,6 +23,7 @@ from bayes_moe.models.distributions import (
     mean_and_variance,
     regime_log_prob,
     rescale,
+    sample_picked,
     sample_rows,
 )
 
@@ -239,3 +240,37 @@ def test_sample_rows_row_depends_on_its_own_generator_only():
     state = torch.random.get_rng_state()
     sample_rows(d, [torch.Generator().manual_seed(k) for k in seeds])
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_sample_picked_draws_each_entry_from_its_chosen_distribution():
+    # Oracle: scipy's CDFs. Every entry of a (rows, 1) batch picks one of the four
+    # families (by rows cyclically); the entries of each family, standardised by
+    # that family's location and scale, must follow it (Kolmogorov-Smirnov), so the
+    # noise of one family is never read with another's parameters.
+    rows = 8_000
+    one = [
+        index_batch(_make(f), (torch.zeros(rows, dtype=torch.long), slice(0, 1))) for f in FAMILIES
+    ]
+    choice = (torch.arange(rows) % len(FAMILIES)).unsqueeze(-1)  # (rows, 1)
+    generators = [torch.Generator().manual_seed(10 + i) for i in range(rows)]
+    x = sample_picked(one, choice, generators)[:, 0]  # (rows, D)
+    for m, (family, d) in enumerate(zip(FAMILIES, one)):
+        picked = x[choice[:, 0] == m]
+        params = decompose(d)[1]
+        j = 0  # the first margin
+        if family in ("normal", "studentt"):
+            scale = params[-1][0, 0, j]
+            df = params[0][0, 0, j].item() if family == "studentt" else None
+        else:
+            scale = params[-1][0, 0, j].norm()
+            df = d.df.reshape(-1)[0].item() if family == "mvt" else None
+        z = ((picked[:, j] - location(d)[0, 0, j]) / scale).numpy()
+        reference = stats.norm if df is None else stats.t(df)
+        assert stats.kstest(z, reference.cdf).pvalue > 1e-3, family
+    # Row s depends on its own generator and choices only.
+    alone = sample_picked(
+        [index_batch(d, (slice(3, 4),)) for d in one],
+        choice[3:4],
+        [torch.Generator().manual_seed(13)],
+    )
+    torch.testing.assert_close(x[3:4], alone[:, 0], rtol=0, atol=0)

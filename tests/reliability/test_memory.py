@@ -9,6 +9,8 @@ moments over every draw, the exact predictive mixture of
 (arch.data), tiny fits (few SVI steps, a short window).
 """
 
+import threading
+
 import numpy as np
 import pyro.distributions as dist
 import pytest
@@ -82,6 +84,42 @@ def test_chunked_evaluation_equals_one_chunk(fit, full):
         )
 
 
+def test_chunks_evaluated_on_threads_equal_those_evaluated_in_turn(fit, full, monkeypatch):
+    # Oracle: the one-thread evaluation. Chunks of one draw, so both runs evaluate the
+    # same chunks with one torch thread each; they are combined in draw order, so the
+    # summaries are equal to the last bit, and the full evaluation equals one chunk.
+    threads = []
+    evaluate = post_mod._evaluate_chunk
+
+    def spy(*args):
+        threads.append(threading.current_thread().name)
+        return evaluate(*args)
+
+    monkeypatch.setattr(post_mod, "_evaluate_chunk", spy)
+    run = {"memory_budget_mib": TINY_BUDGET_MIB, "keep_draws": 5}
+    alone = summarize_posterior(fit.program, fit.draws, fit.data, num_threads=1, **run)
+    assert set(threads) == {threading.current_thread().name}
+    threads.clear()
+    side_by_side = summarize_posterior(fit.program, fit.draws, fit.data, num_threads=3, **run)
+    assert len(threads) == N_DRAWS and all(name.startswith("posterior") for name in threads)
+    for name in post_mod.PosteriorSummary.__dataclass_fields__:
+        a, b = getattr(alone, name), getattr(side_by_side, name)
+        if name == "tail_experts":
+            assert all(torch.equal(x, y) for x, y in zip(_params(a), _params(b)))
+        elif isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), name
+        else:
+            assert a == b, name
+    threaded = evaluate_posterior(
+        fit.program, fit.draws, fit.data, memory_budget_mib=TINY_BUDGET_MIB, num_threads=2
+    )
+    for name in ("log_smoothed", "viterbi", "log_mix_weights", "posterior_predictive"):
+        torch.testing.assert_close(getattr(threaded, name), getattr(full, name), msg=name)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="num_threads"):
+            summarize_posterior(fit.program, fit.draws, fit.data, num_threads=bad)
+
+
 def test_chunks_follow_the_budget_whatever_the_number_of_draws(fit, monkeypatch):
     n, budget = fit.data.inputs.n_origins, 2.0
     per_draw = 8 * n * working_floats_per_draw_origin(2, 3, 1)
@@ -92,12 +130,12 @@ def test_chunks_follow_the_budget_whatever_the_number_of_draws(fit, monkeypatch)
     seen = []
     evaluate = post_mod._evaluate_chunk
 
-    def spy(program, draws, data):
+    def spy(program, draws, data, *lock):
         seen.append(next(iter(draws.values())).shape[0])
-        return evaluate(program, draws, data)
+        return evaluate(program, draws, data, *lock)
 
     monkeypatch.setattr(post_mod, "_evaluate_chunk", spy)
-    summarize_posterior(fit.program, fit.draws, fit.data, memory_budget_mib=budget)
+    summarize_posterior(fit.program, fit.draws, fit.data, memory_budget_mib=budget, num_threads=1)
     assert sum(seen) == N_DRAWS and max(seen) == size < N_DRAWS
     with pytest.raises(ValueError, match="memory_budget_mib"):
         draws_per_chunk(n, 2, 3, memory_budget_mib=0)

@@ -25,7 +25,7 @@ import torch
 
 from bayes_moe.data.windows import ExpertInputs
 from bayes_moe.models.experts.base import Expert
-from bayes_moe.models.experts.noise import NoiseModel
+from bayes_moe.models.experts.noise import NoiseModel, per_target_dot
 
 
 class AR(Expert):
@@ -86,7 +86,7 @@ class AR(Expert):
                 "coef", dist.Normal(0 * one, 0.5 * one).expand([d_y, self.order]).to_event(2)
             )  # S + (d_y, p)
             lags = inputs.windows(self.order).flip(-2).transpose(-1, -2)  # (N, d_y, p), lag 1 first
-            loc = loc + (lags * coef.unsqueeze(-3)).sum(-1)
+            loc = loc + per_target_dot(lags, coef)
         scale = self.noise.sample_scale(
             inputs.origin_vol, dtype=dtype, available=inputs.scale_features
         )

@@ -66,6 +66,23 @@ class ShiftedGamma(dist.TransformedDistribution):
         return super().expand(batch_shape, _instance=new)
 
 
+def per_target_dot(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    r"""One regression per target: :math:`\sum_j x_{n,i,j}\, c_{i,j}`.
+
+    Parameters
+    ----------
+    x : Tensor ``(..., N, d_y, p)``
+        Regressors of each day and target.
+    coef : Tensor ``S + (d_y, p)``
+        Coefficients, with the draws' batch dims ``S``.
+
+    Returns
+    -------
+    Tensor ``S + (N, d_y)``: one contraction, no ``S + (N, d_y, p)`` temporary.
+    """
+    return torch.einsum("...ndp,...dp->...nd", x, coef)
+
+
 @dataclass(frozen=True)
 class NoiseModel:
     """Scale model and noise family of an expert's predictive.
@@ -136,7 +153,7 @@ class NoiseModel:
                 "vol_coef",
                 dist.Normal(0 * one, 0.5 * one).expand([d_y, vol.shape[-1]]).to_event(2),
             )  # S + (d_y, V')
-            log_scale = log_scale + (vol * coef.unsqueeze(-3)).sum(-1)
+            log_scale = log_scale + per_target_dot(vol, coef)
         # Expanded so that a constant scale also has one row per day, as documented.
         return log_scale.exp().expand(log_scale.shape[:-2] + vol.shape[-3:-1])
 
