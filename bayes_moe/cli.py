@@ -9,6 +9,7 @@ Examples
     bayes-moe fit --data prices.csv --date-col Date --price-col Close --out runs/mine
     bayes-moe fit --data prices.csv --price-col Close --columns ret_ndx --out runs/mine
     bayes-moe fit --data prices.csv --price-col Close --drop-columns Volume --out runs/mine
+    bayes-moe fit --dataset sp500 --with-macro --experts ar,var,kalman,macro --out runs/macro
     bayes-moe forecast --model runs/sp500/fit.safetensors
     bayes-moe regimes --model runs/sp500/fit.safetensors --out runs/sp500/regimes
     bayes-moe backtest --dataset sp500 --test-start 2015-01-02 --refit-every 250 --out bt
@@ -45,6 +46,12 @@ def _add_data_arguments(parser: argparse.ArgumentParser, *, required: bool) -> N
     group.add_argument("--return-col", help="column that already holds returns")
     for col in ("open", "high", "low", "close"):
         group.add_argument(f"--{col}-col", help=f"{col} prices for range-volatility features")
+    group.add_argument(
+        "--with-macro",
+        action="store_true",
+        help="add the macro expert's inputs (core CPI year on year, Baa-Aaa spread, WTI "
+        "returns; bayes_moe.data.add_macro_features), each as known after its publication lag",
+    )
     group.add_argument(
         "--allow-outliers",
         action="store_true",
@@ -101,6 +108,14 @@ def _require_known(names: list[str], frame: pd.DataFrame, flag: str) -> None:
 
 
 def _load_frame(args) -> pd.DataFrame | None:
+    """The ``--dataset`` or ``--data`` frame (None for neither), with ``--with-macro``."""
+    frame = _read_source(args)
+    if frame is not None and getattr(args, "with_macro", False):
+        frame = bm_data.add_macro_features(frame)
+    return frame
+
+
+def _read_source(args) -> pd.DataFrame | None:
     if getattr(args, "dataset", None):
         return DATASETS[args.dataset]()
     if getattr(args, "data", None) is not None:

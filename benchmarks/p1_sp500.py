@@ -15,6 +15,8 @@ Writes ``metrics.json`` (shape documented in ``bayes_moe.evaluation.calibration`
     python benchmarks/p1_sp500.py --validation --models bayes_moe --regimes 2
     python benchmarks/p1_sp500.py --experts all --jobs 2   # every expert alone, the full
                                                           # mixture and the default one
+    python benchmarks/p1_sp500.py --validation --experts ar,var,kalman,garch,volatility,macro \
+        --models bayes_moe,expert_macro --out benchmarks/results/p1_macro_validation
 """
 
 from __future__ import annotations
@@ -130,13 +132,15 @@ def make_forecaster(name: str, spec: tuple, args, covariates, cache):
 
 
 def load_frame():
-    """S&P 500 with NASDAQ, range features and VIX (arch.data), and the mixture's columns.
+    """S&P 500 with NASDAQ, range features, VIX and macro features (arch.data).
 
     Every column is offered; each expert reads its own (the returns-only experts none of
-    the range columns). The VIX starts in 2014: only experts that accept gaps read it
-    (the ``volatility`` expert, with its documented fallback before then).
+    the range or macro columns). The VIX starts in 2014: only experts that accept gaps
+    read it (the ``volatility`` expert, with its documented fallback before then). The
+    ``macro`` expert reads core CPI year on year, the Baa-Aaa spread and WTI returns,
+    each as known after its publication lag (``bm.data.add_macro_features``).
     """
-    frame = bm.data.add_vix(bm.data.load_sp500())
+    frame = bm.data.add_macro_features(bm.data.add_vix(bm.data.load_sp500()))
     covariates = [c for c in frame.columns if c != "ret"]
     return frame, covariates
 

@@ -24,6 +24,8 @@ Contents
   :func:`garman_klass_variance`, :func:`average_true_range`, :func:`realized_variance`,
   :func:`add_range_features`;
 * :func:`join_asof` and :data:`DEFAULT_PUBLICATION_LAGS` for lower-frequency data;
+  :func:`add_macro_features` for the macro expert's inputs (core CPI year on year,
+  credit spread, WTI returns, optionally quarterly US macro), each with its lag;
 * :func:`read_frame` for the user's own CSV or Parquet file;
 * :func:`validate_frame` and :class:`DataError`, raised for every bad input;
   :func:`check_plausible_values` for implausible values (a target outlier, a column on
@@ -52,12 +54,14 @@ from bayes_moe.data.loaders import (
     load_wti,
 )
 from bayes_moe.data.macro import DEFAULT_PUBLICATION_LAGS, join_asof
+from bayes_moe.data.macro_features import add_macro_features
 from bayes_moe.data.plausibility import check_plausible_values
 from bayes_moe.data.validation import validate_frame
 
 __all__ = [
     "DEFAULT_PUBLICATION_LAGS",
     "DataError",
+    "add_macro_features",
     "add_range_features",
     "add_vix",
     "average_true_range",

@@ -55,7 +55,8 @@ DEFAULT_PUBLICATION_LAGS: Mapping[str, Lag] = MappingProxyType(
 )
 """Assumed publication lags after the end of the reference period (read-only)."""
 
-_PERIOD_FREQ = {"month": "M", "quarter": "Q", "year": "Y"}
+#: pandas period frequency of each ``period_end`` of :func:`join_asof`.
+PERIOD_FREQ = {"month": "M", "quarter": "Q", "year": "Y"}
 
 
 def join_asof(
@@ -112,8 +113,8 @@ def join_asof(
     >>> join_asof(daily, cpi)["core_cpi"].tolist()
     [266.0, 265.4, 265.4]
     """
-    if period_end not in _PERIOD_FREQ:
-        raise DataError(f"period_end must be one of {sorted(_PERIOD_FREQ)}, got {period_end!r}")
+    if period_end not in PERIOD_FREQ:
+        raise DataError(f"period_end must be one of {sorted(PERIOD_FREQ)}, got {period_end!r}")
     validate_index(daily.index)
     validate_index(low_freq.index)
     overlap = [c for c in low_freq.columns if c in daily.columns]
@@ -123,7 +124,7 @@ def join_asof(
     for column in low_freq.columns:
         lag = _lag_for(column, publication_lag)
         series = low_freq[column].dropna()
-        available = _availability_dates(series.index, _PERIOD_FREQ[period_end], lag)
+        available = availability_dates(series.index, PERIOD_FREQ[period_end], lag)
         out[column] = _asof(daily.index, available, series.to_numpy(dtype=np.float64))
     return out
 
@@ -148,14 +149,20 @@ def _lag_for(column: str, publication_lag: Mapping[str, Lag] | Lag) -> Lag:
     return lag
 
 
-def _availability_dates(reference: pd.DatetimeIndex, freq: str, lag: Lag) -> pd.DatetimeIndex:
-    """Return the first date each period's value can be used: period end + lag."""
+def availability_dates(reference: pd.DatetimeIndex, freq: str, lag: Lag) -> pd.DatetimeIndex:
+    """The first date each period's value can be used: period end + lag.
+
+    ``reference`` holds one date inside each period (sorted, one per period), ``freq`` a
+    value of :data:`PERIOD_FREQ`; DataError if two dates fall in the same period.
+    """
     ends = reference.to_period(freq).end_time.normalize()
     available = ends + lag
-    if len(available) > 1 and (np.diff(available.asi8) <= 0).any():
+    clash = np.flatnonzero(np.diff(available.asi8) <= 0)
+    if len(clash):
+        first, second = reference[clash[0]].date(), reference[clash[0] + 1].date()
         raise DataError(
-            "two rows of the low-frequency frame fall in the same reference period "
-            f"({freq}); pass one row per period"
+            f"rows {first} and {second} of the low-frequency frame fall in the same "
+            f"reference period ({reference[clash[0]].to_period(freq)}); pass one row per period"
         )
     return available
 

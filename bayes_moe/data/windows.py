@@ -320,6 +320,28 @@ class ExpertInputs:
             return torch.ones(self.series.shape[0], len(cols), dtype=torch.bool)
         return self.observed[:, cols]
 
+    def columns_with_gaps(self, names: Sequence[str]) -> tuple[str, ...]:
+        """Those of columns ``names`` missing on at least one row, in their order."""
+        if not names or self.observed is None:
+            return ()
+        complete = self.observed_mask(names).all(dim=0)  # (c,)
+        return tuple(c for c, full in zip(names, complete.tolist()) if not full)
+
+    def mean_filled(self, names: Sequence[str]) -> torch.Tensor:
+        r"""Standardized columns ``names`` with the fallback 0 on missing days: ``(T, c)``.
+
+        .. math::
+
+            \tilde x_{s,i} = \begin{cases} x_{s,i} & \text{observed} \\
+            0 & \text{missing} \end{cases}
+
+        0 is the column's training mean in standardized units; it is built from the
+        mask (:meth:`observed_mask`), so whatever the series holds under a gap is never
+        read.
+        """
+        x = self.series[:, self.column_index(names)]  # (T, c)
+        return torch.where(self.observed_mask(names), x, torch.zeros_like(x))
+
     @cached_property
     def origin_vol(self) -> torch.Tensor:
         """Volatility summaries at the origins: shape ``(N, d_y, V)``."""

@@ -15,6 +15,7 @@ from bayes_moe.models.experts.base import CAPACITY_CLASSES, HORIZON_GROUPS, Expe
 from bayes_moe.models.experts.garch import GARCH
 from bayes_moe.models.experts.kalman import Kalman
 from bayes_moe.models.experts.long_range import LONG_RANGE_EXPERTS
+from bayes_moe.models.experts.macro import Macro
 from bayes_moe.models.experts.neural import NEURAL_EXPERTS
 from bayes_moe.models.experts.noise import NoiseModel
 from bayes_moe.models.experts.var import VAR
@@ -32,7 +33,7 @@ def register_expert(cls: type[Expert]) -> type[Expert]:
     return cls
 
 
-for _cls in (AR, VAR, Kalman, GARCH, Volatility, *NEURAL_EXPERTS, *LONG_RANGE_EXPERTS):
+for _cls in (AR, VAR, Kalman, GARCH, Volatility, Macro, *NEURAL_EXPERTS, *LONG_RANGE_EXPERTS):
     register_expert(_cls)
 
 
@@ -99,6 +100,7 @@ __all__ = [
     "GARCH",
     "HORIZON_GROUPS",
     "Kalman",
+    "Macro",
     "NoiseModel",
     "VAR",
     "Volatility",

@@ -10,7 +10,21 @@ For each target, a linear-Gaussian state-space model with state
     y_t = d + \mu_t + v_t, \quad v_t \sim \mathcal N(0, s_{t-1}^2),
 
 a persistent component of expected returns buried in noise (for ``k = 1`` the
-ARMA(1,1) model of returns). The observation noise scale :math:`s_{t-1}` comes from
+ARMA(1,1) model of returns). With ``exog`` (covariate columns, e.g. the macro
+features of :func:`bayes_moe.data.add_macro_features`) the observation has a
+regression on their values at the previous close,
+
+.. math::
+
+    y_t = d + \beta^\top x_{t-1} + \mu_t + v_t, \qquad \beta_i \sim \mathcal N(0, 0.25^2),
+
+with :math:`x` standardized (training mean and standard deviation), :math:`x_{-1} = 0`
+and 0 on a missing day (the training mean; the columns may have gaps); the filter
+runs on :math:`y_t - \beta^\top x_{t-1}`, and the forecast of day :math:`t+j` holds
+:math:`x` at its value at the origin (exact for ``h = 1``):
+``{"name": "kalman", "exog": ["credit_spread", "core_cpi_yoy"]}``.
+
+The observation noise scale :math:`s_{t-1}` comes from
 the shared scale model evaluated at the previous close, so the filter stays causal
 and conditionally heteroscedastic. The filter runs over the whole history
 (:func:`bayes_moe.inference.kalman.kalman_filter`, a parallel scan), and the
@@ -99,6 +113,8 @@ class Kalman(Expert):
         ``"studentt"`` keeps the Gaussian filter and gives its predictive Student-t
         tails with the same variance.
     heteroscedastic : bool
+    exog : sequence of str, optional
+        Covariate columns regressed on in the observation equation (module docstring).
     """
 
     name = "kalman"
@@ -108,6 +124,7 @@ class Kalman(Expert):
         "pacf": ("target", "state"),
         "state_scale": ("target",),
         "obs_intercept": ("target",),
+        "exog_coef": ("target", "exog"),
         "scale": ("target",),
         "vol_coef": ("target", "scale_feature"),
         "df": ("target",),
@@ -120,16 +137,57 @@ class Kalman(Expert):
         family: str = "studentt",
         heteroscedastic: bool = True,
         scale_features: Sequence[str] | None = None,
+        exog: Sequence[str] | None = None,
     ):
         super().__init__()
         if state_dim < 1:
             raise ValueError(f"state_dim must be >= 1, got {state_dim}")
+        if exog is not None and (isinstance(exog, str) or not len(exog)):
+            raise ValueError(f"kalman: exog must be a non-empty list of names, got {exog!r}")
         self.state_dim = state_dim
         self.noise = NoiseModel(family, heteroscedastic, scale_features)
+        self.exog = None if exog is None else tuple(exog)
 
     def config(self) -> dict:
         """Constructor arguments."""
-        return {"state_dim": self.state_dim, **self.noise.config()}
+        exog = None if self.exog is None else list(self.exog)
+        return {"state_dim": self.state_dim, **self.noise.config(), "exog": exog}
+
+    def reads(self, inputs: ExpertInputs) -> tuple[str, ...]:
+        """The targets and the ``exog`` columns."""
+        return inputs.targets + (self.exog or ())
+
+    def optional_columns(self, inputs: ExpertInputs) -> tuple[str, ...]:
+        """The ``exog`` columns, read as 0 (their training mean) on a missing day."""
+        return self.exog or ()
+
+    def build(self, inputs: ExpertInputs) -> None:
+        """Check that the ``exog`` columns are model columns and not targets."""
+        try:
+            inputs.column_index(self.reads(inputs))
+        except KeyError as err:
+            raise ValueError(f"kalman: {err.args[0]}") from None
+        targets = [c for c in self.exog or () if c in inputs.targets]
+        if targets:
+            raise ValueError(f"kalman: exog columns {targets} are targets")
+
+    def param_coords(self, inputs: ExpertInputs) -> dict[str, list]:
+        """Names of the scale features and of the ``exog`` columns."""
+        coords = super().param_coords(inputs)
+        return coords if self.exog is None else {**coords, "exog": list(self.exog)}
+
+    def exog_effect(self, inputs: ExpertInputs, dtype: torch.dtype) -> torch.Tensor | None:
+        r"""Sample :math:`\beta`; return :math:`\beta^\top x_t` on every row, ``S + (d_y, T)``."""
+        if self.exog is None:
+            return None
+        self.build(inputs)
+        one = torch.ones((), dtype=dtype)
+        beta = pyro.sample(
+            "exog_coef",
+            dist.Normal(0 * one, 0.25 * one).expand([inputs.n_targets, len(self.exog)]).to_event(2),
+        )  # S + (d_y, e)
+        x = inputs.mean_filled(self.exog)  # (T, e) standardized, 0 where missing
+        return torch.einsum("...de,te->...dt", beta, x)
 
     def model(self, inputs: ExpertInputs) -> dist.Distribution:
         """Filter the history and return the predictive (see :meth:`Expert.model`)."""
@@ -139,6 +197,7 @@ class Kalman(Expert):
         pacf = pyro.sample("pacf", dist.Uniform(-one, one).expand([d_y, k]).to_event(2))
         q = pyro.sample("state_scale", dist.LogNormal(-2 * one, one).expand([d_y]).to_event(1))
         d = pyro.sample("obs_intercept", dist.Normal(0 * one, one).expand([d_y]).to_event(1))
+        effect = self.exog_effect(inputs, dtype)  # S + (d_y, T) or None
 
         # Noise scale of day t's observation uses the summaries at the previous close.
         vol = inputs.vol
@@ -162,6 +221,8 @@ class Kalman(Expert):
         init_cov = stationary_covariance(F, Q)
 
         y = inputs.series[:, :d_y].transpose(0, 1).unsqueeze(-1)  # (d_y, T, 1)
+        if effect is not None:  # y_t - beta'x_{t-1}, with x_{-1} = 0
+            y = y - torch.nn.functional.pad(effect[..., :-1], (1, 0)).unsqueeze(-1)
         R_rows = obs_var[..., :n_rows, None, None]  # S + (d_y, T, 1, 1)
         result = kalman_filter(y, F, c, H, dvec, Q, R_rows, torch.zeros_like(c), init_cov)
 
@@ -178,5 +239,7 @@ class Kalman(Expert):
             inputs.horizon,
         )  # S + (d_y, N, 1), S + (d_y, N, 1, 1)
         loc = mean[..., 0].transpose(-1, -2)  # S + (N, d_y)
+        if effect is not None:  # beta'x_t for each of the h days ahead
+            loc = loc + inputs.horizon * effect[..., origins].transpose(-1, -2)
         variance = cov[..., 0, 0].transpose(-1, -2)
         return self.noise.predictive_from_variance(loc, variance, df)

@@ -54,7 +54,7 @@ from torch import nn
 
 from bayes_moe.data.windows import VOL_FLOOR, ExpertInputs
 from bayes_moe.models.experts.base import Expert
-from bayes_moe.models.experts.noise import NoiseModel
+from bayes_moe.models.experts.noise import NoiseModel, per_target_dot
 
 #: Columns the expert reads when the frame has them, and how each becomes a daily
 #: variance in %^2: the range variances are one, the ATR (% of the close) is squared,
@@ -168,11 +168,7 @@ class Volatility(Expert):
         """Range columns with a missing-value indicator (:attr:`gap_columns` once built)."""
         if self.gap_columns is not None:
             return self.gap_columns
-        columns = self.range_columns(inputs)
-        if not columns or inputs.observed is None:
-            return ()
-        seen = inputs.observed_mask(columns).all(dim=0)
-        return tuple(c for c, full in zip(columns, seen.tolist()) if not full)
+        return inputs.columns_with_gaps(self.range_columns(inputs))
 
     def input_names(self, inputs: ExpertInputs) -> list[str]:
         """Names of the entries of :math:`v_t`, in order."""
@@ -254,9 +250,7 @@ class Volatility(Expert):
             dist.Normal(0 * one, 0.5 * one / math.sqrt(H)).expand([d_y, H]).to_event(2),
         )
         log_scale = (
-            sigma.log().unsqueeze(-2)
-            + (v * gamma.unsqueeze(-3)).sum(-1)
-            + (h * u.unsqueeze(-3)).sum(-1)
+            sigma.log().unsqueeze(-2) + per_target_dot(v, gamma) + per_target_dot(h, u)
         )  # S + (N, d_y)
         loc = intercept.unsqueeze(-2).expand(log_scale.shape)
         df = self.noise.sample_df(d_y, dtype=dtype)
