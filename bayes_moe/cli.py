@@ -31,6 +31,7 @@ from bayes_moe.inference.checkpoint import CheckpointError, load_fit
 from bayes_moe.inference.divergence import NonFiniteLossError
 from bayes_moe.inference.posterior import DEFAULT_KEEP_DRAWS
 from bayes_moe.io import atomic_path, check_output_folder, write_csv, write_json
+from bayes_moe.models.gate import MarkovGate
 from bayes_moe.models.moe import BayesianMoE
 
 DATASETS = {"sp500": bm_data.load_sp500, "nasdaq": bm_data.load_nasdaq}
@@ -139,6 +140,15 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--experts", default="ar,var,kalman", help="comma-separated expert names, or all"
     )
     group.add_argument("--regimes", type=int, default=3, help="number of regimes K")
+    group.add_argument(
+        "--transition-features",
+        metavar="NAMES",
+        help="comma list of what drives the regime switches (an input-output HMM): "
+        "volatility summaries (log_rv_1, log_rv_5, log_rv_22, log_rv_252, log_ewma_var, "
+        "ret_1, ret_5) and columns of the data (credit_spread with --with-macro, vix with "
+        "--with-vix; read as their training mean on days without a value); 'none' for a "
+        "time-homogeneous chain (default: log_rv_5,log_rv_22,log_ewma_var)",
+    )
     group.add_argument("--window", type=int, default=64, help="context window L (days)")
     group.add_argument("--horizon", type=int, default=1, help="forecast horizon h (days)")
     group.add_argument("--num-steps", type=int, default=1500, help="maximum SVI steps")
@@ -151,6 +161,16 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="training of neural experts: trunks pretrained alone, then frozen (two_stage), "
         "or trained jointly at every step (joint)",
     )
+
+
+def _build_model(args) -> BayesianMoE:
+    """The mixture of ``--experts``, ``--regimes``, ``--window``, ``--transition-features``."""
+    names = args.transition_features
+    gate = None
+    if names is not None:
+        chosen = () if names.strip() == "none" else _column_list(names)
+        gate = MarkovGate(args.regimes, transition_features=chosen)
+    return BayesianMoE(experts=args.experts, n_regimes=args.regimes, window=args.window, gate=gate)
 
 
 def _keep_draws(text: str) -> int | None:
@@ -210,11 +230,7 @@ def _fit_and_report(args, frame: pd.DataFrame, out: Path, price=None, covariates
     from bayes_moe.report import write_report
 
     start = time.perf_counter()
-    model = BayesianMoE(
-        experts=args.experts,
-        n_regimes=args.regimes,
-        window=args.window,
-    )
+    model = _build_model(args)
     # validates the columns the experts read and their values, before fitting
     data = model.prepare(
         frame,
@@ -341,11 +357,7 @@ def cmd_backtest(args) -> int:
         frame = bm_data.add_vix(frame)
     frame, covariates = _choose_columns(args, frame)
     names = _baseline_names(args, frame)  # unknown baselines or missing inputs: refused
-    model = BayesianMoE(
-        experts=args.experts,
-        n_regimes=args.regimes,
-        window=args.window,
-    )
+    model = _build_model(args)
     # validates the columns the experts read (vix, with gaps, is read by har_vix alone)
     data = model.prepare(
         frame,

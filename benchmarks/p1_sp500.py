@@ -17,6 +17,9 @@ Writes ``metrics.json`` (shape documented in ``bayes_moe.evaluation.calibration`
                                                           # mixture and the default one
     python benchmarks/p1_sp500.py --validation --experts ar,var,kalman,garch,volatility,macro \
         --models bayes_moe,expert_macro --out benchmarks/results/p1_macro_validation
+    python benchmarks/p1_sp500.py --validation --experts ar,var,kalman,garch,volatility \
+        --transition-features log_rv_5,log_rv_22,log_ewma_var,credit_spread \
+        --models bayes_moe --out benchmarks/results/p1_io_validation
 """
 
 from __future__ import annotations
@@ -71,6 +74,13 @@ def parse_args(argv=None):
         default=0.0,
         help="expert dropout p of the --experts mixture during fitting (0: none)",
     )
+    parser.add_argument(
+        "--transition-features",
+        default=None,
+        help="comma list of what drives the --experts mixture's regime switches: "
+        "volatility summaries and columns (credit_spread, vix; see bm.MarkovGate); "
+        "'none' for a homogeneous chain (default: the gate's)",
+    )
     parser.add_argument("--refit-every", type=int, default=250)
     parser.add_argument(
         "--jobs", type=int, default=1, help="models backtested at once, in processes"
@@ -95,18 +105,33 @@ def model_specs(args) -> dict[str, tuple]:
     experts = expert_names(args.experts)
     specs = {}
     if "bayes_moe" in wanted:
-        specs["bayes_moe"] = ("mixture", tuple(experts), args.regimes, args.expert_dropout)
+        specs["bayes_moe"] = (
+            "mixture",
+            tuple(experts),
+            args.regimes,
+            args.expert_dropout,
+            transition_features(args.transition_features),
+        )
     if "default" in wanted and experts != list(DEFAULT_EXPERTS):
-        specs["bayes_moe_default"] = ("mixture", tuple(DEFAULT_EXPERTS), args.regimes, 0.0)
+        specs["bayes_moe_default"] = ("mixture", tuple(DEFAULT_EXPERTS), args.regimes, 0.0, None)
     for expert in experts:
         if "experts" in wanted or f"expert_{expert}" in wanted:
-            specs[f"expert_{expert}"] = ("mixture", (expert,), 1, 0.0)
+            specs[f"expert_{expert}"] = ("mixture", (expert,), 1, 0.0, None)
     if "ms_garch" in wanted:
         specs["ms_garch"] = ("ms_garch", 2)
     for name in BASELINES:
         if "baselines" in wanted or name in wanted:
             specs[name] = ("baseline", name)
     return specs
+
+
+def transition_features(text: str | None) -> tuple[str, ...] | None:
+    """``--transition-features`` as names (None: the gate's default; 'none': empty)."""
+    if text is None:
+        return None
+    if text.strip() == "none":
+        return ()
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def make_forecaster(name: str, spec: tuple, args, covariates, cache):
@@ -116,9 +141,16 @@ def make_forecaster(name: str, spec: tuple, args, covariates, cache):
     if spec[0] == "ms_garch":
         model = bm.ms_garch(spec[1], window=args.window)
     else:
-        _, experts, regimes, dropout = spec
+        _, experts, regimes, dropout, transitions = spec
+        gate = (
+            None if transitions is None else bm.MarkovGate(regimes, transition_features=transitions)
+        )
         model = bm.BayesianMoE(
-            experts=list(experts), n_regimes=regimes, window=args.window, expert_dropout=dropout
+            experts=list(experts),
+            n_regimes=regimes,
+            window=args.window,
+            expert_dropout=dropout,
+            gate=gate,
         )
     return MoEForecaster(
         model,
@@ -251,6 +283,7 @@ def main(argv=None) -> int:
             "num_draws": args.num_draws,
             "seed": args.seed,
             "expert_dropout": args.expert_dropout,
+            "transition_features": args.transition_features or "the gate's default",
         },
         "failures": {name: error.splitlines()[0] for name, error in failures.items()},
     }

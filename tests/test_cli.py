@@ -233,3 +233,30 @@ def test_backtest_rejects_unknown_baselines(price_file, tmp_path, capsys):
     )
     assert code == 2
     assert "prophet" in capsys.readouterr().err
+
+
+def test_transition_features_drive_the_switches_from_a_user_column(sp500, tmp_path, capsys):
+    # A real column of the user's file (the Baa - Aaa spread as known after its
+    # publication lag) drives the regime switches beside the 22-day variance; the
+    # checkpoint keeps the choice, and a misspelt column is refused before fitting,
+    # naming the gate as its reader.
+    frame = bm.data.add_macro_features(sp500.iloc[-400:][["ret"]])
+    path = tmp_path / "spread.csv"
+    frame[["ret", "credit_spread"]].rename_axis("date").to_csv(path)
+    common = ["fit", "--data", str(path), "--return-col", "ret", "--experts", "ar", *TINY]
+    out = tmp_path / "run"
+    features = ["--transition-features", "log_rv_22,credit_spread"]
+    assert main([*common, *features, "--out", str(out)]) == 0
+    fit = bm.load_fit(out / "fit.safetensors")
+    assert fit.model.gate.transition_features == ("log_rv_22", "credit_spread")
+    assert "credit_spread" in fit.data.inputs.columns
+    assert fit.draws["gate/transition_coef"].shape[-2:] == (1, 2)
+    capsys.readouterr()
+    never = tmp_path / "never"
+    misspelt = ["--transition-features", "log_rv_22,credit_spred"]
+    assert main([*common, *misspelt, "--out", str(never)]) == 2
+    assert "the gate reads column(s) ['credit_spred']" in capsys.readouterr().err
+    assert not never.exists()
+    homogeneous = tmp_path / "homogeneous"
+    assert main([*common, "--transition-features", "none", "--out", str(homogeneous)]) == 0
+    assert bm.load_fit(homogeneous / "fit.safetensors").model.gate.transition_features == ()

@@ -37,7 +37,10 @@ argument / result              shape               meaning
 ``log_trans`` (time-varying)   ``(..., T, K, K)``  with ``time_varying=True``: entry ``t``
                                                    is the transition *into* step ``t``
                                                    (an input-output HMM); entry 0 is
-                                                   not used
+                                                   not used. Without the flag, a
+                                                   ``(T - 1 or T, K, K)`` tensor and one
+                                                   emission sequence is an error, not
+                                                   ``T`` chains
 ``log_emit``                   ``(..., T, K)``     :math:`\log p(y_t \mid z_t = k)`, computed
                                                    by the caller (any emission model)
 ``log_filtered``               ``(..., T, K)``     :math:`\log p(z_t = k \mid y_{1:t})`
@@ -309,12 +312,39 @@ def _check_shapes(
             f"log_trans must have shape {expected} with T = {num_steps}, K = {num_states}, "
             f"got {tuple(log_trans.shape)}"
         )
+    _refuse_steps_as_batch(log_trans, log_emit, time_varying)
     try:
         batch_shape = batch_shape_of(log_init, log_trans, log_emit, time_varying)
     except ValueError as error:
         shapes = [tuple(t.shape) for t in (log_init, log_trans, log_emit)]
         raise ValueError(f"batch dimensions do not broadcast: {shapes}") from error
     return batch_shape, num_steps, num_states
+
+
+def _refuse_steps_as_batch(
+    log_trans: torch.Tensor, log_emit: torch.Tensor, time_varying: bool
+) -> None:
+    """ValueError for per-step transitions passed without ``time_varying=True``.
+
+    A ``(T - 1, K, K)`` or ``(T, K, K)`` tensor with one emission sequence would
+    otherwise broadcast as ``T - 1`` (or ``T``) separate chains and give as many log
+    evidences. Refused when ``log_trans`` has a batch dimension of that length in
+    front of its ``(K, K)`` that ``log_emit`` does not have; a genuine batch of chains
+    of that size can be passed with ``log_emit`` expanded to it.
+    """
+    if time_varying or log_trans.dim() < 3:
+        return
+    num_steps = log_emit.shape[-2]
+    steps = log_trans.shape[-3]
+    emit_batch = log_emit.shape[-3] if log_emit.dim() >= 3 else 1
+    if num_steps > 1 and steps in (num_steps - 1, num_steps) and emit_batch != steps:
+        raise ValueError(
+            f"log_trans has shape {tuple(log_trans.shape)}: {steps} matrices in front of "
+            f"(K, K) with one emission sequence of T = {num_steps} steps. For transitions "
+            "that vary over time pass time_varying=True and shape (..., T, K, K) (entry t "
+            "leads into step t); for a batch of chains give log_emit the same batch "
+            "dimension"
+        )
 
 
 def _broadcast(

@@ -134,7 +134,12 @@ class RegimePosterior:
 
     @property
     def transition(self) -> pd.DataFrame:
-        """Posterior mean transition matrix (row: from, column: to)."""
+        r"""Posterior mean transition matrix (row: from, column: to).
+
+        With transition features (an input-output gate) this is the baseline
+        :math:`\Pi`, the transitions on a day when every input is at its training mean;
+        the day's own :math:`\Pi_t` tilts its columns (:mod:`bayes_moe.models.gate`).
+        """
         idx = self.regime_index
         return pd.DataFrame(
             self.transition_draws.mean(0), index=idx.rename("from"), columns=idx.rename("to")

@@ -17,15 +17,32 @@ r"""The Markov gate: a latent market regime that decides how experts are mixed.
     \lambda_0 = 0,\quad \lambda_k = \lambda_{k-1} + \delta_k,\quad
     \delta_k \sim \mathrm{Gamma}(a, b).
 
-:math:`f_t` and :math:`x_t` are centered volatility summaries of the first target
-at the close of ``t`` (:data:`~bayes_moe.data.windows.VOL_FEATURES`), :math:`\kappa`
-the stickiness. The initial regime follows the stationary distribution of :math:`\Pi`.
+:math:`f_t` are centered volatility summaries of the first target at the close of
+``t`` (:data:`~bayes_moe.data.windows.VOL_FEATURES`), :math:`\kappa` the stickiness.
+The initial regime follows the stationary distribution of the baseline :math:`\Pi`.
 
 Input-output transitions (Bengio and Frasconi 1995): by default the chain's switches
 respond to :math:`x_t` = the weekly, monthly and EWMA log realized variance
 (:data:`~bayes_moe.data.windows.TRANSITION_FEATURES`); with ``transition_features=()``
-the chain is time-homogeneous (:math:`\beta = 0`). The transition into origin ``t``'s
-regime uses the summaries at the close of ``t`` only, so the filter stays causal.
+the chain is time-homogeneous (:math:`\beta = 0`). Any model column can drive them
+too (``transition_features=["log_rv_22", "credit_spread", "vix"]``): a name that is
+not a volatility summary is a column of the frame, read standardized with the
+training constants at the close of ``t``. On a day such a column has no value (the
+VIX before 2014) it is read as its training mean, 0 in standardized units, so that
+day's transition is the baseline for that covariate (:math:`\beta^\top x_t` loses
+that term); the fallback is built from the column's mask, never from a filled value.
+Written as :math:`\log \Pi_t = \mathrm{logsoftmax_{row}}(\log \Pi + \mathbf 1
+(B x_t)^\top)` with :math:`B = (\beta_0, \dots, \beta_{K-1})^\top`, it is the
+``softmax_row(A + B x_t)`` of an input-output HMM whose covariate effect depends on
+the destination regime only (an effect per origin-destination pair is not
+identified from one path without strong priors). The transition into origin ``t``'s
+regime uses the inputs at the close of ``t`` only, so the filter stays causal, and a
+forecast made at ``t`` propagates the regime with the inputs known at ``t``.
+What a constant :math:`\Pi` gave before is then reported at the baseline or as an
+average: the stationary start and the ``transition`` table are those of the
+baseline :math:`\Pi` (all inputs at their training means); expected durations are
+:math:`1/(1 - \Pi_{t,kk})` averaged over the days spent in regime ``k``
+(:mod:`bayes_moe.inference.posterior`).
 The slow summaries among them (22-day and EWMA variance) then belong to the regimes:
 the experts' scales and the weights :math:`u(X_t)` read the others by default
 (:attr:`MarkovGate.expert_features`). This division of labour is what makes the
@@ -135,6 +152,27 @@ def log_softmax_of_sum(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     return logits - log_norm.unsqueeze(-1)
 
 
+def transition_input_names(names: Sequence[str]) -> tuple[str, ...]:
+    """Validate ``transition_features``; return them in the order the gate reads them.
+
+    Volatility summaries first (in :data:`~bayes_moe.data.windows.VOL_FEATURES`
+    order), then columns as given. ValueError for an empty choice, a name that is not
+    a non-empty string, or a repeat.
+    """
+    names = list(names)
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    if bad or not names:
+        raise ValueError(
+            f"transition_features must be non-empty names of volatility summaries "
+            f"{list(VOL_FEATURES)} or model columns, got {names}"
+        )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"transition_features names {repeated} more than once")
+    summaries = [f for f in VOL_FEATURES if f in names]
+    return tuple(summaries) + tuple(n for n in names if n not in VOL_FEATURES)
+
+
 @dataclass(frozen=True)
 class GateOutput:
     r"""The gate's contribution to the likelihood.
@@ -210,8 +248,11 @@ class MarkovGate:
         Volatility summaries :math:`f_t` of the input-dependent term (a subset of
         :data:`~bayes_moe.data.windows.VOL_FEATURES`); default :attr:`expert_features`.
     transition_features : sequence of str, optional
-        Volatility summaries :math:`x_t` that drive the transitions (an input-output
-        HMM, module docstring); empty for a time-homogeneous chain. Default
+        Inputs :math:`x_t` that drive the transitions (an input-output HMM, module
+        docstring): volatility summaries of the first target
+        (:data:`~bayes_moe.data.windows.VOL_FEATURES`) and model columns (any other
+        name: a covariate of the frame such as ``"credit_spread"`` or ``"vix"``, which
+        may have gaps); empty for a time-homogeneous chain. Default
         (:data:`~bayes_moe.data.windows.TRANSITION_FEATURES`): the weekly, monthly and
         EWMA log variances when the regimes have volatility levels, else none. The slow
         ones among them then belong to the regimes: the experts' scales and the gate
@@ -260,7 +301,7 @@ class MarkovGate:
         self.transition_features = (
             ()
             if not transition_features or n_regimes == 1
-            else vol_feature_names(transition_features, "transition_features")
+            else transition_input_names(transition_features)
         )
 
     def config(self) -> dict:
@@ -278,6 +319,31 @@ class MarkovGate:
             "features": None if self.features is None else list(self.features),
             "transition_features": list(self.transition_features),
         }
+
+    @property
+    def transition_columns(self) -> tuple[str, ...]:
+        """The model columns among :attr:`transition_features` (not volatility summaries)."""
+        return tuple(f for f in self.transition_features if f not in VOL_FEATURES)
+
+    def reads(self) -> tuple[str, ...]:
+        """Covariate columns the gate reads (besides the targets): :attr:`transition_columns`.
+
+        The mixture offers them like an expert's columns and accepts gaps in them
+        (module docstring: the baseline transition on a day without a value).
+        """
+        return self.transition_columns
+
+    def transition_inputs(self, inputs: ExpertInputs) -> torch.Tensor:
+        """:math:`x_n` at every origin, in :attr:`transition_features` order: ``(N, V_x)``.
+
+        Volatility summaries of the first target, then the columns (standardized, 0 on
+        a day the column has no value: :meth:`ExpertInputs.mean_filled`).
+        """
+        summaries = [f for f in self.transition_features if f in VOL_FEATURES]
+        parts = [select_vol_features(inputs.origin_vol[:, 0, :], summaries)] if summaries else []
+        if self.transition_columns:
+            parts.append(inputs.mean_filled(self.transition_columns)[inputs.origins])
+        return torch.cat(parts, dim=-1)
 
     @property
     def expert_features(self) -> tuple[str, ...]:
@@ -373,8 +439,8 @@ class MarkovGate:
         ``log_trans`` is :math:`\log \Pi`, ``S + (K, K)``. With transition features,
         :math:`\Pi_n[i, j] \propto \Pi[i, j] \exp(\beta_j^\top x_n)` with
         :math:`\beta_0 = 0` and :math:`x_n` the features at origin ``n``'s close,
-        ``log_trans_t`` ``S + (N, K, K)`` (else None). The initial regime follows the
-        stationary distribution of :math:`\Pi`.
+        ``log_trans_t`` ``S + (N, K, K)`` (else None; :meth:`transition_inputs`). The
+        initial regime follows the stationary distribution of :math:`\Pi`.
         """
         K = self.n_regimes
         if K == 1:
@@ -385,7 +451,7 @@ class MarkovGate:
         log_trans = trans.clamp_min(tiny).log()
         if not self.transition_features:
             return log_init, log_trans, None
-        x = select_vol_features(inputs.origin_vol[:, 0, :], self.transition_features)  # (N, V)
+        x = self.transition_inputs(inputs)  # (N, V_x)
         one = torch.ones((), dtype=dtype)
         beta = pyro.sample(
             "transition_coef",

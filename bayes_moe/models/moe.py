@@ -82,9 +82,16 @@ def as_targets(target: str | Sequence[str]) -> list[str]:
 
 
 def describe_readers(labels: Sequence[str]) -> str:
-    """``"expert 'var'"`` or ``"experts 'var', 'tcn'"``: the readers of a column, for errors."""
-    names = ", ".join(repr(label) for label in labels)
-    return f"expert {names}" if len(labels) == 1 else f"experts {names}"
+    """``"expert 'var'"``, ``"experts 'var', 'tcn'"`` or ``"expert 'var' and the gate"``.
+
+    The readers of a column, for errors; the label ``"gate"`` is the Markov gate.
+    """
+    experts = [label for label in labels if label != "gate"]
+    names = ", ".join(repr(label) for label in experts)
+    text = f"expert {names}" if len(experts) == 1 else f"experts {names}" if experts else ""
+    if len(experts) < len(labels):
+        text = f"{text} and the gate" if text else "the gate"
+    return text
 
 
 def expert_labels(experts: Sequence[Expert]) -> list[str]:
@@ -330,7 +337,8 @@ class BayesianMoE:
         """The offered covariates that some expert reads, each with its experts' labels.
 
         Every expert is asked :meth:`Expert.reads` on the column names alone
-        (:meth:`ExpertInputs.header`), before any value is read.
+        (:meth:`ExpertInputs.header`), before any value is read; the gate's transition
+        columns (:meth:`MarkovGate.reads`) are listed with the label ``"gate"``.
 
         Parameters
         ----------
@@ -355,24 +363,30 @@ class BayesianMoE:
         offered = targets + [c for c in dict.fromkeys(covariates) if c not in targets]
         header = ExpertInputs.header(offered, len(targets), window=self.window)
         readers: dict[str, list[str]] = {}
-        for label, expert in zip(self.labels, self.experts):
-            read = expert.reads(header)
+        for label, read in self._reads(header):
             unknown = [c for c in read if c not in offered]
             if unknown:
+                who = "the gate" if label == "gate" else f"expert {label!r}"
                 raise DataError(
-                    f"expert {label!r} reads column(s) {unknown}, which are not among the "
+                    f"{who} reads column(s) {unknown}, which are not among the "
                     f"columns offered to the model {offered}"
                 )
             for column in read:
                 readers.setdefault(column, []).append(label)
         return {c: readers[c] for c in offered[len(targets) :] if c in readers}
 
+    def _reads(self, header: ExpertInputs) -> list[tuple[str, tuple[str, ...]]]:
+        """``(label, columns read)`` of every expert, then of the gate (label ``"gate"``)."""
+        read = [(label, tuple(e.reads(header))) for label, e in zip(self.labels, self.experts)]
+        return read + [("gate", self.gate.reads())]
+
     def columns_with_gaps(
         self, target: str | Sequence[str], covariates: Sequence[str]
     ) -> list[str]:
         """The read covariates that may have gaps: every expert reading them accepts them.
 
-        (:meth:`Expert.optional_columns`); asked on the column names alone, like
+        (:meth:`Expert.optional_columns`; the gate accepts gaps in its transition
+        columns, :meth:`MarkovGate.reads`); asked on the column names alone, like
         :meth:`column_readers`. A NaN in any other read column is refused, naming it.
         """
         targets = as_targets(target)
@@ -383,6 +397,8 @@ class BayesianMoE:
             optional = set(expert.optional_columns(header))
             for column in expert.reads(header):
                 accepted[column] = accepted.get(column, True) and column in optional
+        for column in self.gate.reads():  # the gate reads every covariate with gaps
+            accepted[column] = accepted.get(column, True)
         return [c for c in offered[len(targets) :] if accepted.get(c, False)]
 
     def prepare(

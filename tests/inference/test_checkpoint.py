@@ -32,6 +32,26 @@ def test_round_trip_reproduces_forecasts_and_regimes(small_fit, saved):
     np.testing.assert_array_equal(small_fit.diagnostics.losses, loaded.diagnostics.losses)
 
 
+def test_round_trip_of_a_gate_reading_a_column_with_gaps(sp500, tmp_path):
+    # The VIX (from 2014 in the embedded data) drives the switches with gaps before it
+    # starts; the loaded fit reads it the same way, on its data and on newer rows.
+    frame = bm.data.add_vix(sp500).loc["2013-07-01":"2014-09-30"]
+    gate = bm.MarkovGate(2, transition_features=["log_rv_22", "vix"])
+    model = bm.BayesianMoE(experts=["ar"], window=8, gate=gate)
+    fit = model.fit(frame.iloc[:-40], num_steps=5, num_draws=4, progress=False)
+    assert fit.data.preprocessor.optional == ("vix",)
+    path = tmp_path / "vix.safetensors"
+    fit.save(path)
+    loaded = bm.load_fit(path)
+    assert loaded.model.gate.transition_features == ("log_rv_22", "vix")
+    np.testing.assert_allclose(
+        loaded.regimes().filtered.to_numpy(), fit.regimes().filtered.to_numpy(), rtol=1e-12
+    )
+    newer_a, newer_b = fit.update(frame), loaded.update(frame)
+    a, b = newer_a.forecast(num_samples=50, seed=1), newer_b.forecast(num_samples=50, seed=1)
+    np.testing.assert_array_equal(a.samples, b.samples)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(bm.CheckpointError, match="does not exist"):
         bm.load_fit(tmp_path / "nothing.safetensors")

@@ -600,6 +600,28 @@ def test_invalid_shapes_raise(method):
         hmm_viterbi(log_init, log_trans, log_emit[0], method=method)
 
 
+@pytest.mark.parametrize("method", ROUTES)
+@pytest.mark.parametrize("steps_given", ["T - 1", "T"])
+def test_per_step_transitions_without_the_flag_are_refused(method, steps_given):
+    # (T - 1, K, K) or (T, K, K) matrices with one emission sequence would broadcast as
+    # that many separate chains: an error naming time_varying, in every kernel. With
+    # the flag (T, K, K) is read as transitions into each step; with log_emit given the
+    # same batch dimension it is a batch of chains, as before.
+    num_steps, num_states = 12, 3
+    log_init, _, log_emit = (torch.as_tensor(p) for p in random_hmm(3, num_steps, num_states))
+    gen = torch.Generator().manual_seed(3)
+    n = num_steps - 1 if steps_given == "T - 1" else num_steps
+    log_trans = torch.randn(n, num_states, num_states, generator=gen).double().log_softmax(-1)
+    for kernel in (hmm_log_evidence, hmm_filter, hmm_smoother, hmm_viterbi):
+        with pytest.raises(ValueError, match="pass time_varying=True"):
+            kernel(log_init, log_trans, log_emit, method=method)
+    chains = hmm_log_evidence(log_init, log_trans, log_emit.expand(n, -1, -1), method=method)
+    assert chains.shape == (n,)
+    if n == num_steps:
+        timed = hmm_log_evidence(log_init, log_trans, log_emit, time_varying=True, method=method)
+        assert timed.shape == ()
+
+
 # --------------------------------------------------------------------------------------
 # Dispatch
 # --------------------------------------------------------------------------------------

@@ -134,8 +134,64 @@ def test_slow_summaries_belong_to_the_regimes_by_default():
     assert bm.MarkovGate(3, transition_features=["log_rv_1"]).expert_features == VOL_FEATURES
     assert bm.MarkovGate(2, assignment=[0, 1]).transition_features == ()
     assert bm.MarkovGate(1).expert_features == VOL_FEATURES
-    with pytest.raises(ValueError, match="transition_features must be a non-empty subset"):
-        bm.MarkovGate(3, transition_features=["vix"])
+    # A name that is not a volatility summary is a model column the gate reads.
+    gate = bm.MarkovGate(3, transition_features=["vix", "log_rv_22", "credit_spread"])
+    assert gate.transition_features == ("log_rv_22", "vix", "credit_spread")
+    assert gate.transition_columns == gate.reads() == ("vix", "credit_spread")
+    assert bm.MarkovGate(3, transition_features=()).reads() == ()
+    for bad, match in [
+        ([""], "non-empty names"),
+        ([3], "non-empty names"),
+        (["vix", "vix"], "more than once"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            bm.MarkovGate(3, transition_features=bad)
+
+
+def test_transition_columns_follow_the_formula_with_gaps_and_are_causal(sp500):
+    # Pi_n[i, j] ~ Pi[i, j] exp(beta_j' x_n) with x_n = (log_rv_22, z_n): z the column
+    # standardized with the training constants, 0 (its training mean) on days without a
+    # value. Data after origin n, and whatever the series holds under a gap, leave
+    # Pi_1..Pi_n alone.
+    frame = sp500.iloc[:300][["ret"]].copy()
+    spread = sp500["ret_nasdaq"].iloc[:300].rolling(10).std()  # NaN on the first 9 days
+    spread.iloc[150:160] = np.nan
+    frame["spread"] = spread
+    data = prepare(frame, targets=["ret"], window=22, optional=["spread"])
+    inputs = data.inputs
+    gate = bm.MarkovGate(3, transition_features=["spread", "log_rv_22"])
+    assert gate.transition_features == ("log_rv_22", "spread")
+    out, trace = _run(gate, inputs, ["short"], seed=4)
+    trans = trace.nodes["transition"]["value"]
+    coef = trace.nodes["transition_coef"]["value"]  # (K - 1, 2)
+    beta = torch.cat([torch.zeros(1, 2, dtype=trans.dtype), coef])
+    loc, scale = spread.mean(), spread.std(ddof=0)  # the training constants
+    z = ((spread - loc) / scale).fillna(0.0).to_numpy()[inputs.origins.numpy()]
+    x = torch.stack(
+        [inputs.origin_vol[:, 0, VOL_FEATURES.index("log_rv_22")], torch.as_tensor(z)], dim=-1
+    )
+    by_hand = trans[None] * torch.exp(x @ beta.T)[:, None, :]
+    by_hand = by_hand / by_hand.sum(-1, keepdim=True)
+    torch.testing.assert_close(out.log_trans_t.exp(), by_hand, rtol=1e-10, atol=1e-12)
+    # On a day without the column, its term drops out of the tilt.
+    gap = int(np.flatnonzero(np.isnan(spread.to_numpy()[inputs.origins.numpy()]))[0])
+    only_vol = trans[None] * torch.exp(x[:, :1] @ beta[:, :1].T)[:, None, :]
+    only_vol = only_vol / only_vol.sum(-1, keepdim=True)
+    torch.testing.assert_close(out.log_trans_t[gap].exp(), only_vol[gap])
+
+    params = {k: v["value"] for k, v in trace.nodes.items() if v["type"] == "sample"}
+    conditioned = poutine.condition(gate.model, data=params)
+    series = inputs.series.clone()
+    column = inputs.columns.index("spread")
+    series[~inputs.observed[:, column], column] = 123.0  # what sits under the gaps
+    scrambled = conditioned(dataclasses.replace(inputs, series=series), ["short"])
+    assert torch.equal(scrambled.log_trans_t, out.log_trans_t)
+    cut = 200
+    series = inputs.series.clone()
+    series[inputs.origins[cut + 1] :, column] += 3.0
+    moved = conditioned(dataclasses.replace(inputs, series=series), ["short"])
+    assert torch.equal(moved.log_trans_t[: cut + 1], out.log_trans_t[: cut + 1])
+    assert not torch.allclose(moved.log_trans_t[cut + 1 :], out.log_trans_t[cut + 1 :])
 
 
 def test_initial_levels_are_log_ratios_of_rolling_volatility_quantiles():

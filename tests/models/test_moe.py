@@ -12,6 +12,7 @@ from pyro.infer import TraceEnum_ELBO, config_enumerate
 
 import bayes_moe as bm
 from bayes_moe.data.windows import SLOW_VOL_FEATURES, VOL_FEATURES, prepare
+from bayes_moe.inference.hmm import hmm_filter
 from bayes_moe.inference.posterior import conditioned_components
 from bayes_moe.models.distributions import rescale
 
@@ -26,7 +27,11 @@ def _prior_draw(program, inputs, response, seed):
     }
 
 
-GATES = {"input-output": {}, "homogeneous": {"transition_features": ()}}
+GATES = {
+    "input-output": {},
+    "input-output with a column": {"transition_features": ["log_rv_22", "ret_nasdaq"]},
+    "homogeneous": {"transition_features": ()},
+}
 
 
 def _setup(sp500, rows, experts=("ar", "var", "kalman"), n_regimes=3, seed=0, gate=None):
@@ -63,7 +68,8 @@ def _transitions_by_hand(params, inputs, names):
     """Transition into each day's regime, (T, K, K), from the sampled sites alone.
 
     Homogeneous: Pi. Input-output: Pi_t[i, j] ~ Pi[i, j] exp(beta_j' x_t), beta_0 = 0,
-    x_t the transition features ``names`` at the day's origin.
+    x_t the transition features ``names`` at the day's origin (a volatility summary, or
+    a model column).
     """
     trans = params["gate/transition"]
     T, K = inputs.n_origins, trans.shape[-1]
@@ -71,7 +77,15 @@ def _transitions_by_hand(params, inputs, names):
         return trans.expand(T, K, K)
     coef = params["gate/transition_coef"]  # (K - 1, V_x)
     beta = torch.cat([torch.zeros(1, len(names), dtype=trans.dtype), coef])
-    x = inputs.origin_vol[:, 0, [VOL_FEATURES.index(f) for f in names]]  # (T, V_x)
+    x = torch.stack(
+        [
+            inputs.origin_vol[:, 0, VOL_FEATURES.index(f)]
+            if f in VOL_FEATURES
+            else inputs.series[inputs.origins, inputs.columns.index(f)]
+            for f in names
+        ],
+        dim=-1,
+    )  # (T, V_x): volatility summaries, or a standardized column, at each origin
     unnormalized = trans[None] * torch.exp(x @ beta.T)[:, None, :]
     return unnormalized / unnormalized.sum(-1, keepdim=True)
 
@@ -82,7 +96,7 @@ def test_log_evidence_equals_enumeration_over_all_regime_paths(sp500, gate):
     # each expert's predictive stretched by the regime's volatility level, with
     # p(z_t | z_{t-1}) from Pi (and the slow volatility summaries, input-output).
     program, inputs, response, params = _setup(sp500, rows=8, gate=GATES[gate])
-    assert ("gate/transition_coef" in params) == (gate == "input-output")
+    assert ("gate/transition_coef" in params) == (gate != "homogeneous")
     assert program.gate.volatility_levels and "gate/level_step" in params
     comps = conditioned_components(program, params, inputs)
     log_p = _rescaled_log_probs(comps, response)  # (T, K, M)
@@ -91,7 +105,7 @@ def test_log_evidence_equals_enumeration_over_all_regime_paths(sp500, gate):
     emission = torch.logsumexp(log_w + log_p, dim=-1).numpy()  # (T, K)
     init = comps.gate.log_init.numpy()
     names = program.gate.transition_features
-    assert set(SLOW_VOL_FEATURES) <= set(names) or gate == "homogeneous"
+    assert set(SLOW_VOL_FEATURES) <= set(names) or gate != "input-output"
     trans = _transitions_by_hand(params, inputs, names).log().numpy()
     T, K = emission.shape
     assert T == 5
@@ -134,6 +148,46 @@ def test_log_evidence_equals_unrolled_pyro_model_under_traceenum(sp500, gate):
     oracle = -TraceEnum_ELBO(max_plate_nesting=0).loss(unrolled, empty_guide)
     actual = _model_log_evidence(program, inputs, response, params).item()
     assert actual == pytest.approx(oracle, rel=1e-10)
+
+
+def test_zero_transition_coefficients_give_the_homogeneous_chain(sp500):
+    # B = 0: the input-output model (a volatility summary and a column driving the
+    # switches) equals the time-homogeneous one with the same parameters, to 1e-10,
+    # in the log evidence and in the filtered regime probabilities. log_rv_5 is not a
+    # slow summary, so both gates leave the experts the same scale features.
+    gate = {"transition_features": ["log_rv_5", "ret_nasdaq"]}
+    program, inputs, response, params = _setup(sp500, rows=400, seed=7, gate=gate)
+    homogeneous, *_ = _setup(sp500, rows=400, gate={"transition_features": ()})
+    assert program.gate.expert_features == homogeneous.gate.expert_features
+    coef = params.pop("gate/transition_coef")
+    assert coef.abs().min() > 0
+    zero = {**params, "gate/transition_coef": torch.zeros_like(coef)}
+    io_evidence = _model_log_evidence(program, inputs, response, zero)
+    evidence = _model_log_evidence(homogeneous, inputs, response, params)
+    assert abs(io_evidence.item() - evidence.item()) <= 1e-10 * abs(evidence.item())
+    assert not torch.isclose(
+        _model_log_evidence(program, inputs, response, {**params, "gate/transition_coef": coef}),
+        evidence,
+    )
+    io_gate = conditioned_components(program, zero, inputs).gate
+    gate = conditioned_components(homogeneous, params, inputs).gate
+    io_filter = hmm_filter(
+        io_gate.log_init,
+        io_gate.hmm_trans,
+        _emissions(program, zero, inputs, response),
+        time_varying=True,
+    )
+    plain_filter = hmm_filter(
+        gate.log_init, gate.log_trans, _emissions(homogeneous, params, inputs, response)
+    )
+    torch.testing.assert_close(
+        io_filter.log_filtered, plain_filter.log_filtered, rtol=0, atol=1e-10
+    )
+
+
+def _emissions(program, params, inputs, response):
+    """log p(y_t | z_t = k) of the mixture with parameters ``params``: (T, K)."""
+    return conditioned_components(program, params, inputs).log_emission(response)
 
 
 def test_fixed_assignment_reduces_to_one_expert_per_regime(sp500):
