@@ -47,11 +47,11 @@ from _options import add_run_options, output_path  # benchmarks/ is on sys.path
 from tqdm.auto import tqdm
 
 import bayes_moe as bm
-from bayes_moe.inference.hmm import hmm_log_evidence, hmm_smoother
-from bayes_moe.inference.hmm_reference import reference_smoother
-from bayes_moe.inference.kalman import kalman_filter, reference_kalman_filter
 from bayes_moe.inference.posterior import evaluation_threads
 from bayes_moe.io import write_json
+from bayes_moe.kernels.hmm import hmm_log_evidence, hmm_smoother
+from bayes_moe.kernels.hmm_reference import reference_smoother
+from bayes_moe.kernels.kalman import kalman_filter, reference_kalman_filter
 
 DTYPE = torch.float64
 K = 3

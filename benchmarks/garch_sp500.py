@@ -37,8 +37,8 @@ from arch import arch_model
 from scipy.special import logsumexp
 
 import bayes_moe as bm
-from bayes_moe.inference.garch import arch_backcast, garch_variance
 from bayes_moe.io import atomic_path, write_json
+from bayes_moe.kernels.garch import arch_backcast, garch_variance
 from bayes_moe.models.experts.garch import garch_coefficients
 from bayes_moe.plotting import plot_regimes
 

@@ -1,7 +1,7 @@
 """Side-by-side timings of bayes-moe's HMM kernels and of other libraries' kernels.
 
 Times, in one run, on one thread and on the same float64 data, the four hidden Markov
-model kernels of :mod:`bayes_moe.inference.hmm` (both routes: the compiled
+model kernels of :mod:`bayes_moe.kernels.hmm` (both routes: the compiled
 ``"sequential"`` recursion and the ``"parallel"`` associative scan) against the
 corresponding kernels of hmmlearn (C++), Pyro (torch), and dynamax (JAX, jitted), after
 checking that every library returns the same numbers.
@@ -104,14 +104,14 @@ from _options import add_run_options, output_path  # noqa: E402
 from bench_inference import machine, time_call  # noqa: E402  (benchmarks/ is on sys.path)
 from tqdm.auto import tqdm  # noqa: E402
 
-from bayes_moe.inference.hmm import (  # noqa: E402
+from bayes_moe.io import atomic_path, write_json  # noqa: E402
+from bayes_moe.kernels.hmm import (  # noqa: E402
     choose_method,
     hmm_filter,
     hmm_log_evidence,
     hmm_smoother,
     hmm_viterbi,
 )
-from bayes_moe.io import atomic_path, write_json  # noqa: E402
 
 STAY = 0.97  # diagonal of the sticky transition matrix
 TOL = 1e-10  # every agreement check (relative for log-likelihoods, absolute for probabilities)

@@ -99,8 +99,8 @@ import xarray as xr
 from scipy import special
 
 from bayes_moe.data.windows import VOL_FEATURES
-from bayes_moe.inference.hmm import stationary_distribution
 from bayes_moe.inference.posterior import DEFAULT_KEEP_DRAWS
+from bayes_moe.kernels.hmm import stationary_distribution
 
 #: True under ArviZ 1.x (``DataTree`` containers, ``arviz_stats``, ``arviz_plots``).
 ARVIZ_1: bool = int(az.__version__.split(".")[0]) >= 1

@@ -139,8 +139,7 @@ def load_fit(path):
         For a missing, foreign, unsupported or malformed file, naming the field or
         tensor at fault with the expected and the found value.
     """
-    from bayes_moe.inference.results import MoEFit
-    from bayes_moe.inference.svi import SVIDiagnostics
+    from bayes_moe.inference.results import MoEFit, SVIDiagnostics
 
     metadata, tensors = read_checkpoint(path)
     with _malformed(path):

@@ -451,7 +451,7 @@ def _parse_preprocessor(raw: dict) -> Preprocessor:
     _require(
         isinstance(optional, list) and all(c in columns[len(targets) :] for c in optional),
         "'preprocessor' optional",
-        f"a list of covariates among {columns[len(targets):]}",
+        f"a list of covariates among {columns[len(targets) :]}",
         optional,
     )
     return Preprocessor.from_json(json.dumps(raw))

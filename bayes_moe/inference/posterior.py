@@ -46,9 +46,9 @@ from tqdm.auto import tqdm
 
 from bayes_moe._runtime import release_free_memory, torch_threads
 from bayes_moe.data.windows import ModelData
-from bayes_moe.inference.hmm import hmm_smoother, hmm_viterbi
-from bayes_moe.inference.mixture_kernels import causal_mixture, regime_mixture
 from bayes_moe.inference.predictive import mixture_cdf, mixture_moments, sample_mixture
+from bayes_moe.kernels.hmm import hmm_smoother, hmm_viterbi
+from bayes_moe.kernels.mixture_kernels import causal_mixture, regime_mixture
 from bayes_moe.models.distributions import (
     cat_batch,
     index_batch,

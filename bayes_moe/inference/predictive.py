@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bayes_moe.inference.mixture_kernels import pick_components
+from bayes_moe.kernels.mixture_kernels import pick_components
 from bayes_moe.models.distributions import (
     index_batch,
     location,

@@ -17,6 +17,7 @@ thinned draws and the predictive of every draw at the last
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -25,7 +26,6 @@ import torch
 
 from bayes_moe.data.continuation import PriceHistory, append_rows
 from bayes_moe.data.windows import ModelData, prepare
-from bayes_moe.inference.hmm import hmm_propagate
 from bayes_moe.inference.posterior import (
     DEFAULT_KEEP_DRAWS,
     DEFAULT_MEMORY_BUDGET_MIB,
@@ -37,9 +37,70 @@ from bayes_moe.inference.posterior import (
 )
 from bayes_moe.inference.predictive import Forecast, PredictiveMixture
 from bayes_moe.inference.regimes import RegimePosterior
-from bayes_moe.inference.svi import SVIDiagnostics
+from bayes_moe.kernels.hmm import hmm_propagate
 from bayes_moe.models.distributions import index_batch
 from bayes_moe.models.moe import BayesianMoE, MoEProgram
+
+
+@dataclass(frozen=True)
+class SVIDiagnostics:
+    """What happened during fitting.
+
+    Attributes
+    ----------
+    losses : ndarray, shape ``(steps,)``
+        Negative ELBO per step (nats, standardized units).
+    n_observations : int
+    converged : bool
+        True if stopped by the convergence check.
+    elapsed_s : float
+        Wall time of the optimization loop.
+    guide : str
+    seed : int
+    strategy : str
+        Training strategy (:data:`~bayes_moe.inference.svi.STRATEGIES`).
+    pretrain_s : float
+        Wall time of stage one (two-stage strategy with window experts), else 0.
+    """
+
+    losses: np.ndarray = field(repr=False)
+    n_observations: int
+    converged: bool
+    elapsed_s: float
+    guide: str
+    seed: int
+    strategy: str = "joint"
+    pretrain_s: float = 0.0
+
+    @property
+    def num_steps(self) -> int:
+        """Steps actually run."""
+        return len(self.losses)
+
+    @property
+    def step_time_s(self) -> float:
+        """Mean wall time of one SVI step."""
+        return self.elapsed_s / max(1, self.num_steps)
+
+    @property
+    def final_loss(self) -> float:
+        """Mean negative ELBO over the last 50 steps."""
+        return float(np.mean(self.losses[-50:]))
+
+    def to_dict(self) -> dict:
+        """JSON-serializable summary (without the loss trace)."""
+        return {
+            "num_steps": self.num_steps,
+            "n_observations": self.n_observations,
+            "converged": self.converged,
+            "elapsed_s": self.elapsed_s,
+            "step_time_s": self.step_time_s,
+            "final_loss": self.final_loss,
+            "guide": self.guide,
+            "seed": self.seed,
+            "strategy": self.strategy,
+            "pretrain_s": self.pretrain_s,
+        }
 
 
 class MoEFit:

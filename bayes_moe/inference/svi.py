@@ -41,7 +41,7 @@ import math
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyro
@@ -67,6 +67,7 @@ from bayes_moe.inference.divergence import (
 )
 from bayes_moe.inference.pretrain import pretrain_expert
 from bayes_moe.inference.pretrain_cache import PretrainCache
+from bayes_moe.inference.results import MoEFit, SVIDiagnostics
 from bayes_moe.models.experts.window import WindowExpert
 from bayes_moe.models.moe import BayesianMoE, MoEProgram
 
@@ -78,67 +79,6 @@ GUIDES = {
     "mvn": AutoMultivariateNormal,
     "lowrank": AutoLowRankMultivariateNormal,
 }
-
-
-@dataclass(frozen=True)
-class SVIDiagnostics:
-    """What happened during fitting.
-
-    Attributes
-    ----------
-    losses : ndarray, shape ``(steps,)``
-        Negative ELBO per step (nats, standardized units).
-    n_observations : int
-    converged : bool
-        True if stopped by the convergence check.
-    elapsed_s : float
-        Wall time of the optimization loop.
-    guide : str
-    seed : int
-    strategy : str
-        Training strategy (:data:`STRATEGIES`).
-    pretrain_s : float
-        Wall time of stage one (two-stage strategy with window experts), else 0.
-    """
-
-    losses: np.ndarray = field(repr=False)
-    n_observations: int
-    converged: bool
-    elapsed_s: float
-    guide: str
-    seed: int
-    strategy: str = "joint"
-    pretrain_s: float = 0.0
-
-    @property
-    def num_steps(self) -> int:
-        """Steps actually run."""
-        return len(self.losses)
-
-    @property
-    def step_time_s(self) -> float:
-        """Mean wall time of one SVI step."""
-        return self.elapsed_s / max(1, self.num_steps)
-
-    @property
-    def final_loss(self) -> float:
-        """Mean negative ELBO over the last 50 steps."""
-        return float(np.mean(self.losses[-50:]))
-
-    def to_dict(self) -> dict:
-        """JSON-serializable summary (without the loss trace)."""
-        return {
-            "num_steps": self.num_steps,
-            "n_observations": self.n_observations,
-            "converged": self.converged,
-            "elapsed_s": self.elapsed_s,
-            "step_time_s": self.step_time_s,
-            "final_loss": self.final_loss,
-            "guide": self.guide,
-            "seed": self.seed,
-            "strategy": self.strategy,
-            "pretrain_s": self.pretrain_s,
-        }
 
 
 def make_guide(
@@ -259,8 +199,6 @@ def fit_svi(
         the observed values it is fitted to (days times targets), as with ``K = 50``
         regimes on a year of data; the fit still runs.
     """
-    from bayes_moe.inference.results import MoEFit
-
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if num_draws < 1:

@@ -17,8 +17,8 @@ import pyro.distributions as dist
 import torch
 from scipy import special
 
-from bayes_moe.inference.dispatch import choose_method
-from bayes_moe.inference.mixture_kernels import regime_location_scale_log_prob
+from bayes_moe.kernels.dispatch import choose_method
+from bayes_moe.kernels.mixture_kernels import regime_location_scale_log_prob
 
 Builder = Callable[..., dist.Distribution]
 
@@ -231,7 +231,7 @@ def regime_log_prob(d: dist.Distribution, value: torch.Tensor, log_scale: torch.
     the change of variables of :func:`rescale`, evaluated without building ``K``
     distributions. For ``Independent`` margins on the CPU with no gradient asked for it
     is one compiled pass
-    (:func:`~bayes_moe.inference.mixture_kernels.regime_location_scale_log_prob`).
+    (:func:`~bayes_moe.kernels.mixture_kernels.regime_location_scale_log_prob`).
 
     Parameters
     ----------

@@ -104,9 +104,9 @@ from bayes_moe.data.windows import (
     select_vol_features,
     vol_feature_names,
 )
-from bayes_moe.inference.dispatch import choose_method
-from bayes_moe.inference.hmm import stationary_distribution
-from bayes_moe.inference.mixture_kernels import outer_log_softmax
+from bayes_moe.kernels.dispatch import choose_method
+from bayes_moe.kernels.hmm import stationary_distribution
+from bayes_moe.kernels.mixture_kernels import outer_log_softmax
 
 
 def log_softmax_of_sum(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -126,8 +126,8 @@ def log_softmax_of_sum(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     that is computed instead if a normaliser comes out below the smallest normal number
     (only possible when the two factors' maxima sit at experts ~700 nats apart).
     Without a gradient to compute, on the CPU, it is the compiled loop
-    :func:`~bayes_moe.inference.mixture_kernels.outer_log_softmax` (one pass, no
-    ``(N, K, M)`` temporaries; :func:`~bayes_moe.inference.dispatch.choose_method`).
+    :func:`~bayes_moe.kernels.mixture_kernels.outer_log_softmax` (one pass, no
+    ``(N, K, M)`` temporaries; :func:`~bayes_moe.kernels.dispatch.choose_method`).
 
     Parameters
     ----------
@@ -186,7 +186,7 @@ class GateOutput:
         (zeros when the gate has none)
     log_trans_t : Tensor, shape ``S + (N, K, K)``, or None
         With transition features: entry ``n`` is the transition into origin ``n``'s
-        regime (an input-output HMM; see :mod:`bayes_moe.inference.hmm`), and
+        regime (an input-output HMM; see :mod:`bayes_moe.kernels.hmm`), and
         ``log_trans`` is the baseline :math:`\Pi` at average conditions.
     """
 

@@ -8,7 +8,7 @@ r"""The Bayesian mixture of experts with a Markov-switching gate.
 where :math:`p_m^{(k)}` is expert ``m``'s predictive stretched by regime ``k``'s
 volatility level (:mod:`bayes_moe.models.gate`),
 with the regime path marginalised exactly by the forward algorithm
-(:func:`bayes_moe.inference.hmm.hmm_log_evidence`: on the CPU the compiled recursion
+(:func:`bayes_moe.kernels.hmm.hmm_log_evidence`: on the CPU the compiled recursion
 with its exact gradient, on a GPU a parallel scan over time), entering the Pyro model
 as one ``pyro.factor``. :class:`BayesianMoE` is the model
 specification (experts, gate, window); fitting returns a separate results object
@@ -32,7 +32,7 @@ from torch.distributions.constraints import Constraint
 
 from bayes_moe.data.errors import DataError
 from bayes_moe.data.windows import ExpertInputs, ModelData, prepare
-from bayes_moe.inference.hmm import hmm_log_evidence
+from bayes_moe.kernels.hmm import hmm_log_evidence
 from bayes_moe.models.distributions import regime_log_prob
 from bayes_moe.models.experts import Expert, expert_list, expert_spec
 from bayes_moe.models.gate import GateOutput, MarkovGate

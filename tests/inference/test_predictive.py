@@ -6,7 +6,7 @@ import torch
 from scipy import stats
 
 from bayes_moe.data.windows import VOL_FEATURES
-from bayes_moe.inference.hmm import hmm_propagate
+from bayes_moe.kernels.hmm import hmm_propagate
 from bayes_moe.models.distributions import index_batch, rescale
 
 

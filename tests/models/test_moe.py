@@ -12,8 +12,8 @@ from pyro.infer import TraceEnum_ELBO, config_enumerate
 
 import bayes_moe as bm
 from bayes_moe.data.windows import SLOW_VOL_FEATURES, VOL_FEATURES, prepare
-from bayes_moe.inference.hmm import hmm_filter
 from bayes_moe.inference.posterior import conditioned_components
+from bayes_moe.kernels.hmm import hmm_filter
 from bayes_moe.models.distributions import rescale
 
 

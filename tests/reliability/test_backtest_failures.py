@@ -30,8 +30,8 @@ from bayes_moe.cli import main
 from bayes_moe.evaluation.backtest import BacktestError, backtest
 from bayes_moe.evaluation.baselines import ConstantNormal, check_baselines
 from bayes_moe.evaluation.baselines.garch import ArchT
-from bayes_moe.inference.hmm import STATIONARY_RESTART, stationary_distribution
 from bayes_moe.io import MANIFEST, OutputError, atomic_folder, check_output_folder
+from bayes_moe.kernels.hmm import STATIONARY_RESTART, stationary_distribution
 
 TINY = ["--experts", "ar", "--num-steps", "5", "--num-draws", "5", "--window", "16"]
 TINY += ["--regimes", "2", "--refit-every", "30"]

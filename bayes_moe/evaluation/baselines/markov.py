@@ -147,7 +147,7 @@ def _markov_lbfgs(model, r: np.ndarray, k: int, max_iter: int):
     r"""Maximize the likelihood of ``model`` by L-BFGS with exact (autograd) gradients.
 
     The likelihood is statsmodels' (Hamilton filter started from the stationary
-    distribution), computed with :func:`bayes_moe.inference.hmm.hmm_log_evidence`:
+    distribution), computed with :func:`bayes_moe.kernels.hmm.hmm_log_evidence`:
     unconstrained parameters are the means, the log variances and row-wise softmax
     logits of the transition matrix, started from statsmodels' ``start_params``.
 
@@ -161,7 +161,7 @@ def _markov_lbfgs(model, r: np.ndarray, k: int, max_iter: int):
     import torch
 
     from bayes_moe._runtime import torch_threads
-    from bayes_moe.inference.hmm import hmm_log_evidence, stationary_distribution
+    from bayes_moe.kernels.hmm import hmm_log_evidence, stationary_distribution
 
     start = dict(zip(model.param_names, np.asarray(model.start_params, dtype=np.float64)))
     trans0 = np.asarray(model.regime_transition_matrix(model.start_params))[:, :, 0].T
@@ -234,7 +234,7 @@ class MarkovSwitching:
     Two optimizers reach the same maximum:
 
     * ``"lbfgs"`` (default): L-BFGS-B on statsmodels' likelihood with exact autograd
-      gradients (:func:`~bayes_moe.inference.hmm.hmm_log_evidence`, stationary initial
+      gradients (:func:`~bayes_moe.kernels.hmm.hmm_log_evidence`, stationary initial
       distribution as in statsmodels), from statsmodels' ``start_params``. About ten
       times faster than statsmodels' optimizer, whose gradients are complex-step
       numerical derivatives; on the four P1 training samples of the 3-regime model it

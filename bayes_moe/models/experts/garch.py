@@ -10,13 +10,13 @@ For each target, a constant mean and Bollerslev's variance recursion on the resi
     \eta \sim t_\nu \text{ scaled to unit variance (or } \mathcal N(0, 1)),
 
 computed over the whole history by a parallel scan
-(:func:`bayes_moe.inference.garch.garch_variance`), started from the backcast of the
+(:func:`bayes_moe.kernels.garch.garch_variance`), started from the backcast of the
 residuals up to the first origin (``arch``'s exponentially weighted start, restricted
 to days every origin may read, so no origin sees a later day). The predictive of
 origin ``t`` for ``h`` days ahead is Student-t with location :math:`h\mu` and the
 exact variance of the ``h``-day sum,
 :math:`\sum_{j=1}^h \mathbb E_t \sigma^2_{t+j}`
-(:func:`~bayes_moe.inference.garch.aggregate_variance`; for ``h > 1`` the t shape is
+(:func:`~bayes_moe.kernels.garch.aggregate_variance`; for ``h > 1`` the t shape is
 an approximation, as in :class:`~bayes_moe.evaluation.baselines.garch.ArchTFit`).
 
 Parameterisation. Stationarity, :math:`\alpha + \beta < 1`, holds by construction:
@@ -62,7 +62,7 @@ import pyro.distributions as dist
 import torch
 
 from bayes_moe.data.windows import ExpertInputs
-from bayes_moe.inference.garch import aggregate_variance, arch_backcast, garch_variance
+from bayes_moe.kernels.garch import aggregate_variance, arch_backcast, garch_variance
 from bayes_moe.models.experts.base import Expert
 from bayes_moe.models.experts.noise import NoiseModel
 

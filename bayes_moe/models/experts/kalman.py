@@ -27,7 +27,7 @@ runs on :math:`y_t - \beta^\top x_{t-1}`, and the forecast of day :math:`t+j` ho
 The observation noise scale :math:`s_{t-1}` comes from
 the shared scale model evaluated at the previous close, so the filter stays causal
 and conditionally heteroscedastic. The filter runs over the whole history
-(:func:`bayes_moe.inference.kalman.kalman_filter`, a parallel scan), and the
+(:func:`bayes_moe.kernels.kalman.kalman_filter`, a parallel scan), and the
 predictive of origin ``t`` is the exact distribution of
 :math:`y_{t+1} + \dots + y_{t+h}` given the filtered state at ``t``. The state is
 initialized at its stationary distribution.
@@ -52,7 +52,7 @@ import pyro.distributions as dist
 import torch
 
 from bayes_moe.data.windows import ExpertInputs
-from bayes_moe.inference.kalman import aggregated_observation_forecast, kalman_filter
+from bayes_moe.kernels.kalman import aggregated_observation_forecast, kalman_filter
 from bayes_moe.models.experts.base import Expert
 from bayes_moe.models.experts.noise import NoiseModel
 

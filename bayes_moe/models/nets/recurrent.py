@@ -13,7 +13,7 @@ recurrence in its state,
 which is a prefix product under the associative operator
 :math:`(a_1, b_1) \otimes (a_2, b_2) = (a_1 a_2,\ a_2 b_1 + b_2)` and runs as a
 parallel scan (Martin and Cundy 2018) with
-:func:`~bayes_moe.inference.scan.associative_scan` in ``2 log2 L`` sequential steps
+:func:`~bayes_moe.kernels.scan.associative_scan` in ``2 log2 L`` sequential steps
 (``mode="scan"``), or step by step (``mode="loop"``); both give the same states.
 
 Which is faster depends on the hardware. On a CPU the loop wins at every window
@@ -60,7 +60,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from bayes_moe.inference.scan import associative_scan
+from bayes_moe.kernels.scan import associative_scan
 from bayes_moe.models.nets.options import positive_int
 
 #: Ways a linear recurrence is evaluated.

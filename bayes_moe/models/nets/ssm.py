@@ -19,7 +19,7 @@ discretised by the zero-order hold of the continuous system
 :math:`\dot h = A h + B u` (:func:`zoh_discretize`). Since the coefficients do not
 depend on :math:`h`, this is a linear recurrence and runs either as a parallel prefix
 scan (``mode="scan"``, :func:`~bayes_moe.models.nets.recurrent.linear_recurrence` on
-:func:`~bayes_moe.inference.scan.associative_scan`, ``2 log2 L`` sequential steps) or
+:func:`~bayes_moe.kernels.scan.associative_scan`, ``2 log2 L`` sequential steps) or
 step by step (``mode="loop"``, the reference); both give the same states.
 
 Which is faster depends on the hardware. On this CPU the loop wins (see

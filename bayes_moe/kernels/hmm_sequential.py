@@ -3,7 +3,7 @@ r"""Sequential hidden Markov model kernels, compiled with numba, batched over dr
 The forward filter, the forward-backward smoother and the Viterbi path as the textbook
 recursions (Rabiner 1989), one time step after another, compiled to machine code with
 numba and looped over a flat batch of sequences (posterior draws, assets). They are the
-evaluation route of :mod:`bayes_moe.inference.hmm`: a step costs :math:`O(K^2)`
+evaluation route of :mod:`bayes_moe.kernels.hmm`: a step costs :math:`O(K^2)`
 multiply-adds against :math:`O(K^3)` for an element of the parallel scan, and on a CPU
 with few cores the batch of draws, not the time axis, is where the parallelism is.
 They compute no gradients (the parallel scan does, for SVI).
@@ -25,7 +25,7 @@ Array conventions (all C-contiguous float64 unless stated): ``B`` sequences, ``T
 ``K`` regimes; an argument whose leading size is 1 is shared by all ``B`` sequences, and
 a transition array whose second size is 1 is the same at every step (otherwise entry
 ``t`` is the transition *into* step ``t`` and entry 0 is not read), as in
-:mod:`bayes_moe.inference.hmm`.
+:mod:`bayes_moe.kernels.hmm`.
 
 References
 ----------
@@ -472,7 +472,7 @@ class _LogEvidence(torch.autograd.Function):
 def sequential_log_evidence(log_init, log_trans, log_emit, time_varying: bool = False):
     r""":math:`\log p(y_{1:T})` by the compiled forward recursion.
 
-    Arguments and result as :func:`bayes_moe.inference.hmm.hmm_log_evidence`. When grad
+    Arguments and result as :func:`bayes_moe.kernels.hmm.hmm_log_evidence`. When grad
     mode is on and an input requires grad, the smoother runs too and the result
     carries the exact gradient (:class:`_LogEvidence`); otherwise only the filter runs.
     """
@@ -487,7 +487,7 @@ def sequential_log_evidence(log_init, log_trans, log_emit, time_varying: bool = 
 def sequential_filter(log_init, log_trans, log_emit, time_varying: bool = False, *, smooth: bool):
     r"""Filter, and with ``smooth=True`` smoother, by the compiled recursions.
 
-    Arguments as :func:`bayes_moe.inference.hmm.hmm_filter`; returns the tensors
+    Arguments as :func:`bayes_moe.kernels.hmm.hmm_filter`; returns the tensors
     ``(log_filtered, log_predicted, log_evidence_increments, log_evidence)`` and, with
     ``smooth=True``, ``log_smoothed`` after them, in the arguments' promoted dtype,
     without gradient (the evidence summed in float64).
@@ -521,7 +521,7 @@ def sequential_filter(log_init, log_trans, log_emit, time_varying: bool = False,
 def sequential_viterbi(log_init, log_trans, log_emit, time_varying: bool = False):
     r"""Viterbi path ``(..., T)`` int64 and its log joint ``(...)``, compiled recursion.
 
-    Arguments as :func:`bayes_moe.inference.hmm.hmm_viterbi`; ``log_max`` carries no
+    Arguments as :func:`bayes_moe.kernels.hmm.hmm_viterbi`; ``log_max`` carries no
     gradient.
     """
     dtype = _result_dtype(log_init, log_trans, log_emit)

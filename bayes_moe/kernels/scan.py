@@ -81,7 +81,7 @@ def linear_recurrence(
 
     the affine maps :math:`x \mapsto a x + b` composed by :func:`associative_scan`
     (earlier map first), started from :math:`x_0`. A GARCH variance recursion given its
-    residuals is of this form (:func:`bayes_moe.inference.garch.garch_variance`).
+    residuals is of this form (:func:`bayes_moe.kernels.garch.garch_variance`).
     Differentiable; no Python loop over time.
 
     Parameters

@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy import stats
 
-from bayes_moe.inference.mixture_kernels import (
+from bayes_moe.kernels.mixture_kernels import (
     causal_mixture,
     outer_log_softmax,
     pick_components,

@@ -46,9 +46,9 @@ entry, so a gradient with respect to ``Q`` is that of :math:`(Q + Q^\top)/2`.
 :math:`H Q H^\top + R_t` and :math:`H P_1 H^\top + R_1` must be positive definite.
 
 :func:`kalman_filter` runs the filter as a parallel prefix scan
-(:func:`~bayes_moe.inference.scan.associative_scan`): ``O(log T)`` sequential tensor
+(:func:`~bayes_moe.kernels.scan.associative_scan`): ``O(log T)`` sequential tensor
 operations; for a scalar state and observation on the CPU with no gradient asked for
-it runs the compiled loop of :mod:`bayes_moe.inference.kalman_sequential` instead
+it runs the compiled loop of :mod:`bayes_moe.kernels.kalman_sequential` instead
 (its ``method`` keyword). :func:`reference_kalman_filter` is the textbook sequential loop with the
 same signature and result, the oracle beside it.
 
@@ -68,9 +68,9 @@ from typing import NamedTuple
 
 import torch
 
-from bayes_moe.inference.dispatch import choose_method
-from bayes_moe.inference.kalman_sequential import scalar_filter_loop
-from bayes_moe.inference.scan import associative_scan
+from bayes_moe.kernels.dispatch import choose_method
+from bayes_moe.kernels.kalman_sequential import scalar_filter_loop
+from bayes_moe.kernels.scan import associative_scan
 
 __all__ = [
     "KalmanFilterResult",
@@ -408,10 +408,10 @@ def kalman_filter(
         equal ``T``.
     method : {"auto", "parallel", "sequential"}
         ``"parallel"``: the scan above, differentiable, any device. ``"sequential"``:
-        the recursion compiled with numba (:mod:`bayes_moe.inference.kalman_sequential`),
+        the recursion compiled with numba (:mod:`bayes_moe.kernels.kalman_sequential`),
         for a scalar state and observation (``k = p = 1``) on the CPU, with no
         gradient; tens of times faster there. ``"auto"`` takes it where it can
-        (:func:`~bayes_moe.inference.dispatch.choose_method`: CPU, no gradient asked
+        (:func:`~bayes_moe.kernels.dispatch.choose_method`: CPU, no gradient asked
         for, ``k = p = 1``), the scan otherwise.
 
     Returns
@@ -441,7 +441,7 @@ def kalman_filter(
 
 
 def _sequential_scalar_filter(model: _Model) -> KalmanFilterResult:
-    """The compiled loop of :mod:`~bayes_moe.inference.kalman_sequential` on ``k = p = 1``."""
+    """The compiled loop of :mod:`~bayes_moe.kernels.kalman_sequential` on ``k = p = 1``."""
     dtype = model.y.dtype
     batch, T = model.y.shape[:-2], model.y.shape[-2]
 

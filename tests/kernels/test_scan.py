@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bayes_moe.inference.scan import associative_scan
+from bayes_moe.kernels.scan import associative_scan
 
 
 def _add(a, b):

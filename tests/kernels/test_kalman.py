@@ -1,4 +1,4 @@
-"""Tests for bayes_moe.inference.kalman against oracles.
+"""Tests for bayes_moe.kernels.kalman against oracles.
 
 Oracles: statsmodels' Kalman filter (``MLEModel.ssm.filter``), the sequential
 reference loop, the closed-form steady state of the local-level model, hand-unrolled
@@ -14,7 +14,7 @@ import pytest
 import torch
 from statsmodels.tsa.statespace.mlemodel import MLEModel
 
-from bayes_moe.inference.kalman import (
+from bayes_moe.kernels.kalman import (
     KalmanFilterResult,
     aggregated_observation_forecast,
     forecast_state,

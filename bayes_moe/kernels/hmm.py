@@ -8,11 +8,11 @@ kernels has two routes, chosen by its ``method`` keyword (:func:`choose_method`)
 
 * ``"parallel"``: the forward and backward recursions as prefix products of
   :math:`K \times K` matrices under an associative operator, computed with
-  :func:`bayes_moe.inference.scan.associative_scan` (or a pairwise tree reduction when
+  :func:`bayes_moe.kernels.scan.associative_scan` (or a pairwise tree reduction when
   only the total product is needed) in ``O(log T)`` sequential tensor operations
   (Särkkä & García-Fernández 2021); differentiable, on any device.
 * ``"sequential"``: the textbook recursions compiled with numba and looped over the
-  batch (:mod:`bayes_moe.inference.hmm_sequential`): ``O(K^2)`` work per step instead
+  batch (:mod:`bayes_moe.kernels.hmm_sequential`): ``O(K^2)`` work per step instead
   of ``O(K^3)``, CPU only. Of its results only the log evidence carries a gradient
   (exact, from the smoothed and pairwise marginals).
 * ``"auto"`` (the default) takes the sequential route on the CPU unless a gradient is
@@ -66,7 +66,7 @@ allowed in both routes and give finite gradients.
 
 Time runs on dimension ``-2`` of ``log_emit`` (batch-major, as in Pyro's
 ``DiscreteHMM``); the scans move it to dimension 0 internally, as
-:func:`~bayes_moe.inference.scan.associative_scan` requires.
+:func:`~bayes_moe.kernels.scan.associative_scan` requires.
 
 References
 ----------
@@ -89,14 +89,14 @@ from typing import NamedTuple
 
 import torch
 
-from bayes_moe.inference.dispatch import KERNEL_METHODS, choose_method
-from bayes_moe.inference.hmm_sequential import (
+from bayes_moe.kernels.dispatch import KERNEL_METHODS, choose_method
+from bayes_moe.kernels.hmm_sequential import (
     batch_shape_of,
     sequential_filter,
     sequential_log_evidence,
     sequential_viterbi,
 )
-from bayes_moe.inference.scan import associative_scan
+from bayes_moe.kernels.scan import associative_scan
 
 __all__ = [
     "HMMFilterResult",
@@ -403,7 +403,7 @@ def _forward_scan(
 
 
 #: Values of the ``method`` keyword of the public kernels (:func:`choose_method`, from
-#: :mod:`bayes_moe.inference.dispatch`).
+#: :mod:`bayes_moe.kernels.dispatch`).
 HMM_METHODS = KERNEL_METHODS
 
 

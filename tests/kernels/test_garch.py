@@ -5,8 +5,8 @@ import pytest
 import torch
 from arch import arch_model
 
-from bayes_moe.inference.garch import aggregate_variance, arch_backcast, garch_variance
-from bayes_moe.inference.scan import linear_recurrence
+from bayes_moe.kernels.garch import aggregate_variance, arch_backcast, garch_variance
+from bayes_moe.kernels.scan import linear_recurrence
 
 F64 = torch.float64
 

@@ -1,8 +1,8 @@
 r"""The Kalman filter for a scalar state and observation as a compiled loop (numba).
 
-The route ``method="sequential"`` of :func:`bayes_moe.inference.kalman.kalman_filter`
+The route ``method="sequential"`` of :func:`bayes_moe.kernels.kalman.kalman_filter`
 for ``k = p = 1``: the textbook recursion of
-:func:`~bayes_moe.inference.kalman.reference_kalman_filter`,
+:func:`~bayes_moe.kernels.kalman.reference_kalman_filter`,
 
 .. math::
 

@@ -2,7 +2,7 @@ r"""Sequential reference implementations of the hidden Markov model kernels.
 
 Plain numpy loops over time, written to be read next to the textbook (Rabiner 1989),
 with the same signatures and result types as the parallel kernels in
-:mod:`bayes_moe.inference.hmm` (shapes and conventions: see the table there), but
+:mod:`bayes_moe.kernels.hmm` (shapes and conventions: see the table there), but
 numpy arrays in and out and no batch dimensions. They exist as an oracle for the tests
 and as documentation of what the scans compute; they are ``O(T)`` Python steps, so do
 not use them inside a model.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bayes_moe.inference.hmm import HMMFilterResult, HMMSmootherResult, HMMViterbiResult
+from bayes_moe.kernels.hmm import HMMFilterResult, HMMSmootherResult, HMMViterbiResult
 
 __all__ = ["reference_filter", "reference_smoother", "reference_viterbi"]
 
@@ -66,7 +66,7 @@ def reference_filter(
     Returns
     -------
     HMMFilterResult
-        Fields as in :func:`bayes_moe.inference.hmm.hmm_filter`, as numpy arrays.
+        Fields as in :func:`bayes_moe.kernels.hmm.hmm_filter`, as numpy arrays.
     """
     log_init, log_trans, log_emit = (
         np.asarray(x, dtype=float) for x in (log_init, log_trans, log_emit)
@@ -114,7 +114,7 @@ def reference_smoother(
     Returns
     -------
     HMMSmootherResult
-        Fields as in :func:`bayes_moe.inference.hmm.hmm_smoother`, as numpy arrays.
+        Fields as in :func:`bayes_moe.kernels.hmm.hmm_smoother`, as numpy arrays.
     """
     filtered = reference_filter(log_init, log_trans, log_emit)
     log_init, log_trans, log_emit = (

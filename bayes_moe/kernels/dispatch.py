@@ -1,8 +1,8 @@
 """Which route a kernel takes: the parallel scan or the compiled sequential recursion.
 
-The HMM kernels (:mod:`bayes_moe.inference.hmm`), the Kalman filter
-(:mod:`bayes_moe.inference.kalman`) and the gate's normalisation
-(:mod:`bayes_moe.inference.mixture_kernels`) each have two routes: a torch route
+The HMM kernels (:mod:`bayes_moe.kernels.hmm`), the Kalman filter
+(:mod:`bayes_moe.kernels.kalman`) and the gate's normalisation
+(:mod:`bayes_moe.kernels.mixture_kernels`) each have two routes: a torch route
 (a parallel scan, or broadcast tensor arithmetic) that is differentiable and runs on any
 device, and a numba-compiled loop that is several times faster on a CPU with one or two
 cores but runs on the CPU only and gives (mostly) no gradient. Their ``method`` keyword

@@ -12,7 +12,7 @@ with the backcast :math:`\bar\sigma^2` standing in for the squared residual and 
 variance before the first day (the start the ``arch`` package uses, so that the two
 agree to rounding at the same parameters). Given the residuals the recursion is linear
 in :math:`\sigma^2`, so it runs as a prefix scan of affine maps
-(:func:`~bayes_moe.inference.scan.linear_recurrence`): ``O(log T)`` sequential tensor
+(:func:`~bayes_moe.kernels.scan.linear_recurrence`): ``O(log T)`` sequential tensor
 operations, batched over posterior draws and differentiable, with no loop over days.
 
 References
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from bayes_moe.inference.scan import linear_recurrence
+from bayes_moe.kernels.scan import linear_recurrence
 
 #: Residuals the backcast averages over, and the weight decay between them (arch's).
 BACKCAST_DAYS: int = 75

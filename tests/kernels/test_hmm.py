@@ -23,7 +23,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bayes_moe.inference.hmm import (
+from bayes_moe.kernels.hmm import (
     HMMFilterResult,
     HMMSmootherResult,
     choose_method,
@@ -35,7 +35,7 @@ from bayes_moe.inference.hmm import (
     log_matmul_exp,
     stationary_distribution,
 )
-from bayes_moe.inference.hmm_reference import (
+from bayes_moe.kernels.hmm_reference import (
     reference_filter,
     reference_smoother,
     reference_viterbi,
