@@ -137,3 +137,25 @@ def test_workers_of_a_killed_run_stop_instead_of_computing_on(tmp_path):
     for pid in survivors:  # leave nothing behind, then fail
         os.kill(pid, signal.SIGKILL)
     assert not survivors
+
+
+def test_p1_transition_features_reach_the_mixture_gate_only(tmp_path):
+    # P1's --transition-features sets the gate of the --experts mixture; the experts
+    # alone keep one regime, and 'none' gives a homogeneous chain.
+    sys.path.insert(0, str(BENCHMARKS))
+    from p1_sp500 import make_forecaster, model_specs, parse_args
+
+    argv = ["--experts", "ar,garch", "--models", "bayes_moe,experts", "--out", str(tmp_path)]
+    for flag, expected in [
+        ("log_rv_22,credit_spread", ("log_rv_22", "credit_spread")),
+        ("none", ()),
+    ]:
+        args = parse_args([*argv, "--transition-features", flag])
+        specs = model_specs(args)
+        assert specs["bayes_moe"][-1] == expected
+        assert specs["expert_ar"][-1] is None and specs["expert_ar"][2] == 1
+        mixture = make_forecaster("bayes_moe", specs["bayes_moe"], args, None, None)
+        assert mixture.model.gate.transition_features == expected
+    default = model_specs(parse_args(argv))["bayes_moe"]
+    gate = make_forecaster("bayes_moe", default, parse_args(argv), None, None).model.gate
+    assert gate.transition_features == bm.MarkovGate(3).transition_features
