@@ -90,6 +90,21 @@ def select_vol_features(vol: torch.Tensor, names: Sequence[str]) -> torch.Tensor
     return vol[..., [VOL_FEATURES.index(n) for n in names]]
 
 
+def non_overlapping_origins(n_origins: int, horizon: int) -> torch.Tensor:
+    r"""Origins whose ``h``-day responses tile the days without overlap: BoolTensor ``(N,)``.
+
+    The response of origin ``t`` sums days ``t+1..t+h``, so consecutive origins share
+    ``h - 1`` days. Origins ``N-1, N-1-h, N-1-2h, ...`` (the last one and every
+    ``h``-th before it) have disjoint responses that cover the days after the first
+    kept origin once each; the most recent response is always kept. ``h = 1`` keeps
+    every origin.
+    """
+    if n_origins < 0 or horizon < 1:
+        raise ValueError(f"need n_origins >= 0 and horizon >= 1, got {n_origins}, {horizon}")
+    back = torch.arange(n_origins - 1, -1, -1)  # days before the last origin
+    return back % horizon == 0
+
+
 @dataclass(frozen=True)
 class Preprocessor:
     """Training-sample constants that turn a frame into standardized tensors.

@@ -10,7 +10,10 @@ metadata field         expected
 =====================  ==================================================================
 ``model``              JSON object: ``experts`` (non-empty list), ``gate`` (object),
                        ``window`` (integer >= 1), optional ``expert_dropout`` (number in
-                       [0, 1)), accepted by :meth:`BayesianMoE.from_config`
+                       [0, 1)) and ``horizon_likelihood`` (one of
+                       :data:`~bayes_moe.models.moe.HORIZON_LIKELIHOODS`; absent: the
+                       overlapping one of older fits), accepted by
+                       :meth:`BayesianMoE.from_config`
 ``preprocessor``       JSON object: ``columns`` (distinct names), ``targets`` (the first
                        columns), ``loc`` and ``scale`` (one finite number per column,
                        scales > 0), ``vol_center`` (``d_y`` rows of ``V`` finite numbers),

@@ -150,7 +150,8 @@ def fit_svi(
     num_draws : int
         Posterior draws kept for forecasts, regimes and ArviZ.
     convergence_tol : float or None
-        Early-stopping threshold in nats per observation (None: run all steps).
+        Early-stopping threshold in nats per response in the likelihood (None: run all
+        steps; :meth:`~bayes_moe.models.moe.MoEProgram.scored_origins`).
     check_every : int
         Window of the convergence check.
     progress : bool
@@ -218,6 +219,7 @@ def fit_svi(
     program = model.program().build(inputs).train()
     response = data.observed_response
     n_obs = data.n_observed
+    n_scored = int(program.scored_origins(inputs).sum())  # responses in the likelihood
     shapes = program.latent_shapes(inputs)
     _warn_if_overparametrised(shapes, response)
 
@@ -254,9 +256,9 @@ def fit_svi(
                 losses.append(svi_step(elbo, optimizer, args, where=f"SVI step {step + 1}"))
                 bar.update()
                 if step % 25 == 0:
-                    bar.set_postfix(loss_per_obs=f"{losses[-1] / n_obs:.4f}")
+                    bar.set_postfix(loss_per_obs=f"{losses[-1] / n_scored:.4f}")
                 if convergence_tol is not None and _converged(
-                    losses, check_every, convergence_tol * n_obs, min_steps=num_steps // 3
+                    losses, check_every, convergence_tol * n_scored, min_steps=num_steps // 3
                 ):
                     converged = True
                     break

@@ -31,7 +31,7 @@ from torch import nn
 from torch.distributions.constraints import Constraint
 
 from bayes_moe.data.errors import DataError
-from bayes_moe.data.windows import ExpertInputs, ModelData, prepare
+from bayes_moe.data.windows import ExpertInputs, ModelData, non_overlapping_origins, prepare
 from bayes_moe.kernels.hmm import hmm_log_evidence
 from bayes_moe.models.distributions import regime_log_prob
 from bayes_moe.models.experts import Expert, expert_list, expert_spec
@@ -120,6 +120,19 @@ class LatentSite:
     support: Constraint
 
 
+#: How ``h``-day responses enter the likelihood for ``h > 1`` (:meth:`MoEProgram.forward`).
+HORIZON_LIKELIHOODS: tuple[str, ...] = ("non_overlapping", "overlapping")
+
+
+def check_horizon_likelihood(name: str) -> str:
+    """``name`` if it is one of :data:`HORIZON_LIKELIHOODS`, else a ValueError naming them."""
+    if name not in HORIZON_LIKELIHOODS:
+        raise ValueError(
+            f"horizon_likelihood must be one of {list(HORIZON_LIKELIHOODS)}, got {name!r}"
+        )
+    return name
+
+
 class MoEProgram(nn.Module):
     """The Pyro model of the mixture (an ``nn.Module`` so SVI sees expert weights).
 
@@ -130,15 +143,25 @@ class MoEProgram(nn.Module):
     expert_dropout : float
         Probability of dropping each expert from the mixture at a training step
         (weights renormalised over the kept experts; at least one is kept).
+    horizon_likelihood : {"non_overlapping", "overlapping"}
+        Which ``h``-day responses enter the likelihood when ``h > 1``
+        (:data:`HORIZON_LIKELIHOODS`, :meth:`forward`).
     """
 
-    def __init__(self, experts: Sequence[Expert], gate: MarkovGate, expert_dropout: float = 0.0):
+    def __init__(
+        self,
+        experts: Sequence[Expert],
+        gate: MarkovGate,
+        expert_dropout: float = 0.0,
+        horizon_likelihood: str = "non_overlapping",
+    ):
         super().__init__()
         self.experts = nn.ModuleList(experts)
         self.labels = expert_labels(experts)
         self.groups = [e.group for e in experts]
         self.gate = gate
         self.expert_dropout = float(expert_dropout)
+        self.horizon_likelihood = check_horizon_likelihood(horizon_likelihood)
 
     def expert_inputs(self, inputs: ExpertInputs) -> ExpertInputs:
         """``inputs`` with the scale features the gate leaves to the experts.
@@ -204,7 +227,17 @@ class MoEProgram(nn.Module):
         }
 
     def forward(self, inputs: ExpertInputs, response: torch.Tensor) -> torch.Tensor:
-        """The model: ``pyro.factor`` of the exact marginal likelihood of ``response``.
+        r"""The model: ``pyro.factor`` of the exact marginal likelihood of ``response``.
+
+        With ``h > 1`` the responses of consecutive origins overlap in ``h - 1`` days.
+        ``horizon_likelihood="non_overlapping"`` (the default) lets only the origins of
+        :func:`~bayes_moe.data.windows.non_overlapping_origins` emit: the regime chain
+        still runs over every origin, the others get the emission 1 (no information),
+        so the likelihood is exact for disjoint ``h``-day sums that count every day
+        once, ending with the most recent one. ``"overlapping"`` scores every origin's
+        sum as if they were independent observations, which counts each day about
+        ``h`` times and makes the posterior overconfident (kept for comparisons:
+        ``benchmarks/horizon_coverage.py``).
 
         Parameters
         ----------
@@ -217,12 +250,21 @@ class MoEProgram(nn.Module):
         if self.training and self.expert_dropout > 0:
             gate = dataclasses.replace(gate, log_weights=self._drop(gate.log_weights))
             comps = MixtureComponents(comps.experts, gate)
-        log_emit = comps.log_emission(response)
+        log_emit = comps.log_emission(response)  # S + (N, K)
+        scored = self.scored_origins(inputs)
+        if not bool(scored.all()):
+            log_emit = log_emit.masked_fill(~scored.unsqueeze(-1), 0.0)
         log_evidence = hmm_log_evidence(
             gate.log_init, gate.hmm_trans, log_emit, time_varying=gate.time_varying
         )
         pyro.factor("log_evidence", log_evidence)
         return log_evidence
+
+    def scored_origins(self, inputs: ExpertInputs) -> torch.Tensor:
+        """Which origins' responses enter the likelihood (:meth:`forward`): BoolTensor ``(N,)``."""
+        if inputs.horizon > 1 and self.horizon_likelihood == "non_overlapping":
+            return non_overlapping_origins(inputs.n_origins, inputs.horizon)
+        return torch.ones(inputs.n_origins, dtype=torch.bool)
 
     def _drop(self, log_weights: torch.Tensor) -> torch.Tensor:
         M = log_weights.shape[-1]
@@ -259,6 +301,10 @@ class BayesianMoE:
         weekly, monthly and EWMA realized variance (:mod:`bayes_moe.models.gate`).
     expert_dropout : float
         See :class:`MoEProgram`.
+    horizon_likelihood : {"non_overlapping", "overlapping"}
+        For ``h > 1``: the likelihood of disjoint ``h``-day sums (default, honest) or
+        of every origin's overlapping sum (overconfident; for comparisons). See
+        :meth:`MoEProgram.forward`.
 
     Examples
     --------
@@ -276,6 +322,7 @@ class BayesianMoE:
         *,
         gate: MarkovGate | None = None,
         expert_dropout: float = 0.0,
+        horizon_likelihood: str = "non_overlapping",
     ):
         self.experts = expert_list(experts)
         self.gate = gate if gate is not None else MarkovGate(n_regimes)
@@ -285,6 +332,7 @@ class BayesianMoE:
         if not 0.0 <= expert_dropout < 1.0:
             raise ValueError(f"expert_dropout must be in [0, 1), got {expert_dropout}")
         self.expert_dropout = float(expert_dropout)
+        self.horizon_likelihood = check_horizon_likelihood(horizon_likelihood)
         for e in self.experts:
             needed = max(getattr(e, "order", 0), getattr(e, "length", None) or 0)
             if needed > self.window:
@@ -310,6 +358,7 @@ class BayesianMoE:
             "gate": self.gate.config(),
             "window": self.window,
             "expert_dropout": self.expert_dropout,
+            "horizon_likelihood": self.horizon_likelihood,
         }
 
     @classmethod
@@ -317,7 +366,8 @@ class BayesianMoE:
         """Inverse of :meth:`config`.
 
         Configurations written before regimes had volatility levels (checkpoint format
-        1) have no ``volatility_levels`` key; they describe gates without levels.
+        1) have no ``volatility_levels`` key; they describe gates without levels. Those
+        written before ``horizon_likelihood`` existed were fitted with ``"overlapping"``.
         """
         gate = {"volatility_levels": False, **config["gate"]}
         return cls(
@@ -325,11 +375,14 @@ class BayesianMoE:
             window=config["window"],
             gate=MarkovGate(**gate),
             expert_dropout=config.get("expert_dropout", 0.0),
+            horizon_likelihood=config.get("horizon_likelihood", "overlapping"),
         )
 
     def program(self) -> MoEProgram:
         """A fresh Pyro program with copies of the experts (the spec stays untouched)."""
-        return MoEProgram(copy.deepcopy(self.experts), self.gate, self.expert_dropout)
+        return MoEProgram(
+            copy.deepcopy(self.experts), self.gate, self.expert_dropout, self.horizon_likelihood
+        )
 
     def column_readers(
         self, target: str | Sequence[str], covariates: Sequence[str]
