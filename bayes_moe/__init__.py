@@ -14,10 +14,12 @@ from bayes_moe import data
 from bayes_moe.evaluation.comparison import compare
 from bayes_moe.inference.checkpoint import CheckpointError
 from bayes_moe.inference.divergence import NonFiniteLossError
+from bayes_moe.inference.multi_horizon import MultiHorizonFit
 from bayes_moe.inference.pretrain_cache import PretrainCache
 from bayes_moe.inference.results import MoEFit
 from bayes_moe.inference.svi import fit_svi
 from bayes_moe.models import experts
+from bayes_moe.models.energy import EnergyGate
 from bayes_moe.models.experts import list_experts, make_expert, register_expert
 from bayes_moe.models.gate import MarkovGate
 from bayes_moe.models.moe import BayesianMoE
@@ -28,8 +30,10 @@ load_fit = MoEFit.load
 __all__ = [
     "BayesianMoE",
     "CheckpointError",
+    "EnergyGate",
     "MarkovGate",
     "MoEFit",
+    "MultiHorizonFit",
     "NonFiniteLossError",
     "PretrainCache",
     "compare",

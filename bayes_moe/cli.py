@@ -31,6 +31,7 @@ from bayes_moe.inference.checkpoint import CheckpointError, load_fit
 from bayes_moe.inference.divergence import NonFiniteLossError
 from bayes_moe.inference.posterior import DEFAULT_KEEP_DRAWS
 from bayes_moe.io import atomic_path, check_output_folder, write_csv, write_json
+from bayes_moe.models.energy import EnergyGate
 from bayes_moe.models.gate import MarkovGate
 from bayes_moe.models.moe import BayesianMoE
 
@@ -149,6 +150,26 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--with-vix; read as their training mean on days without a value); 'none' for a "
         "time-homogeneous chain (default: log_rv_5,log_rv_22,log_ewma_var)",
     )
+    group.add_argument(
+        "--energy-gate",
+        action="store_true",
+        help="tilt the gate's weights by the energy (predictive plus regime entropy) and "
+        "each expert's capacity class, beta and tau fitted by SVI; needs experts of two "
+        "classes (e.g. --experts ar,tcn,nystromformer)",
+    )
+    group.add_argument(
+        "--sparse",
+        type=float,
+        metavar="THRESHOLD",
+        help="with --energy-gate: sparse inference, heavier experts are not evaluated on "
+        "days where their tilted weight is below THRESHOLD (e.g. 0.05); fitting stays dense",
+    )
+    group.add_argument(
+        "--energy",
+        action="store_true",
+        help="write energy.csv and energy.png (energy vs |returns| and VIX) even without "
+        "--energy-gate (one more pass over the draws)",
+    )
     group.add_argument("--window", type=int, default=64, help="context window L (days)")
     group.add_argument("--horizon", type=int, default=1, help="forecast horizon h (days)")
     group.add_argument("--num-steps", type=int, default=1500, help="maximum SVI steps")
@@ -164,13 +185,24 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_model(args) -> BayesianMoE:
-    """The mixture of ``--experts``, ``--regimes``, ``--window``, ``--transition-features``."""
+    """The mixture the model arguments describe (experts, regimes, window, gate)."""
     names = args.transition_features
     gate = None
     if names is not None:
         chosen = () if names.strip() == "none" else _column_list(names)
         gate = MarkovGate(args.regimes, transition_features=chosen)
-    return BayesianMoE(experts=args.experts, n_regimes=args.regimes, window=args.window, gate=gate)
+    energy_gate = None
+    if args.sparse is not None and not args.energy_gate:
+        raise ValueError("--sparse needs --energy-gate (the tilted weights decide what runs)")
+    if args.energy_gate:
+        energy_gate = EnergyGate(sparse=args.sparse)
+    return BayesianMoE(
+        experts=args.experts,
+        n_regimes=args.regimes,
+        window=args.window,
+        gate=gate,
+        energy_gate=energy_gate,
+    )
 
 
 def _keep_draws(text: str) -> int | None:
@@ -226,7 +258,9 @@ def _print_summary(metrics: dict, elapsed: float, out: Path) -> None:
     )
 
 
-def _fit_and_report(args, frame: pd.DataFrame, out: Path, price=None, covariates=None) -> dict:
+def _fit_and_report(
+    args, frame: pd.DataFrame, out: Path, price=None, covariates=None, vix=None
+) -> dict:
     from bayes_moe.report import write_report
 
     start = time.perf_counter()
@@ -257,29 +291,42 @@ def _fit_and_report(args, frame: pd.DataFrame, out: Path, price=None, covariates
         strategy=args.strategy,
     )
     print("evaluating the posterior and writing the report ...", flush=True)
-    metrics = write_report(fit, out, price=price, started=start, keep_draws=args.keep_draws)
+    metrics = write_report(
+        fit,
+        out,
+        price=price,
+        started=start,
+        keep_draws=args.keep_draws,
+        energy=args.energy or args.energy_gate,
+        vix=vix,
+    )
     _print_summary(metrics, metrics["elapsed_s"], out)
     return metrics
 
 
 def cmd_demo(args) -> int:
-    """Fit the default mixture on the embedded S&P 500 data and write a report."""
+    """Fit the default mixture on the embedded S&P 500 data and write a report.
+
+    The demo's report always has the energy plot (energy against |returns| and VIX).
+    """
+    args.energy = True
     frame = bm_data.load_sp500()
     price = frame["adj_close"].rename("S&P 500 (adjusted close)")
-    _fit_and_report(args, frame, Path(args.out), price=price)
+    _fit_and_report(args, frame, Path(args.out), price=price, vix=bm_data.load_vix()["vix"])
     return 0
 
 
 def cmd_fit(args) -> int:
     """Fit on a dataset or a user file and write a report with the checkpoint."""
     frame = _load_frame(args)
-    price = None
+    price = vix = None
     if args.dataset == "sp500":
         price = frame["adj_close"].rename("S&P 500 (adjusted close)")
+        vix = bm_data.load_vix()["vix"]  # for the energy plot (2014-2018 only)
     elif args.price_col and args.price_col in frame.columns:
         price = frame[args.price_col]
     frame, covariates = _choose_columns(args, frame)
-    _fit_and_report(args, frame, Path(args.out), price=price, covariates=covariates)
+    _fit_and_report(args, frame, Path(args.out), price=price, covariates=covariates, vix=vix)
     return 0
 
 

@@ -190,6 +190,69 @@ def plot_elbo(diagnostics, path) -> Path:
     return _save(fig, path)
 
 
+def plot_energy(fit, energy: pd.DataFrame, path, *, vix: pd.Series | None = None) -> Path:
+    """Energy over time against realized absolute returns, VIX and the heavy experts' weight.
+
+    ``energy``: the frame of :meth:`~bayes_moe.MoEFit.energy`. Top: the energy with
+    its posterior mean +/- one sd and its two parts (predictive and regime entropy).
+    Middle: the absolute realized response of each origin, ``|y_{t+h}|`` (20-day mean
+    in black), with ``vix`` (a date-indexed series, e.g. ``bm.data.load_vix()["vix"]``;
+    else the fit's ``vix`` column if it has one) on a second axis. Bottom, when the
+    mixture has more than one capacity class: the weight of the heaviest class. The
+    titles give the Spearman rank correlations of the energy with both.
+    """
+    observed = energy.iloc[: fit.data.n_observed]
+    dates = observed.index
+    realized = np.abs(fit.data.unstandardize(fit.data.observed_response.numpy())[:, 0])
+    realized = pd.Series(realized, index=dates)
+    if vix is None and "vix" in fit.data.frame.columns:
+        vix = fit.data.frame["vix"]
+    vix = None if vix is None else vix.reindex(dates)
+    if vix is not None and vix.notna().sum() < 2:
+        vix = None
+    two_classes = len(set(fit.program.capacity)) > 1
+
+    fig, axes = plt.subplots(
+        3 if two_classes else 2, 1, figsize=(12, 8 if two_classes else 6), sharex=True
+    )
+    ax = axes[0]
+    mean, sd = observed["energy"], observed["energy_sd"]
+    ax.fill_between(dates, mean - sd, mean + sd, color="#c0392b", alpha=0.25, lw=0)
+    ax.plot(dates, mean, color="#c0392b", lw=0.8, label="energy E_t (mean +/- sd)")
+    ax.plot(dates, observed["predictive_entropy"], color="#1f77b4", lw=0.5, label="H[predictive]")
+    ax.plot(dates, observed["regime_entropy"], color="#4c9a2a", lw=0.5, label="H[regime]")
+    ax.set_ylabel("nats (standardized)")
+    ax.legend(loc="upper left", fontsize=8, ncol=3)
+    ax.set_title("Energy: entropy of the predictive made at t plus entropy of P(z_t | data to t)")
+
+    ax = axes[1]
+    rho = mean.corr(realized, method="spearman")
+    ax.plot(dates, realized, color="grey", lw=0.3, alpha=0.6)
+    ax.plot(dates, realized.rolling(20, min_periods=1).mean(), color="black", lw=0.9)
+    ax.set_ylabel(f"|{fit.targets[0]}| over the horizon")
+    title = f"realized absolute response (20-day mean in black); Spearman(E, |y|) = {rho:.2f}"
+    if vix is not None:
+        twin = ax.twinx()
+        twin.plot(dates, vix, color="#e0a526", lw=0.8)
+        twin.set_ylabel("VIX", color="#e0a526")
+        title += f", Spearman(E, VIX) = {mean.corr(vix, method='spearman'):.2f}"
+    ax.set_title(title, fontsize=9)
+
+    if two_classes:
+        ax = axes[2]
+        heavy, heavy_sd = observed["heavy_weight"], observed["heavy_weight_sd"]
+        ax.fill_between(dates, heavy - heavy_sd, heavy + heavy_sd, color="#6c3483", alpha=0.25)
+        ax.plot(dates, heavy, color="#6c3483", lw=0.8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("weight")
+        rho = mean.corr(heavy, method="spearman")
+        ax.set_title(
+            f"weight of the heaviest capacity class (causal); Spearman(E, weight) = {rho:.2f}",
+            fontsize=9,
+        )
+    return _save(fig, path)
+
+
 # ------------------------------------------------------------------ calibration studies
 def plot_pit_histograms(results, path, *, bins: int = 20) -> Path:
     """PIT histogram of every model (uniform when calibrated), with a 95% band."""

@@ -135,6 +135,8 @@ def write_report(
     num_samples: int = 2000,
     started: float | None = None,
     keep_draws: int | None = DEFAULT_KEEP_DRAWS,
+    energy: bool | None = None,
+    vix: pd.Series | None = None,
 ) -> dict:
     """Write the report folder ``out`` and return the metrics dictionary.
 
@@ -154,7 +156,15 @@ def write_report(
     (:func:`~bayes_moe.inference.arviz.to_inference_data`,
     :func:`~bayes_moe.inference.arviz.compact`). ``elpd_loo`` in ``metrics.json`` is
     computed from every draw's log-likelihood before thinning.
+
+    ``energy`` (default: when the model has an energy gate) adds ``energy.csv``
+    (:meth:`~bayes_moe.MoEFit.energy`), ``energy.png``
+    (:func:`~bayes_moe.plotting.plot_energy`, with ``vix`` where given) and
+    ``metrics["energy"]`` (:func:`energy_summary`); without a gate it costs one more
+    pass over the draws.
     """
+    if energy is None:
+        energy = fit.model.energy_gate is not None
     with atomic_folder(out) as folder:
         return _write_report_files(
             fit,
@@ -163,17 +173,49 @@ def write_report(
             num_samples=num_samples,
             started=started,
             keep_draws=keep_draws,
+            energy=energy,
+            vix=vix,
         )
 
 
-def _write_report_files(fit, out: Path, *, price, num_samples: int, started, keep_draws) -> dict:
+def energy_summary(fit, table: pd.DataFrame) -> dict:
+    """What ``metrics.json`` says about the energy (``table``: :meth:`MoEFit.energy`).
+
+    Mean energy and heavy-class weight over the observed origins, the Spearman rank
+    correlation of the energy with the next absolute response, and, with an energy
+    gate, the posterior mean and sd of its ``beta`` and ``tau``.
+    """
+    observed = table.iloc[: fit.data.n_observed]
+    realized = np.abs(fit.data.unstandardize(fit.data.observed_response.numpy())[:, 0])
+    out = {
+        "mean_energy": float(observed["energy"].mean()),
+        "mean_heavy_weight": float(observed["heavy_weight"].mean()),
+        "spearman_energy_abs_response": float(
+            observed["energy"].corr(pd.Series(realized, index=observed.index), method="spearman")
+        ),
+        "energy_now": float(table["energy"].iloc[-1]),
+        "heavy_weight_now": float(table["heavy_weight"].iloc[-1]),
+    }
+    for name in ("beta", "tau"):
+        site = f"energy/{name}"
+        if site in fit.draws:
+            out[name] = {
+                "mean": float(fit.draws[site].mean()),
+                "sd": float(fit.draws[site].std(correction=0)),
+            }
+    return out
+
+
+def _write_report_files(
+    fit, out: Path, *, price, num_samples: int, started, keep_draws, energy=False, vix=None
+) -> dict:
     """The files of :func:`write_report`, written into the (new, empty) folder ``out``."""
     regimes = fit.regimes(keep_draws)  # first: the forecast reads its posterior summary
     forecast = fit.forecast(num_samples=num_samples, seed=0)
     metrics = summary(fit, forecast, regimes)
     metrics["in_sample"] = in_sample_calibration(fit, fit.posterior_summary(keep_draws))
 
-    idata = fit.to_inference_data(keep_draws=keep_draws)  # every draw's log-likelihood
+    idata = fit.to_inference_data(keep_draws=keep_draws, energy=energy)  # every draw's log-lik
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pareto-k warnings are reported in the numbers
         psis_loo = loo(idata)
@@ -202,6 +244,12 @@ def _write_report_files(fit, out: Path, *, price, num_samples: int, started, kee
     ):
         with atomic_path(out / name) as tmp:
             draw(tmp)
+    if energy:
+        table = fit.energy()
+        write_csv(table, out / "energy.csv")
+        with atomic_path(out / "energy.png") as tmp:
+            plotting.plot_energy(fit, table, tmp, vix=vix)
+        metrics["energy"] = energy_summary(fit, table)
     if started is not None:
         metrics["elapsed_s"] = time.perf_counter() - started
     write_json(metrics, out / "metrics.json")
@@ -284,6 +332,16 @@ def _failure_lines(doc: dict) -> list[str]:
     ]
 
 
+def _overlap_note(horizon: int) -> list[str]:
+    """The report's line on the Newey-West lag of overlapping ``h``-day targets."""
+    if horizon <= 1:
+        return []
+    return [
+        f"The targets are overlapping {horizon}-day sums (consecutive ones share "
+        f"{horizon - 1} days), so the Newey-West lag is at least h - 1 = {horizon - 1}.",
+    ]
+
+
 def _score_lines(results: dict, out: Path, doc: dict, reference: str) -> list[str]:
     """Write the score tables and plots into ``out``; return their ``report.md`` lines."""
     from bayes_moe.evaluation import calibration
@@ -338,6 +396,7 @@ def _score_lines(results: dict, out: Path, doc: dict, reference: str) -> list[st
             "",
             "Mean of d_t = log p_ref(y_t) - log p_baseline(y_t), Newey-West standard error,",
             "t statistic (Diebold-Mariano); positive favours the reference.",
+            *_overlap_note(results[reference].horizon),
             "",
             _markdown_table(
                 comp[[c for c in comp.columns if c in ("mean_diff", "nw_se", "t_stat", "pvalue")]]

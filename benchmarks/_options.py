@@ -22,6 +22,18 @@ def add_mixture_options(parser: argparse.ArgumentParser, *, regimes: int | str =
     parser.add_argument("--seed", type=int, default=0)
 
 
+def mixture_protocol(args: argparse.Namespace, **more) -> dict:
+    """The options of :func:`add_mixture_options` (and ``more``) as a protocol record."""
+    return {
+        "experts": args.experts,
+        "n_regimes": args.regimes,
+        "window": args.window,
+        "num_steps": args.num_steps,
+        "num_draws": args.num_draws,
+        **more,
+    }
+
+
 def add_run_options(parser: argparse.ArgumentParser, name: str, *, extra_out: str = "") -> None:
     """``--quick --out --no-progress`` of a script writing ``results/<name>.json``.
 

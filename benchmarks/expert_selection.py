@@ -83,10 +83,15 @@ def parse_args(argv=None):
 
 
 class SavedRun:
-    """The per-day score table of a finished backtest, as kept in ``runs/<name>.csv``."""
+    """The per-day score table of a finished backtest, as kept in ``runs/<name>.csv``.
 
-    def __init__(self, table):
+    ``horizon``: of the forecasts (one-step in this benchmark), read by the paired
+    comparisons for their Newey-West lag.
+    """
+
+    def __init__(self, table, horizon: int = 1):
         self.table = table
+        self.horizon = horizon
 
     def summary(self) -> dict:
         return summarize(self.table)

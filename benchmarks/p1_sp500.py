@@ -200,13 +200,18 @@ def run_model(name: str, spec: tuple, args, cache_dir: str):
         )
     except Exception as err:  # reported in the report, the other models go on
         return name, None, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
+    print_scores(name, result)
+    return name, result, None
+
+
+def print_scores(name: str, result) -> None:
+    """One line: ``name``'s mean log score, CRPS, 90% coverage and wall time."""
     summary = result.summary()
     print(
         f"{name}: log score {summary['log_score']:.4f}  CRPS {summary['crps']:.4f}  "
         f"cov90 {summary['coverage_90']:.3f}  ({result.elapsed_s:.0f} s)",
         flush=True,
     )
-    return name, result, None
 
 
 def run_all(specs: dict, args, cache_dir: str):

@@ -135,6 +135,12 @@ def test_demo_runs_on_the_embedded_data(tmp_path, capsys):
     assert summary.loc[0, "expected_duration"] == pytest.approx(first["expected_duration"])
     assert metrics["data"]["first_date"] == "1999-02-04"
     assert metrics["elapsed_s"] > 0
+    # The energy plot (with the offline VIX) and its table; one class of experts.
+    assert (out / "energy.png").exists()
+    energy = pd.read_csv(out / "energy.csv", index_col=0, parse_dates=True)
+    assert energy.index[-1] == pd.Timestamp("2018-12-31")
+    np.testing.assert_allclose(energy["heavy_weight"], 1.0, rtol=1e-9)
+    assert "beta" not in metrics["energy"]
 
 
 def test_bad_user_file_fails_before_fitting_and_writes_nothing(price_file, tmp_path, capsys):
@@ -260,3 +266,28 @@ def test_transition_features_drive_the_switches_from_a_user_column(sp500, tmp_pa
     homogeneous = tmp_path / "homogeneous"
     assert main([*common, "--transition-features", "none", "--out", str(homogeneous)]) == 0
     assert bm.load_fit(homogeneous / "fit.safetensors").model.gate.transition_features == ()
+
+
+def test_energy_gate_writes_the_energy_report_and_sparse_needs_the_gate(sp500, tmp_path, capsys):
+    # A light (ar) and a medium (gru) expert with energy gating and sparse inference:
+    # the report carries energy.csv, energy.png and the fitted beta and tau, and the
+    # checkpoint keeps the gate; --sparse without --energy-gate is refused before fitting.
+    path = tmp_path / "ret.csv"
+    sp500.iloc[-400:][["ret"]].rename_axis("date").to_csv(path)
+    common = ["fit", "--data", str(path), "--return-col", "ret", "--experts", "ar,gru", *TINY]
+    out = tmp_path / "run"
+    assert main([*common, "--energy-gate", "--sparse", "0.05", "--out", str(out)]) == 0
+    assert {"energy.csv", "energy.png"} <= {p.name for p in out.iterdir()}
+    energy = pd.read_csv(out / "energy.csv", index_col=0)
+    np.testing.assert_allclose(
+        energy["energy"], energy["predictive_entropy"] + energy["regime_entropy"], rtol=1e-9
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["energy"]["beta"]) == {"mean", "sd"}
+    fit = bm.load_fit(out / "fit.safetensors")
+    assert fit.model.energy_gate.sparse == 0.05
+    capsys.readouterr()
+    never = tmp_path / "never"
+    assert main([*common, "--sparse", "0.05", "--out", str(never)]) == 2
+    assert "--sparse needs --energy-gate" in capsys.readouterr().err
+    assert not never.exists()

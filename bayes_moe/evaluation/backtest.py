@@ -314,11 +314,19 @@ def backtest(
 def _forecast_block(frame, forecaster, lo: int, block: np.ndarray, horizon: int, label: str):
     """Refit on rows ``lo .. block[0]`` and forecast every origin of ``block``.
 
-    Returns the block's :class:`LocationScaleMixture` and the forecaster's extras.
+    Returns the block's :class:`LocationScaleMixture` and the forecaster's extras; a
+    per-day extra (a frame or series with one row per origin) is dated by the realized
+    days of the data, as the scores are: a forecaster shown the rows up to the block's
+    last origin can only guess the dates of the last ``h`` realized days (and a guess
+    that skips a holiday can repeat a real date).
     """
     predict = forecaster(frame.iloc[lo : block[0] + 1])
     visible = frame.iloc[lo : block[-1] + 1]  # nothing after the block's last origin
     part = predict(visible, frame.index[block], horizon)
     if part.n_days != len(block):
         raise RuntimeError(f"{label} returned {part.n_days} forecasts for {len(block)} days")
-    return part, dict(getattr(predict, "extras", {}))
+    extras = dict(getattr(predict, "extras", {}))
+    for key, value in extras.items():
+        if isinstance(value, pd.DataFrame | pd.Series) and len(value) == len(block):
+            extras[key] = value.set_axis(frame.index[block + horizon])
+    return part, extras

@@ -12,7 +12,12 @@ import numpy as np
 import pandas as pd
 
 from bayes_moe.evaluation.backtest import BacktestFailure, BacktestResult
-from bayes_moe.evaluation.scoring import coverage_curve, diebold_mariano, pit_ks_test
+from bayes_moe.evaluation.scoring import (
+    coverage_curve,
+    diebold_mariano,
+    newey_west_lag,
+    pit_ks_test,
+)
 
 COMPARISON_KEYS = ("mean_diff", "nw_se", "t_stat")
 
@@ -31,8 +36,10 @@ def comparisons(results: Mapping[str, BacktestResult], reference: str) -> dict[s
     For each baseline ``b``: :math:`d_t = \log p_{ref}(y_t) - \log p_b(y_t)` over the
     common test days (``n``: fewer than the test period when a refit of either model
     failed), its mean, Newey-West standard error and t statistic (Diebold-Mariano); a
-    positive ``t_stat`` favours the reference. A baseline with fewer than 2 days in
-    common with the reference is left out.
+    positive ``t_stat`` favours the reference. The Newey-West lag is at least
+    ``h - 1`` for ``h``-day forecasts, whose realised sums overlap
+    (:func:`~bayes_moe.evaluation.scoring.newey_west_lag`). A baseline with fewer than 2
+    days in common with the reference is left out.
     """
     ref = results[reference].table["log_score"]
     out = {}
@@ -43,7 +50,8 @@ def comparisons(results: Mapping[str, BacktestResult], reference: str) -> dict[s
         common = ref.index.intersection(other.index)
         if len(common) < 2:
             continue
-        dm = diebold_mariano(ref.loc[common].to_numpy(), other.loc[common].to_numpy())
+        lag = newey_west_lag(len(common), results[reference].horizon)
+        dm = diebold_mariano(ref.loc[common].to_numpy(), other.loc[common].to_numpy(), lag=lag)
         out[name] = {key: float(dm[key]) for key in dm}
     return out
 

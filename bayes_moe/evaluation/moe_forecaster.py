@@ -119,6 +119,35 @@ class MoEForecaster:
         return _MoEPredict(fit, allow_outliers=options.get("allow_outliers", False))
 
 
+class FittedForecaster:
+    """Backtest forecaster that replays fits made before, one per refit, without fitting.
+
+    ``forecaster(train)`` hands out the next of ``fits`` (in the order of the refits
+    of the backtest that made them, e.g. :attr:`MoEForecaster.fits`), so a backtest
+    with the same test period and ``refit_every`` scores the same fits again: the
+    way to compare evaluation options (such as sparse inference) on equal parameters.
+    Each fit must end on the last day of the training frame it is handed.
+    """
+
+    def __init__(self, fits: Sequence, *, allow_outliers: bool = False):
+        self.fits = list(fits)
+        self.allow_outliers = allow_outliers
+        self._next = 0
+
+    def __call__(self, train: pd.DataFrame):
+        """The ``predict`` function of the next fit (refused if it is not ``train``'s)."""
+        if self._next >= len(self.fits):
+            raise ValueError(f"the backtest asked for more than the {len(self.fits)} fits given")
+        fit = self.fits[self._next]
+        if fit.data.dates[-1] != train.index[-1]:
+            raise ValueError(
+                f"fit {self._next} ends on {fit.data.dates[-1].date()}, the training frame "
+                f"on {train.index[-1].date()}: replay the fits of the same backtest"
+            )
+        self._next += 1
+        return _MoEPredict(fit, allow_outliers=self.allow_outliers)
+
+
 class _MoEPredict:
     """``predict(frame, origins, horizon)`` for one fit; records regime probabilities."""
 

@@ -388,6 +388,17 @@ def berkowitz_test(pit_values, *, likelihood="exact", eps=1e-10) -> dict:
     }
 
 
+def newey_west_lag(n: int, horizon: int = 1) -> int:
+    r"""Truncation lag for ``n`` daily score differences of ``horizon``-day forecasts.
+
+    :math:`L = \max(\lfloor 4 (n / 100)^{2/9} \rfloor,\, h - 1)`: Newey and West's
+    (1994) rule, and at least :math:`h - 1` because the realised ``h``-day sums of
+    consecutive origins overlap in :math:`h - 1` days, so their score differences are
+    autocorrelated to that lag by construction.
+    """
+    return max(int(math.floor(4.0 * (n / 100.0) ** (2.0 / 9.0))), int(horizon) - 1)
+
+
 def diebold_mariano(score_a, score_b, *, lag=None) -> dict:
     r"""Diebold-Mariano test of equal expected scores, with a Newey-West standard error.
 
@@ -437,7 +448,7 @@ def diebold_mariano(score_a, score_b, *, lag=None) -> dict:
     if n < 2:
         raise ValueError("diebold_mariano needs at least 2 days")
     if lag is None:
-        lag = int(math.floor(4.0 * (n / 100.0) ** (2.0 / 9.0)))
+        lag = newey_west_lag(n)
     lag = int(lag)
     if not 0 <= lag < n:
         raise ValueError(f"lag must be in [0, n), got {lag}")

@@ -31,6 +31,11 @@ predictive_summary     over all draws, per day: the one-step posterior predictiv
                        ``pit`` (CDF at the realized first target) and ``log_score``
                        (:math:`\log \frac1S \sum_s p(y_t \mid \mathcal F_{t-1},
                        \theta_s)`, data units)
+energy                 with an energy gate (or ``energy=True``): ``energy``,
+                       ``predictive_entropy``, ``regime_entropy`` and
+                       ``heavy_weight`` of the kept draws, ``(chain, draw,
+                       origin_date)``, and each one's ``<name>_mean`` over all draws
+                       (:meth:`~bayes_moe.inference.results.MoEFit.energy`)
 =====================  ==========================================================
 
 :func:`compact` makes a copy for files: per-day groups in float32, Viterbi paths in
@@ -125,6 +130,8 @@ def _site_dims(fit, site: str, ndim: int) -> list[str] | None:
     label, param = site.split("/", 1)
     if label == "gate":
         return list(GATE_DIMS.get(param, ())) or None
+    if label == "energy":  # the energy gate's scalars beta and tau
+        return None
     expert = fit.program.experts[fit.program.labels.index(label)]
     dims = expert.param_dims.get(param)
     if dims is None or len(dims) != ndim:
@@ -156,7 +163,11 @@ def _relabelled_draws(fit, post) -> dict[str, np.ndarray]:
 
 
 def to_inference_data(
-    fit, *, keep_draws: int | None = DEFAULT_KEEP_DRAWS, log_likelihood: str = "all"
+    fit,
+    *,
+    keep_draws: int | None = DEFAULT_KEEP_DRAWS,
+    log_likelihood: str = "all",
+    energy: bool | None = None,
 ):
     """Build the InferenceData of ``fit`` (groups in the module docstring).
 
@@ -170,6 +181,10 @@ def to_inference_data(
     log_likelihood : {"all", "kept"}
         Draws of the ``log_likelihood`` group: every draw (for LOO and WAIC) or the
         kept ones (a smaller file; LOO from few draws is unreliable).
+    energy : bool, optional
+        Add the ``energy`` group (:meth:`~bayes_moe.inference.results.MoEFit.energy`);
+        default: when the model has an energy gate (else it costs a pass over the
+        draws).
     """
     if log_likelihood not in ("all", "kept"):
         raise ValueError(f"log_likelihood must be 'all' or 'kept', got {log_likelihood!r}")
@@ -249,8 +264,29 @@ def to_inference_data(
             .transpose("chain", "draw", ...),
             "regime_summary": regimes.drop_vars(drawn + ["draw"]),
             "predictive_summary": _predictive_summary(fit, post, log_lik),
+            **(
+                {"energy": _energy_group(fit, kept)}
+                if (fit.model.energy_gate is not None if energy is None else energy)
+                else {}
+            ),
         }
     )
+
+
+def _energy_group(fit, kept: np.ndarray) -> xr.Dataset:
+    """Energy of the kept draws, ``(chain, draw, origin_date)``, and its mean over all draws."""
+    draws = fit.energy_draws
+    coords = {"chain": [0], "draw": kept, "origin_date": fit.data.origin_dates.values}
+    variables = {}
+    for name, value in (
+        ("energy", draws.total),
+        ("predictive_entropy", draws.predictive),
+        ("regime_entropy", draws.regime),
+        ("heavy_weight", draws.heavy_weight),
+    ):
+        variables[name] = (["chain", "draw", "origin_date"], value.numpy()[kept][None])
+        variables[f"{name}_mean"] = (["origin_date"], value.mean(0).numpy())
+    return xr.Dataset(variables, coords=coords)
 
 
 def _dataset(

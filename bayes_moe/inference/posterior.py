@@ -34,6 +34,7 @@ per-day values and the predictive at the last :data:`TAIL_ORIGINS` origins
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 from collections import deque
@@ -47,13 +48,14 @@ from tqdm.auto import tqdm
 from bayes_moe._runtime import release_free_memory, torch_threads
 from bayes_moe.data.windows import ModelData
 from bayes_moe.inference.predictive import mixture_cdf, mixture_moments, sample_mixture
-from bayes_moe.kernels.hmm import hmm_smoother, hmm_viterbi
+from bayes_moe.kernels.hmm import causal_regime, hmm_smoother, hmm_viterbi
 from bayes_moe.kernels.mixture_kernels import causal_mixture, regime_mixture
 from bayes_moe.models.distributions import (
     cat_batch,
     index_batch,
     mean_and_variance,
     regime_log_prob,
+    scatter_batch,
 )
 from bayes_moe.models.moe import MoEProgram
 
@@ -140,10 +142,72 @@ class PosteriorEvaluation:
     posterior_predictive: torch.Tensor
 
 
-def conditioned_components(program: MoEProgram, draws: dict, inputs):
-    """Run the program's components with every latent site set to ``draws`` (batch ``S``)."""
+def conditioned_components(program: MoEProgram, draws: dict, inputs, skip=()):
+    """Run the program's components with every latent site set to ``draws`` (batch ``S``).
+
+    Experts at the positions ``skip`` are not run (:meth:`MoEProgram.components`).
+    """
     with torch.no_grad(), pyro.poutine.condition(data=draws):
-        return program.components(inputs)
+        return program.components(inputs, skip=skip)
+
+
+def wake_experts(
+    program: MoEProgram,
+    draws: dict,
+    inputs,
+    experts: list,
+    log_w: torch.Tensor,
+    log_causal: torch.Tensor,
+    threshold: float,
+    pyro_lock: threading.Lock | None = None,
+) -> tuple[list, torch.Tensor, torch.Tensor]:
+    r"""Sparse inference: run each skipped expert only where its weight reaches ``threshold``.
+
+    Expert ``m`` is awake at origin ``n`` when its causal weight in the tilted mixture,
+    :math:`w_{n,m} = \sum_k P_L(z_n = k \mid \mathcal F_n)\, g'_{n,k,m}`, reaches
+    ``threshold`` in at least one draw of the chunk; the light experts are always
+    awake. A sleeping expert is not evaluated there at all (it runs on the awake
+    origins only, :meth:`MoEProgram.expert_predictive`), and the weights of an origin
+    with a sleeping expert are renormalised over the awake ones.
+
+    Parameters
+    ----------
+    experts : list of Distribution or None
+        Batch ``(S, N)``; None for the experts still to run.
+    log_w : Tensor ``(S, N, K, M)``
+        Tilted gate weights.
+    log_causal : Tensor ``(S, N, K)``
+        :math:`\log P_L(z_n \mid \mathcal F_n)` of the energy pass.
+
+    Returns
+    -------
+    experts : list of Distribution
+        Every expert with batch ``(S, N)`` (a sleeping origin holds placeholder
+        parameters: :func:`~bayes_moe.models.distributions.scatter_batch`).
+    log_w : Tensor ``(S, N, K, M)``
+        Zero weight (``-inf``) where asleep, renormalised; rows with every expert awake
+        are returned unchanged.
+    awake : BoolTensor ``(N, M)``
+    """
+    N = log_w.shape[-3]
+    weight = torch.logsumexp(log_causal.unsqueeze(-1) + log_w, dim=-2).exp().amax(0)  # (N, M)
+    awake = weight >= threshold
+    awake[:, program.light] = True
+    experts = list(experts)
+    for m, predictive in enumerate(experts):
+        if predictive is not None:
+            continue
+        rows = awake[:, m].nonzero().squeeze(-1)
+        picked = rows if len(rows) else torch.tensor([N - 1])  # one origin builds the batch
+        with pyro_lock or contextlib.nullcontext(), torch.no_grad():
+            with pyro.poutine.condition(data=draws):
+                sub = program.expert_predictive(m, inputs.at(inputs.origins[picked]))
+        experts[m] = scatter_batch(sub, picked, N)
+    if not bool(awake.all()):
+        masked = log_w.masked_fill(~awake[:, None, :], float("-inf"))
+        renormalised = masked - torch.logsumexp(masked, dim=-1, keepdim=True)
+        log_w = torch.where(awake.all(-1)[:, None, None], log_w, renormalised)
+    return experts, log_w, awake
 
 
 def relabel_matrices(log_trans: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -151,64 +215,6 @@ def relabel_matrices(log_trans: torch.Tensor, order: torch.Tensor) -> torch.Tens
     index = order.view(order.shape[:1] + (1,) * (log_trans.dim() - 3) + order.shape[1:])
     rows = torch.take_along_dim(log_trans, index.unsqueeze(-1), dim=-2)
     return torch.take_along_dim(rows, index.unsqueeze(-2), dim=-1)
-
-
-def causal_regime(
-    log_init, log_filtered, step_trans, horizon: int, log_predicted=None
-) -> torch.Tensor:
-    r"""Regime probabilities at every origin from the information at its close.
-
-    .. math::
-
-        P(z_n \mid \mathcal F_n) = p(z_{n-h} \mid y_{1:n-h})\,
-        \Pi_{n-h+1} \Pi_{n-h+2} \cdots \Pi_n,
-
-    with :math:`\Pi_m` the transition into origin ``m``'s regime (known at the close
-    of ``m``, so at ``n``); the first ``h`` origins start from the initial distribution.
-    The products are taken in probability space (batched matrix products); a
-    probability below the smallest normal float64 comes back as ``-inf``.
-
-    Parameters
-    ----------
-    log_init : Tensor ``(S, K)``
-    log_filtered : Tensor ``(S, N - h, K)``
-        Filtered probabilities of the observed origins.
-    step_trans : Tensor ``(S, N, K, K)``, or ``(S, 1, K, K)`` for the same matrix at
-        every origin
-    horizon : int
-    log_predicted : Tensor ``(S, N - h, K)``, optional
-        The filter's predicted probabilities :math:`p(z_n \mid y_{1:n-1})`. At
-        ``horizon = 1`` they are the first ``N - 1`` rows of the result (the filter has
-        already taken the products), so only the last row is computed.
-
-    Returns
-    -------
-    Tensor ``(S, N, K)``
-    """
-    n_obs = log_filtered.shape[1]
-    if horizon == 1 and log_predicted is not None:
-        last = log_filtered[:, -1:].exp()
-        into = step_trans[:, -1:].exp()  # the transition into the last origin
-        ahead = (last.unsqueeze(-1) * into).sum(-2)  # (S, 1, K)
-        return torch.cat([log_predicted, ahead.log()], dim=1)
-    N = n_obs + horizon
-    trans = step_trans.exp()
-    homogeneous = trans.shape[1] == 1
-
-    def step(probs, first):
-        """``probs (S, n, K)`` one transition ahead, into origins ``first, first + 1, ...``."""
-        if homogeneous:
-            return probs @ trans[:, 0]
-        into = trans[:, first : first + probs.shape[1]]
-        return (probs.unsqueeze(-1) * into).sum(-2)
-
-    early = [log_init.exp().unsqueeze(1)]
-    for n in range(1, min(horizon, N)):
-        early.append(step(early[-1], n))
-    late = log_filtered.exp()
-    for j in range(1, horizon + 1):
-        late = step(late, j)
-    return torch.cat(early + [late], dim=1).log()
 
 
 def expected_stay(log_trans: torch.Tensor) -> torch.Tensor:
@@ -310,7 +316,9 @@ def evaluation_threads(num_threads: int | None) -> int:
     return int(threads)
 
 
-def _for_each_chunk(program, draws, data, reduce, combine, *, memory_budget_mib, num_threads):
+def _for_each_chunk(
+    program, draws, data, reduce, combine, *, memory_budget_mib, num_threads, with_energy=False
+):
     """Evaluate the draws in chunks: ``reduce`` each chunk, ``combine`` the results in order.
 
     ``reduce(ids, chunk)`` runs where the chunk was evaluated and returns what is kept
@@ -323,6 +331,8 @@ def _for_each_chunk(program, draws, data, reduce, combine, *, memory_budget_mib,
     the compiled kernels release the GIL; Pyro's effect handlers, which are global,
     run under a lock); chunks are sized for ``memory_budget_mib / T`` and to give every
     thread work. The result equals the one-thread evaluation to rounding.
+    ``with_energy`` adds the energy of every origin to each chunk (``chunk["energy"]``,
+    :class:`~bayes_moe.models.energy.EnergyParts`; always there with energy gating).
     """
     n_draws = _n_draws(draws)
     threads = evaluation_threads(num_threads)
@@ -342,7 +352,9 @@ def _for_each_chunk(program, draws, data, reduce, combine, *, memory_budget_mib,
         chunk_draws = {k: v[start : start + size] for k, v in draws.items()}
         with torch.no_grad():  # grad mode is per thread
             # No name holds the chunk: it is freed once reduced.
-            return ids, reduce(ids, _evaluate_chunk(program, chunk_draws, data, pyro_lock))
+            return ids, reduce(
+                ids, _evaluate_chunk(program, chunk_draws, data, pyro_lock, with_energy)
+            )
 
     # disable=None: a bar on a terminal, silence in logs and captured output.
     bar = tqdm(total=len(starts), desc="posterior draws", unit="chunk", disable=None, leave=False)
@@ -521,6 +533,77 @@ def evaluate_origins(
         num_threads=num_threads,
     )
     return torch.cat(weights), torch.cat(scales), cat_experts(experts)
+
+
+@dataclass(frozen=True)
+class EnergyDraws:
+    r"""The energy of every origin for every draw (:mod:`bayes_moe.models.energy`).
+
+    Attributes
+    ----------
+    predictive : Tensor ``(S, N)``
+        Entropy of the untilted causal predictive of the first target (standardized
+        units, nats).
+    regime : Tensor ``(S, N)``
+        Entropy of the causal regime probabilities :math:`P(z_n \mid \mathcal F_n)`.
+    heavy_weight : Tensor ``(S, N)``
+        Weight of the experts of the highest capacity class in the mixture in the
+        causal predictive (tilted, with energy gating), :math:`\sum_k \sum_{m:
+        c_m = \max c} P(z_n = k \mid \mathcal F_n)\, g'_{n,k,m}`.
+    evaluated : Tensor ``(N, M)``
+        Share of the draws for which expert ``m`` was evaluated at origin ``n``: 1
+        everywhere without sparse inference (:func:`wake_experts`, decided per chunk
+        of draws).
+    """
+
+    predictive: torch.Tensor
+    regime: torch.Tensor
+    heavy_weight: torch.Tensor
+    evaluated: torch.Tensor
+
+    @property
+    def total(self) -> torch.Tensor:
+        """:math:`E_n`, ``(S, N)``."""
+        return self.predictive + self.regime
+
+
+def evaluate_energy(
+    program: MoEProgram,
+    draws: dict,
+    data: ModelData,
+    *,
+    memory_budget_mib: float = DEFAULT_MEMORY_BUDGET_MIB,
+    num_threads: int | None = None,
+) -> EnergyDraws:
+    """The energy of every origin and the weight of the heavy experts, every draw.
+
+    Chunks of draws as :func:`evaluate_posterior`; the energy is that of the light
+    experts' untilted mixture whether or not the program tilts by it.
+    """
+    capacity = torch.tensor(program.capacity)
+    heavy = capacity == capacity.max()
+    parts: list[tuple[torch.Tensor, ...]] = []
+
+    def reduce(ids, chunk):
+        energy = chunk["energy"]
+        weight = chunk["log_mix_weights"].exp()[..., heavy].sum((-1, -2))  # (s, N)
+        N, M = chunk["log_mix_weights"].shape[1], len(capacity)
+        awake = chunk["awake"] if chunk["awake"] is not None else torch.ones(N, M)
+        evaluated = awake.to(weight.dtype).expand(len(ids), N, M)  # per draw, to average
+        return energy.predictive.clone(), energy.regime.clone(), weight, evaluated
+
+    _for_each_chunk(
+        program,
+        draws,
+        data,
+        reduce,
+        lambda ids, reduced: parts.append(reduced),
+        memory_budget_mib=memory_budget_mib,
+        num_threads=num_threads,
+        with_energy=True,
+    )
+    predictive, regime, weight, evaluated = (torch.cat(part) for part in zip(*parts))
+    return EnergyDraws(predictive, regime, weight, evaluated.mean(0))
 
 
 @dataclass(frozen=True)
@@ -812,13 +895,22 @@ def cat_experts(chunks: list[list]) -> list:
 
 
 def _evaluate_chunk(
-    program: MoEProgram, draws: dict, data: ModelData, pyro_lock: threading.Lock | None = None
+    program: MoEProgram,
+    draws: dict,
+    data: ModelData,
+    pyro_lock: threading.Lock | None = None,
+    with_energy: bool = False,
 ) -> dict:
     inputs = data.inputs
     n_obs, h = data.n_observed, inputs.horizon
     response = torch.nan_to_num(data.response, nan=0.0)  # unobserved rows are padding
+    threshold = None if program.energy is None else program.energy.sparse
+    light = program.light
+    sleepers = (
+        [] if threshold is None else [m for m in range(len(program.experts)) if m not in light]
+    )
     with pyro_lock or contextlib.nullcontext():  # Pyro's handler stack is global
-        comps = conditioned_components(program, draws, inputs)
+        comps = conditioned_components(program, draws, inputs, skip=sleepers)
     S = next(iter(draws.values())).shape[0]
     K = program.gate.n_regimes
     gate = comps.gate
@@ -829,12 +921,31 @@ def _evaluate_chunk(
     # Transition into each origin's regime, (S, N, K, K): time-varying or repeated.
     step_trans = gate.hmm_trans.expand(S, N, K, K) if gate.time_varying else log_trans[:, None]
     log_scale = gate.log_scale.expand(S, K)
+
+    def log_probs(experts):  # (S, N, K, len(experts))
+        return torch.stack([regime_log_prob(d, response, log_scale) for d in experts], dim=-1)
+
+    energy = awake = None
+    if program.energy is not None or with_energy:  # the light experts' energy, first
+        light_log_p = log_probs([comps.experts[m] for m in light])
+        energy = program.energy_parts(comps, light_log_p, inputs)
+        log_w = program.tilted_weights(comps, energy).expand_as(log_w)
+    if sleepers:
+        experts, log_w, awake = wake_experts(
+            program,
+            draws,
+            inputs,
+            comps.experts,
+            log_w,
+            energy.log_causal_regime,
+            threshold,
+            pyro_lock,
+        )
+        comps = dataclasses.replace(comps, experts=experts)
     moments = [mean_and_variance(d) for d in comps.experts]
     means = torch.stack([m[..., 0] for m, _ in moments], dim=-1)
     variances = torch.stack([v[..., 0] for _, v in moments], dim=-1)
-    log_p = torch.stack(
-        [regime_log_prob(d, response, log_scale) for d in comps.experts], dim=-1
-    )  # (S, N, K, M)
+    log_p = log_probs(comps.experts)  # (S, N, K, M)
     regime_mu, regime_var, log_emit = regime_mixture(
         log_w, log_p, means, variances, log_scale, n_obs
     )
@@ -887,4 +998,6 @@ def _evaluate_chunk(
         else expected_stay(log_trans),
         "log_predictive_density": log_density,
         "experts": comps.experts,
+        "energy": energy,
+        "awake": awake,
     }

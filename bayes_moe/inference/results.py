@@ -29,8 +29,10 @@ from bayes_moe.data.windows import ModelData, prepare
 from bayes_moe.inference.posterior import (
     DEFAULT_KEEP_DRAWS,
     DEFAULT_MEMORY_BUDGET_MIB,
+    EnergyDraws,
     PosteriorEvaluation,
     PosteriorSummary,
+    evaluate_energy,
     evaluate_origins,
     evaluate_posterior,
     summarize_posterior,
@@ -417,6 +419,53 @@ class MoEFit:
             {"mean": p.mean(0), "sd": p.std(0)}, index=pd.Index(range(p.shape[1]), name="regime")
         )
 
+    # ---------------------------------------------------------------------- energy
+    @cached_property
+    def energy_draws(self) -> EnergyDraws:
+        """The energy of every origin for every draw (computed once; see :meth:`energy`)."""
+        return evaluate_energy(
+            self.program, self.draws, self.data, memory_budget_mib=self.memory_budget_mib
+        )
+
+    def energy(self) -> pd.DataFrame:
+        r"""The energy :math:`E_t` of every forecast origin: its two parts and their spread.
+
+        :math:`E_t` is the entropy of the mixture's predictive of the first target made
+        at the close of ``t`` plus the entropy of the regime probabilities at ``t``,
+        both from the information at ``t`` only (:mod:`bayes_moe.models.energy`); the
+        last ``h`` rows are the origins whose response is not yet known (the last
+        is today's forecast). Entropies are in nats of the standardized response: add
+        ``log(scale)``, the ``predictive_entropy_shift`` attribute of the frame, for
+        the entropy in data units. ``heavy_weight`` is the weight the (tilted)
+        mixture gives the experts of its highest capacity class; ``experts_evaluated``
+        how many experts were evaluated at the origin (fewer than all with sparse
+        inference, ``EnergyGate(sparse=...)``).
+
+        Returns
+        -------
+        DataFrame
+            Indexed by origin date; columns ``energy``, ``predictive_entropy``,
+            ``regime_entropy`` and ``heavy_weight``, each with its posterior mean
+            and, in ``<name>_sd``, its standard deviation over the draws; and
+            ``experts_evaluated``.
+        """
+        draws = self.energy_draws
+        columns = {}
+        for name, value in (
+            ("energy", draws.total),
+            ("predictive_entropy", draws.predictive),
+            ("regime_entropy", draws.regime),
+            ("heavy_weight", draws.heavy_weight),
+        ):
+            columns[name] = value.mean(0).numpy()
+            columns[f"{name}_sd"] = value.std(0, correction=0).numpy()
+        columns["experts_evaluated"] = draws.evaluated.sum(-1).numpy()
+        table = pd.DataFrame(columns, index=self.data.origin_dates.rename("date"))
+        table.attrs["predictive_entropy_shift"] = float(
+            np.log(self.data.preprocessor.target_scale[0])
+        )
+        return table
+
     # ----------------------------------------------------------------- diagnostics
     def pointwise_log_likelihood(self) -> pd.DataFrame:
         """One-step log predictive density per day and draw (data units): date x draw."""
@@ -425,7 +474,11 @@ class MoEFit:
         return pd.DataFrame(log_dens.T, index=self.data.response_dates.rename("date"))
 
     def to_inference_data(
-        self, *, keep_draws: int | None = DEFAULT_KEEP_DRAWS, log_likelihood: str = "all"
+        self,
+        *,
+        keep_draws: int | None = DEFAULT_KEEP_DRAWS,
+        log_likelihood: str = "all",
+        energy: bool | None = None,
     ):
         """The fit for ArviZ: InferenceData (ArviZ 0.x) or DataTree (1.x).
 
@@ -433,7 +486,9 @@ class MoEFit:
         """
         from bayes_moe.inference.arviz import to_inference_data
 
-        return to_inference_data(self, keep_draws=keep_draws, log_likelihood=log_likelihood)
+        return to_inference_data(
+            self, keep_draws=keep_draws, log_likelihood=log_likelihood, energy=energy
+        )
 
     def save(self, path) -> None:
         """Write a checkpoint: safetensors + JSON (:mod:`~bayes_moe.inference.checkpoint`)."""

@@ -788,6 +788,64 @@ def hmm_propagate(log_probs: torch.Tensor, log_trans: torch.Tensor, steps: int) 
 STATIONARY_RESTART = 1e-12
 
 
+def causal_regime(
+    log_init, log_filtered, step_trans, horizon: int, log_predicted=None
+) -> torch.Tensor:
+    r"""Regime probabilities at every origin from the information at its close.
+
+    .. math::
+
+        P(z_n \mid \mathcal F_n) = p(z_{n-h} \mid y_{1:n-h})\,
+        \Pi_{n-h+1} \Pi_{n-h+2} \cdots \Pi_n,
+
+    with :math:`\Pi_m` the transition into origin ``m``'s regime (known at the close
+    of ``m``, so at ``n``); the first ``h`` origins start from the initial distribution.
+    The products are taken in probability space (batched matrix products); a
+    probability below the smallest normal float64 comes back as ``-inf``.
+
+    Parameters
+    ----------
+    log_init : Tensor ``(S, K)``
+    log_filtered : Tensor ``(S, N - h, K)``
+        Filtered probabilities of the observed origins.
+    step_trans : Tensor ``(S, N, K, K)``, or ``(S, 1, K, K)`` for the same matrix at
+        every origin
+    horizon : int
+    log_predicted : Tensor ``(S, N - h, K)``, optional
+        The filter's predicted probabilities :math:`p(z_n \mid y_{1:n-1})`. At
+        ``horizon = 1`` they are the first ``N - 1`` rows of the result (the filter has
+        already taken the products), so only the last row is computed.
+
+    Returns
+    -------
+    Tensor ``(S, N, K)``
+    """
+    n_obs = log_filtered.shape[1]
+    if horizon == 1 and log_predicted is not None:
+        last = log_filtered[:, -1:].exp()
+        into = step_trans[:, -1:].exp()  # the transition into the last origin
+        ahead = (last.unsqueeze(-1) * into).sum(-2)  # (S, 1, K)
+        return torch.cat([log_predicted, ahead.log()], dim=1)
+    N = n_obs + horizon
+    trans = step_trans.exp()
+    homogeneous = trans.shape[1] == 1
+
+    def step(probs, first):
+        """``probs (S, n, K)`` one transition ahead, into origins ``first, first + 1, ...``."""
+        if homogeneous:
+            return probs @ trans[:, 0]
+        into = trans[:, first : first + probs.shape[1]]
+        return (probs.unsqueeze(-1) * into).sum(-2)
+
+    early = [log_init.exp().unsqueeze(1)]
+    for n in range(1, min(horizon, N)):
+        early.append(step(early[-1], n))
+    late = log_filtered.exp()
+    for j in range(1, horizon + 1):
+        late = step(late, j)
+    return torch.cat(early + [late], dim=1).log()
+
+
 def stationary_distribution(trans: torch.Tensor) -> torch.Tensor:
     r"""Stationary distribution :math:`\pi` of a row-stochastic matrix, for every chain.
 

@@ -60,6 +60,25 @@ def index_batch(d: dist.Distribution, index: tuple) -> dist.Distribution:
     return build(*[p[index] for p in params])
 
 
+def scatter_batch(d: dist.Distribution, index: torch.Tensor, size: int) -> dist.Distribution:
+    """``d`` placed at positions ``index`` of a last batch dimension of length ``size``.
+
+    ``d`` has batch ``B + (n,)`` and ``index`` ``(n,)`` distinct positions in
+    ``0..size-1``; the result has batch ``B + (size,)``, equal to ``d`` at ``index``.
+    The other positions repeat ``d``'s first one: valid parameters, not a prediction
+    (sparse inference gives them zero weight).
+    """
+    build, params = decompose(d)
+    dim = len(d.batch_shape) - 1
+    full = []
+    for p in params:
+        shape = list(p.shape)
+        shape[dim] = size
+        out = p.narrow(dim, 0, 1).expand(shape).clone()
+        full.append(out.index_copy(dim, index, p))
+    return build(*full)
+
+
 def cat_batch(dists: Sequence[dist.Distribution], dim: int = 0) -> dist.Distribution:
     """Concatenate distributions of one family along batch dimension ``dim >= 0``."""
     parts = [decompose(d) for d in dists]

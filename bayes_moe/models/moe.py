@@ -18,7 +18,6 @@ and leaves the specification unchanged.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -32,28 +31,42 @@ from torch.distributions.constraints import Constraint
 
 from bayes_moe.data.errors import DataError
 from bayes_moe.data.windows import ExpertInputs, ModelData, non_overlapping_origins, prepare
+from bayes_moe.kernels.entropy import DEFAULT_ENTROPY_NODES
 from bayes_moe.kernels.hmm import hmm_log_evidence
 from bayes_moe.models.distributions import regime_log_prob
+from bayes_moe.models.energy import (
+    EnergyGate,
+    EnergyParts,
+    EnergyTilt,
+    as_energy_gate,
+    energy_parts,
+    tilt_weights,
+)
 from bayes_moe.models.experts import Expert, expert_list, expert_spec
 from bayes_moe.models.gate import GateOutput, MarkovGate
 
 if TYPE_CHECKING:
+    from bayes_moe.inference.multi_horizon import MultiHorizonFit
     from bayes_moe.inference.results import MoEFit
 
 
 @dataclass(frozen=True)
 class MixtureComponents:
-    """Everything the mixture computes for one set of parameters (or a batch ``S``).
+    r"""Everything the mixture computes for one set of parameters (or a batch ``S``).
 
     Attributes
     ----------
     experts : list of Distribution
         Predictive of each expert, batch ``S + (N,)``, event ``(d_y,)``.
     gate : GateOutput
+        The untilted gate.
+    tilt : EnergyTilt or None
+        The energy gate's :math:`\beta, \tau` (None without energy gating).
     """
 
     experts: list
     gate: GateOutput
+    tilt: EnergyTilt | None = None
 
     def expert_log_probs(self, response: torch.Tensor) -> torch.Tensor:
         """``log p_m(y_n)`` at the experts' own scale: shape ``S + (N, M)``.
@@ -146,6 +159,8 @@ class MoEProgram(nn.Module):
     horizon_likelihood : {"non_overlapping", "overlapping"}
         Which ``h``-day responses enter the likelihood when ``h > 1``
         (:data:`HORIZON_LIKELIHOODS`, :meth:`forward`).
+    energy : EnergyGate, optional
+        Tilt the gate's weights by the energy (:mod:`bayes_moe.models.energy`).
     """
 
     def __init__(
@@ -154,14 +169,19 @@ class MoEProgram(nn.Module):
         gate: MarkovGate,
         expert_dropout: float = 0.0,
         horizon_likelihood: str = "non_overlapping",
+        energy: EnergyGate | None = None,
     ):
         super().__init__()
         self.experts = nn.ModuleList(experts)
         self.labels = expert_labels(experts)
         self.groups = [e.group for e in experts]
+        self.capacity = [e.capacity for e in experts]
+        #: Positions of the light experts (lowest capacity class), which measure the energy.
+        self.light = [m for m, c in enumerate(self.capacity) if c == min(self.capacity)]
         self.gate = gate
         self.expert_dropout = float(expert_dropout)
         self.horizon_likelihood = check_horizon_likelihood(horizon_likelihood)
+        self.energy = energy
 
     def expert_inputs(self, inputs: ExpertInputs) -> ExpertInputs:
         """``inputs`` with the scale features the gate leaves to the experts.
@@ -179,16 +199,66 @@ class MoEProgram(nn.Module):
             expert.build(expert_inputs)
         return self
 
-    def components(self, inputs: ExpertInputs) -> MixtureComponents:
-        """Sample every parameter (sites ``"<label>/<param>"``, ``"gate/<param>"``)."""
-        expert_inputs = self.expert_inputs(inputs)
-        dists = []
-        for label, expert in zip(self.labels, self.experts):
-            with scope(prefix=label, inner=False):
-                dists.append(expert.model(expert_inputs))
+    def components(self, inputs: ExpertInputs, skip: Sequence[int] = ()) -> MixtureComponents:
+        """Sample every parameter (sites ``"<label>/<param>"``, ``"gate/<param>"``).
+
+        Experts at the positions ``skip`` are not run: their entry of
+        :attr:`MixtureComponents.experts` is None (sparse inference evaluates them
+        later, at some origins only: :meth:`expert_predictive`).
+        """
+        dists = [
+            None if m in skip else self.expert_predictive(m, inputs)
+            for m in range(len(self.experts))
+        ]
         with scope(prefix="gate", inner=False):
             gate = self.gate.model(inputs, self.groups)
-        return MixtureComponents(dists, gate)
+        tilt = None
+        if self.energy is not None:
+            dtype = inputs.series.dtype
+            with scope(prefix="energy", inner=False):
+                tilt = self.energy.model(inputs.horizon, self.gate.n_regimes, dtype)
+        return MixtureComponents(dists, gate, tilt)
+
+    def expert_predictive(self, m: int, inputs: ExpertInputs) -> torch.distributions.Distribution:
+        """Expert ``m``'s parameters (sites ``"<label>/<param>"``) and predictive at ``inputs``."""
+        with scope(prefix=self.labels[m], inner=False):
+            return self.experts[m].model(self.expert_inputs(inputs))
+
+    def energy_parts(
+        self, comps: MixtureComponents, log_p: torch.Tensor, inputs: ExpertInputs
+    ) -> EnergyParts:
+        r"""The energy :math:`E_n` of every origin from the light experts' untilted mixture.
+
+        See :func:`~bayes_moe.models.energy.energy_parts`; ``log_p``
+        (:meth:`MixtureComponents.regime_log_probs`, ``S + (N, K, M)``, or already the
+        light experts' ``M_L`` columns) is read for the first ``N - h`` origins only,
+        whose responses are known at the last close. Only the light experts' entries
+        of ``comps.experts`` are read.
+        """
+        gate = comps.gate
+        light = self.light
+        if log_p.shape[-1] != len(light):
+            log_p = log_p[..., light]
+        return energy_parts(
+            gate.log_init,
+            gate.hmm_trans,
+            gate.time_varying,
+            gate.log_weights,
+            log_p,
+            self.scored_origins(inputs),
+            [comps.experts[m] for m in light],
+            gate.log_scale,
+            inputs.horizon,
+            light=light,
+            n_nodes=self.energy.n_nodes if self.energy is not None else DEFAULT_ENTROPY_NODES,
+        )
+
+    def tilted_weights(self, comps: MixtureComponents, energy: EnergyParts) -> torch.Tensor:
+        """The gate's log weights tilted by ``energy`` (``S + (N, K, M)``); untilted without it."""
+        if comps.tilt is None:
+            return comps.gate.log_weights
+        capacity = torch.tensor(self.capacity, dtype=comps.gate.log_weights.dtype)
+        return tilt_weights(comps.gate.log_weights, energy.total, comps.tilt, capacity)
 
     def latent_shapes(self, inputs: ExpertInputs) -> dict[str, torch.Size]:
         """Shape of every latent sample site (``"<label>/<param>"``, ``"gate/<param>"``).
@@ -246,11 +316,14 @@ class MoEProgram(nn.Module):
         response : Tensor, shape ``(N, d_y)``
         """
         comps = self.components(inputs)
-        gate = comps.gate
+        log_p = comps.regime_log_probs(response)  # S + (N, K, M)
+        log_weights = comps.gate.log_weights
+        if comps.tilt is not None:
+            log_weights = self.tilted_weights(comps, self.energy_parts(comps, log_p, inputs))
         if self.training and self.expert_dropout > 0:
-            gate = dataclasses.replace(gate, log_weights=self._drop(gate.log_weights))
-            comps = MixtureComponents(comps.experts, gate)
-        log_emit = comps.log_emission(response)  # S + (N, K)
+            log_weights = self._drop(log_weights)
+        gate = comps.gate
+        log_emit = torch.logsumexp(log_weights + log_p, dim=-1)  # S + (N, K)
         scored = self.scored_origins(inputs)
         if not bool(scored.all()):
             log_emit = log_emit.masked_fill(~scored.unsqueeze(-1), 0.0)
@@ -283,7 +356,7 @@ def _values_in(column: pd.Series) -> int:
 
 
 class BayesianMoE:
-    """Bayesian mixture of experts with a Markov-switching gate (model specification).
+    r"""Bayesian mixture of experts with a Markov-switching gate (model specification).
 
     Parameters
     ----------
@@ -305,6 +378,12 @@ class BayesianMoE:
         For ``h > 1``: the likelihood of disjoint ``h``-day sums (default, honest) or
         of every origin's overlapping sum (overconfident; for comparisons). See
         :meth:`MoEProgram.forward`.
+    energy_gate : EnergyGate, dict, bool, optional
+        Energy-based gating (:mod:`bayes_moe.models.energy`): ``True`` fits
+        :math:`\beta` and :math:`\tau` with their priors, ``EnergyGate(beta=...,
+        tau=...)`` or a dict of its options fixes or re-scales them;
+        ``EnergyGate(sparse=0.05)`` adds sparse inference. The experts must span at
+        least two capacity classes (else the tilt is the identity).
 
     Examples
     --------
@@ -323,6 +402,7 @@ class BayesianMoE:
         gate: MarkovGate | None = None,
         expert_dropout: float = 0.0,
         horizon_likelihood: str = "non_overlapping",
+        energy_gate: EnergyGate | dict | bool | None = None,
     ):
         self.experts = expert_list(experts)
         self.gate = gate if gate is not None else MarkovGate(n_regimes)
@@ -333,6 +413,14 @@ class BayesianMoE:
             raise ValueError(f"expert_dropout must be in [0, 1), got {expert_dropout}")
         self.expert_dropout = float(expert_dropout)
         self.horizon_likelihood = check_horizon_likelihood(horizon_likelihood)
+        self.energy_gate = as_energy_gate(energy_gate)
+        if self.energy_gate is not None and len({e.capacity for e in self.experts}) < 2:
+            labels = zip(self.labels, self.experts)
+            classes = ", ".join(f"{label} {e.capacity}" for label, e in labels)
+            raise ValueError(
+                "energy gating tilts weights between capacity classes, but every expert "
+                f"has the same one ({classes}); add a heavier or lighter expert"
+            )
         for e in self.experts:
             needed = max(getattr(e, "order", 0), getattr(e, "length", None) or 0)
             if needed > self.window:
@@ -359,6 +447,7 @@ class BayesianMoE:
             "window": self.window,
             "expert_dropout": self.expert_dropout,
             "horizon_likelihood": self.horizon_likelihood,
+            "energy_gate": None if self.energy_gate is None else self.energy_gate.config(),
         }
 
     @classmethod
@@ -376,12 +465,17 @@ class BayesianMoE:
             gate=MarkovGate(**gate),
             expert_dropout=config.get("expert_dropout", 0.0),
             horizon_likelihood=config.get("horizon_likelihood", "overlapping"),
+            energy_gate=config.get("energy_gate"),
         )
 
     def program(self) -> MoEProgram:
         """A fresh Pyro program with copies of the experts (the spec stays untouched)."""
         return MoEProgram(
-            copy.deepcopy(self.experts), self.gate, self.expert_dropout, self.horizon_likelihood
+            copy.deepcopy(self.experts),
+            self.gate,
+            self.expert_dropout,
+            self.horizon_likelihood,
+            self.energy_gate,
         )
 
     def column_readers(
@@ -522,10 +616,10 @@ class BayesianMoE:
         target: str | Sequence[str] = "ret",
         *,
         covariates: Sequence[str] | None = None,
-        horizon: int = 1,
+        horizon: int | Sequence[int] = 1,
         allow_outliers: bool = False,
         **svi_options,
-    ) -> MoEFit:
+    ) -> MoEFit | MultiHorizonFit:
         """Fit by SVI; see :func:`bayes_moe.inference.svi.fit_svi` for the options.
 
         Parameters
@@ -537,15 +631,18 @@ class BayesianMoE:
         covariates : sequence of str, optional
             Columns offered to the experts; default every other column. Only those some
             expert reads become model inputs and must be clean (see :meth:`prepare`).
-        horizon : int
+        horizon : int or sequence of int
             Forecast horizon ``h`` in rows (days); the response is the ``h``-day sum.
+            Several (``[1, 5, 20]``): one fit per horizon, every horizon's data
+            validated before the first fit starts
+            (:mod:`bayes_moe.inference.multi_horizon`).
         allow_outliers : bool, default False
             Accept implausible target values (see :meth:`prepare`); without it a value
             like a 1e6 % return stops the fit before it starts, naming its date.
 
         Returns
         -------
-        MoEFit
+        MoEFit, or MultiHorizonFit for a sequence of horizons
 
         Raises
         ------
@@ -554,9 +651,17 @@ class BayesianMoE:
         NonFiniteLossError
             If the optimisation diverges (:func:`~bayes_moe.inference.svi.fit_svi`).
         """
+        from bayes_moe.inference.multi_horizon import MultiHorizonFit, check_horizons
         from bayes_moe.inference.svi import fit_svi
 
-        data = self.prepare(
-            frame, target, covariates=covariates, horizon=horizon, allow_outliers=allow_outliers
-        )
-        return fit_svi(self, data, **svi_options)
+        horizons = check_horizons(horizon)
+        prepared = {
+            h: self.prepare(
+                frame, target, covariates=covariates, horizon=h, allow_outliers=allow_outliers
+            )
+            for h in horizons
+        }
+        if isinstance(horizon, int):
+            return fit_svi(self, prepared[horizon], **svi_options)
+        fits = {h: fit_svi(self, data, **svi_options) for h, data in prepared.items()}
+        return MultiHorizonFit(fits)

@@ -61,6 +61,29 @@ def test_blocks_refit_on_the_past_and_see_nothing_after_their_last_origin(frame)
     np.testing.assert_allclose(realized_sums(frame, "ret", origins, 3), result.y)
 
 
+def test_per_day_extras_are_dated_by_the_realized_days(frame):
+    # A forecaster can only guess the dates of the last h realized days of a block (it
+    # sees no later row); its guesses (business days, blind to holidays) may repeat a
+    # real date. The backtest dates per-day extras as it dates the scores.
+    class Guessing(SpyForecaster):
+        def __call__(self, train):
+            inner = super().__call__(train)
+
+            def predict(frame, origins, horizon):
+                out = inner(frame, origins, horizon)
+                guessed = origins + pd.offsets.BDay(horizon)  # wrong across holidays
+                predict.extras = {"probs": pd.DataFrame({"p": np.ones(len(origins))}, guessed)}
+                return out
+
+            return predict
+
+    result = backtest(
+        frame, Guessing(), test_start="2015-11-02", refit_every=20, horizon=5, progress=False
+    )
+    probs = result.extras["probs"]
+    assert probs.index.equals(result.table.index) and probs.index.is_unique
+
+
 def test_sliding_window_keeps_the_last_rows(frame):
     spy = SpyForecaster()
     backtest(frame, spy, test_start="2016-01-04", refit_every=200, window=250, progress=False)

@@ -1,5 +1,6 @@
 """Calibration summaries and the backtest report on real baselines."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -39,6 +40,16 @@ def test_comparisons_are_diebold_mariano_on_daily_log_scores(results):
     assert comps["ewma"]["t_stat"] == pytest.approx(expected["t_stat"])
     assert set(comps) == {"ewma", "ms2"}
     assert calibration.best_baseline(results, "garch_t") in {"ewma", "ms2"}
+
+
+def test_comparisons_of_overlapping_h_day_targets_use_a_lag_of_at_least_h_minus_1(results):
+    # The same daily scores relabelled as 20-day forecasts: the lag becomes 19, more
+    # than the default rule's 5 for these 504 days.
+    relabelled = {name: dataclasses.replace(r, horizon=20) for name, r in results.items()}
+    comps = calibration.comparisons(relabelled, "garch_t")
+    a, b = (results[n].table["log_score"].to_numpy() for n in ("garch_t", "ewma"))
+    assert diebold_mariano(a, b)["lag"] < 19 == comps["ewma"]["lag"]
+    assert comps["ewma"]["t_stat"] == pytest.approx(diebold_mariano(a, b, lag=19)["t_stat"])
 
 
 def test_coverage_curves_match_interval_coverage(results):

@@ -38,3 +38,20 @@ def test_predict_refuses_another_horizon(sp500):
     predict = forecaster(sp500.iloc[-300:-50])
     with pytest.raises(ValueError, match="horizon"):
         predict(sp500.iloc[-300:], sp500.index[-60:-50], 5)
+
+
+def test_replayed_fits_score_exactly_as_the_backtest_that_made_them(sp500):
+    from bayes_moe.evaluation.backtest import backtest
+    from bayes_moe.evaluation.moe_forecaster import FittedForecaster
+
+    frame = sp500.iloc[-360:]
+    forecaster = MoEForecaster(
+        bm.BayesianMoE(experts=["ar"], n_regimes=1, window=8), num_steps=5, num_draws=4
+    )
+    options = {"test_start": frame.index[-40], "refit_every": 20, "progress": False}
+    first = backtest(frame, forecaster, **options)
+    again = backtest(frame, FittedForecaster(forecaster.fits), **options)
+    assert len(forecaster.fits) == 2
+    np.testing.assert_array_equal(first.table["log_score"], again.table["log_score"])
+    with pytest.raises(ValueError, match="ends on"):  # fits of another backtest are refused
+        backtest(frame, FittedForecaster(forecaster.fits[1:]), **options)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from bayes_moe.inference.posterior import causal_regime, expected_stay, occupancy_average
-from bayes_moe.kernels.hmm import hmm_filter
+from bayes_moe.inference.posterior import expected_stay, occupancy_average
+from bayes_moe.kernels.hmm import causal_regime, hmm_filter
 
 
 def test_occupancy_average_and_expected_stay_closed_forms():
