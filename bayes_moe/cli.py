@@ -18,6 +18,8 @@ Examples
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 import warnings
@@ -35,7 +37,7 @@ from bayes_moe.models.energy import EnergyGate
 from bayes_moe.models.gate import MarkovGate
 from bayes_moe.models.moe import BayesianMoE
 
-DATASETS = {"sp500": bm_data.load_sp500, "nasdaq": bm_data.load_nasdaq}
+DATASETS = bm_data.DATASETS
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -282,6 +284,9 @@ def _fit_and_report(
     )
     from bayes_moe.inference.svi import fit_svi
 
+    state = svi_state_path(out) if hasattr(args, "checkpoint_every") else None
+    if state is not None and args.resume and state.exists():
+        print(f"resuming from {state}", flush=True)
     fit = fit_svi(
         model,
         data,
@@ -289,6 +294,9 @@ def _fit_and_report(
         num_draws=args.num_draws,
         seed=args.seed,
         strategy=args.strategy,
+        checkpoint=state,
+        checkpoint_every=getattr(args, "checkpoint_every", 100),
+        resume=getattr(args, "resume", False),
     )
     print("evaluating the posterior and writing the report ...", flush=True)
     metrics = write_report(
@@ -300,8 +308,21 @@ def _fit_and_report(
         energy=args.energy or args.energy_gate,
         vix=vix,
     )
+    if state is not None:
+        state.unlink(missing_ok=True)  # the report's fit.safetensors has it all now
     _print_summary(metrics, metrics["elapsed_s"], out)
     return metrics
+
+
+def svi_state_path(out: Path) -> Path:
+    """Where ``bayes-moe fit --out OUT`` keeps its SVI state: ``OUT.svi.safetensors``.
+
+    Beside the report folder, not in it: the report folder is replaced whole when the
+    report is written (:func:`~bayes_moe.io.atomic_folder`), and a killed fit must
+    leave the previous report as it was.
+    """
+    out = Path(os.path.abspath(out))
+    return out.with_name(f"{out.name}.svi.safetensors")
 
 
 def cmd_demo(args) -> int:
@@ -393,12 +414,15 @@ def cmd_backtest(args) -> int:
     first training sample and the output folder are checked (exit status 2 with the
     problem named). During the backtest a refit or a model that raises is recorded and
     the others go on; the report lists the failures, and the exit status is then 1.
+    With ``--workers N`` or ``--scheduler ADDRESS`` the refit blocks run as Dask tasks
+    (one torch thread each); the results equal the serial run's.
     """
     from bayes_moe.evaluation.backtest import origin_rows
     from bayes_moe.evaluation.baselines import BASELINES
     from bayes_moe.evaluation.moe_forecaster import MoEForecaster
     from bayes_moe.report import write_backtest_report
 
+    _check_dask_arguments(args)
     frame = _load_frame(args)
     if args.dataset == "sp500" and args.with_vix:
         frame = bm_data.add_vix(frame)
@@ -439,7 +463,8 @@ def cmd_backtest(args) -> int:
         )
     }
     forecasters.update({name: BASELINES[name]() for name in names})
-    results, failed = _run_backtests(frame, forecasters, args)
+    with _dask_client(args) as client:
+        results, failed = _run_backtests(frame, forecasters, args, client)
     protocol = {
         "data": str(args.data) if args.data else args.dataset,
         "target": args.target,
@@ -452,6 +477,7 @@ def cmd_backtest(args) -> int:
         "experts": model.labels,
         "columns": list(data.inputs.columns),
         "n_regimes": model.n_regimes,
+        "dask": _dask_protocol(args),
     }
     doc = write_backtest_report(results, out, protocol=protocol, failures=failed)
     if doc["models"]:
@@ -482,7 +508,45 @@ def _baseline_names(args, frame: pd.DataFrame) -> list[str]:
     return names
 
 
-def _run_backtests(frame: pd.DataFrame, forecasters: dict, args) -> tuple[dict, list]:
+def _check_dask_arguments(args) -> None:
+    """``--workers`` is positive, and dask.distributed is there if either flag is given."""
+    from bayes_moe.evaluation import fanout
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers is not None or args.scheduler is not None:
+        try:
+            fanout.require_distributed()
+        except ImportError as error:  # reported like any other bad request, before work
+            raise ValueError(str(error)) from error
+
+
+@contextlib.contextmanager
+def _dask_client(args):
+    """The Dask client ``--workers`` / ``--scheduler`` ask for (None: run here)."""
+    from bayes_moe.evaluation import fanout
+
+    if args.workers is not None:
+        print(f"starting a local Dask cluster of {args.workers} workers ...", flush=True)
+        with fanout.local_cluster(args.workers) as client:
+            yield client
+    elif args.scheduler is not None:
+        with fanout.connect(args.scheduler) as client:
+            yield client
+    else:
+        yield None
+
+
+def _dask_protocol(args) -> dict | None:
+    """The Dask set-up of a backtest, for its report (None: serial)."""
+    if args.workers is not None:
+        return {"cluster": "local", "workers": args.workers, "threads_per_worker": 1}
+    if args.scheduler is not None:
+        return {"cluster": "scheduler", "address": args.scheduler}
+    return None
+
+
+def _run_backtests(frame: pd.DataFrame, forecasters: dict, args, client=None) -> tuple[dict, list]:
     """Backtest each forecaster in turn; a failure is recorded and the others go on.
 
     Returns the results of the forecasters that produced any forecast and the
@@ -505,6 +569,7 @@ def _run_backtests(frame: pd.DataFrame, forecasters: dict, args) -> tuple[dict, 
                 target=args.target,
                 name=name,
                 on_error="record",
+                client=client,
             )
             records = results[name].failures
         except BacktestError as err:  # every refit failed
@@ -538,6 +603,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(fit)
     fit.add_argument("--out", required=True, help="report folder (gets fit.safetensors)")
     _add_keep_draws_argument(fit)
+    fit.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=100,
+        help="SVI steps between saves of the optimisation state, beside --out as "
+        "OUT.svi.safetensors (removed once the report is written)",
+    )
+    fit.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed fit from OUT.svi.safetensors (same data and options)",
+    )
     fit.set_defaults(func=cmd_fit)
 
     forecast = sub.add_parser("forecast", help="forecast from a fitted checkpoint")
@@ -563,6 +640,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--with-vix", action="store_true", help="--dataset sp500: add VIX (2014-) for har_vix"
     )
     bt.add_argument("--out", required=True, help="report folder")
+    where = bt.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=int,
+        help="run the refits as Dask tasks on a local cluster of this many single-threaded "
+        "worker processes (needs the dask extra)",
+    )
+    where.add_argument(
+        "--scheduler", help="run the refits on the Dask cluster whose scheduler is at ADDRESS"
+    )
     bt.set_defaults(func=cmd_backtest)
 
     regimes = sub.add_parser("regimes", help="regime posteriors from a fitted checkpoint")

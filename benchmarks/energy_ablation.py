@@ -184,11 +184,12 @@ def run_config(task: str, name: str, seed: int, args, cache_dir: str):
             refit_every=args.refit_every,
             name=name,
             progress=args.jobs == 1,
+            keep_fits=energy,
         )
         extra = {}
         if energy:
-            extra["refits"] = energy_posterior(forecaster.fits)
-            extra["sparse_sweep"] = sparse_sweep(forecaster.fits, frame, test_start, args)
+            extra["refits"] = energy_posterior(result.fits)
+            extra["sparse_sweep"] = sparse_sweep(result.fits, frame, test_start, args)
     except Exception as err:  # reported; the other configurations go on
         return task, None, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
     print_scores(task, result)

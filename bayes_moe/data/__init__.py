@@ -44,6 +44,7 @@ from bayes_moe.data.features import (
 )
 from bayes_moe.data.files import read_frame
 from bayes_moe.data.loaders import (
+    DATASETS,
     add_vix,
     load_fama_french,
     load_macro,
@@ -59,6 +60,7 @@ from bayes_moe.data.plausibility import check_plausible_values
 from bayes_moe.data.validation import validate_frame
 
 __all__ = [
+    "DATASETS",
     "DEFAULT_PUBLICATION_LAGS",
     "DataError",
     "add_macro_features",

@@ -31,6 +31,7 @@ from bayes_moe.data.errors import DataError
 from bayes_moe.data.features import add_range_features, log_returns
 
 __all__ = [
+    "DATASETS",
     "load_fama_french",
     "load_macro",
     "load_nasdaq",
@@ -313,3 +314,7 @@ def _finish(frame: pd.DataFrame) -> pd.DataFrame:
         column = frame.columns[frame.isna().any()][0]
         raise DataError(f"the bundled data set has NaN in column {column!r} after cleaning")
     return frame
+
+
+#: The embedded daily data sets by name (``bayes-moe --dataset``, ``sweep(["sp500"])``).
+DATASETS = {"sp500": load_sp500, "nasdaq": load_nasdaq}

@@ -5,11 +5,13 @@ A *forecaster* is a factory, as in :func:`pyro.contrib.forecast.backtest`:
 ``forecaster(train) -> predict``
     fits on ``train`` (a frame of rows up to and including the last training day)
     and returns a function;
-``predict(frame, origins, horizon) -> LocationScaleMixture``
+``predict(frame, origins, horizon) -> LocationScaleMixture`` or :class:`BlockForecast`
     gives, for every origin ``t`` (a row of ``frame``), the predictive distribution of
     the sum of the target over the ``horizon`` rows after ``t``, using only rows of
     ``frame`` up to ``t``: parameters stay as fitted, states (GARCH variance, filtered
-    regime probabilities, windows) are filtered forward.
+    regime probabilities, windows) are filtered forward. A :class:`BlockForecast` also
+    returns the fit and per-day extras (regime probabilities): everything a refit makes
+    comes back as a value, so a refit can run in another process.
 
 :func:`backtest` walks through the test period in blocks of ``refit_every`` days:
 refit on the data before the block (expanding or sliding window), then predict every
@@ -22,23 +24,28 @@ With ``on_error="record"`` a refit (its fit or its forecasts) that raises does n
 the backtest: it becomes a :class:`BacktestFailure` in ``BacktestResult.failures``, and
 the days of its block have no forecast from that forecaster (its scores are over the
 remaining days; comparisons with other forecasters use the days both have).
+
+The blocks are independent tasks (:func:`plan_backtest`, :class:`BacktestPlan`), run
+here one after the other or on a Dask cluster with ``client=``
+(:mod:`bayes_moe.evaluation.fanout`); the scores are the per-day ``metrics``
+(:data:`~bayes_moe.evaluation.scoring.DEFAULT_METRICS` unless given).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from bayes_moe.data.errors import DataError
 from bayes_moe.evaluation.distributions import LocationScaleMixture
+from bayes_moe.evaluation.fanout import Task, run_tasks
 from bayes_moe.evaluation.scoring import score_table, summarize
 
-Predict = Callable[[pd.DataFrame, pd.DatetimeIndex, int], LocationScaleMixture]
+Predict = Callable[[pd.DataFrame, pd.DatetimeIndex, int], "LocationScaleMixture | BlockForecast"]
 Forecaster = Callable[[pd.DataFrame], Predict]
 
 
@@ -124,6 +131,11 @@ class BacktestResult:
         Forecaster-specific per-day information (e.g. regime probabilities).
     failures : list of BacktestFailure
         Refits that raised (``on_error="record"``); their days are not in ``table``.
+    fits : list
+        Each successful refit's fitted model, with ``keep_fits=True`` (else empty).
+    compute_s : float
+        Seconds spent in the refits and their forecasts, summed over refits (equal to
+        ``elapsed_s`` up to scoring when run serially; larger on a cluster).
     """
 
     name: str
@@ -136,6 +148,8 @@ class BacktestResult:
     elapsed_s: float
     extras: dict = field(default_factory=dict)
     failures: list = field(default_factory=list)
+    fits: list = field(default_factory=list)
+    compute_s: float = float("nan")
 
     def summary(self) -> dict:
         """``log_score, crps, coverage_90, coverage_95, pit_ks_pvalue, n_days`` and more."""
@@ -192,6 +206,160 @@ def realized_sums(frame: pd.DataFrame, target: str, origins: np.ndarray, horizon
     return values[origins + 1 + horizon] - values[origins + 1]
 
 
+@dataclass(frozen=True)
+class BlockForecast:
+    """Everything one refit produced, returned as values (nothing is read off objects).
+
+    ``predict`` may return this or just its ``predictive``.
+
+    Attributes
+    ----------
+    predictive : LocationScaleMixture
+        One mixture per origin of the block.
+    extras : dict
+        Forecaster-specific information; a frame or series with one row per origin is
+        a per-day extra, re-dated by the backtest and concatenated over blocks.
+    fit : object, optional
+        The fitted model behind the forecasts (kept with ``backtest(keep_fits=True)``).
+    elapsed_s : float
+        Seconds the refit and its forecasts took (set by the backtest).
+    """
+
+    predictive: LocationScaleMixture
+    extras: dict = field(default_factory=dict)
+    fit: object = None
+    elapsed_s: float = float("nan")
+
+
+@dataclass(frozen=True)
+class BacktestPlan:
+    """The refit blocks of one backtest, as tasks, and the assembly of their results.
+
+    Made by :func:`plan_backtest` (all checks done); :func:`backtest` runs its
+    :meth:`tasks` and :meth:`assemble` s the outcomes, and a sweep does the same for
+    many plans at once.
+    """
+
+    frame: pd.DataFrame
+    forecaster: Forecaster
+    label: str
+    horizon: int
+    target: str
+    starts: tuple  # first training row of each block
+    blocks: tuple  # origin rows of each block
+    metrics: Mapping | None = None
+    keep_fits: bool = False
+
+    def tasks(self) -> list[Task]:
+        """One task per refit block: :func:`forecast_block` on it."""
+        return [
+            Task(
+                forecast_block,
+                (self.frame, self.forecaster, lo, block, self.horizon, self.label, self.keep_fits),
+                f"{self.label} refit {self.frame.index[block[0]].date()}",
+            )
+            for lo, block in zip(self.starts, self.blocks, strict=True)
+        ]
+
+    def assemble(self, outcomes: Sequence, elapsed_s: float) -> BacktestResult:
+        """The :class:`BacktestResult` of the blocks' outcomes, in block order.
+
+        Each outcome is a :class:`BlockForecast` or the exception its block raised;
+        failed blocks become :class:`BacktestFailure` records.
+
+        Raises
+        ------
+        BacktestError
+            When every block failed.
+        """
+        frame, horizon, label = self.frame, self.horizon, self.label
+        parts, kept, extras, failures, fits, compute = [], [], {}, [], [], 0.0
+        for block, outcome in zip(self.blocks, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failures.append(
+                    BacktestFailure.from_exception(
+                        label,
+                        outcome,
+                        refit_date=frame.index[block[0]],
+                        first_day=frame.index[block[0] + horizon],
+                        last_day=frame.index[block[-1] + horizon],
+                        n_days=len(block),
+                    )
+                )
+                continue
+            parts.append(outcome.predictive)
+            kept.append(block)
+            fits.append(outcome.fit)
+            compute += outcome.elapsed_s
+            for key, value in outcome.extras.items():
+                extras.setdefault(key, []).append(value)
+        if not parts:
+            raise BacktestError(
+                f"every refit of {label} failed; the first: {failures[0].error_type}: "
+                f"{failures[0].message}",
+                failures,
+            )
+        origins = np.concatenate(kept)
+        realized = origins + horizon
+        # The realized dates come from the data (a forecaster may only guess the date of
+        # a day beyond the rows it was shown).
+        predictive = replace(LocationScaleMixture.concatenate(parts), dates=frame.index[realized])
+        y = realized_sums(frame, self.target, origins, horizon)
+        table = score_table(predictive, y, self.metrics)
+        table.index = frame.index[realized]
+        extras = {
+            k: pd.concat(v) if isinstance(v[0], pd.DataFrame | pd.Series) else v
+            for k, v in extras.items()
+        }
+        return BacktestResult(
+            name=label,
+            origins=frame.index[origins],
+            predictive=predictive,
+            y=y,
+            table=table,
+            refit_dates=[frame.index[block[0]] for block in self.blocks],
+            horizon=horizon,
+            elapsed_s=elapsed_s,
+            extras=extras,
+            failures=failures,
+            fits=fits if self.keep_fits else [],
+            compute_s=compute,
+        )
+
+
+def plan_backtest(
+    frame: pd.DataFrame,
+    forecaster: Forecaster,
+    *,
+    test_start,
+    test_end=None,
+    refit_every: int = 250,
+    horizon: int = 1,
+    target: str = "ret",
+    window: int | None = None,
+    name: str | None = None,
+    on_error: str = "raise",
+    metrics: Mapping[str, Callable] | None = None,
+    keep_fits: bool = False,
+) -> BacktestPlan:
+    """Check the arguments of :func:`backtest` and split its test period into blocks."""
+    if refit_every < 1 or horizon < 1:
+        raise ValueError("refit_every and horizon must be positive integers")
+    if on_error not in ("raise", "record"):
+        raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
+    if target not in frame.columns:
+        raise DataError(f"target column {target!r} is missing; columns: {list(frame.columns)}")
+    if metrics is not None and not all(callable(m) for m in metrics.values()):
+        raise TypeError("metrics must map names to functions f(predictive, y)")
+    label = name or getattr(forecaster, "name", type(forecaster).__name__)
+    origins, _ = origin_rows(frame, test_start=test_start, test_end=test_end, horizon=horizon)
+    blocks = tuple(origins[i : i + refit_every] for i in range(0, len(origins), refit_every))
+    starts = tuple(0 if window is None else max(0, b[0] + 1 - window) for b in blocks)
+    return BacktestPlan(
+        frame, forecaster, label, horizon, target, starts, blocks, metrics, keep_fits
+    )
+
+
 def backtest(
     frame: pd.DataFrame,
     forecaster: Forecaster,
@@ -205,6 +373,10 @@ def backtest(
     name: str | None = None,
     progress: bool = True,
     on_error: str = "raise",
+    metrics: Mapping[str, Callable] | None = None,
+    client=None,
+    torch_threads: int | None = 1,
+    keep_fits: bool = False,
 ) -> BacktestResult:
     """Rolling-origin backtest of ``forecaster`` on ``frame``.
 
@@ -231,6 +403,17 @@ def backtest(
         What an exception in a refit (fitting or forecasting its block) does: stop the
         backtest, or become a :class:`BacktestFailure` in the result's ``failures``,
         leaving that block's days without a forecast.
+    metrics : mapping of str to callable, optional
+        Per-day metrics of the score table (default
+        :data:`~bayes_moe.evaluation.scoring.DEFAULT_METRICS`).
+    client : distributed.Client, optional
+        Run the refit blocks as tasks on this Dask cluster (``forecaster`` must pickle);
+        the result equals the serial one with the same seeds and thread count.
+    torch_threads : int or None
+        Torch and BLAS threads of each refit, here or on a worker (None: as they are).
+    keep_fits : bool
+        Keep each refit's fitted model in ``result.fits`` (on a cluster, they travel
+        back to this process).
 
     Returns
     -------
@@ -241,92 +424,66 @@ def backtest(
     BacktestError
         With ``on_error="record"``, when every refit failed.
     """
-    if refit_every < 1 or horizon < 1:
-        raise ValueError("refit_every and horizon must be positive integers")
-    if on_error not in ("raise", "record"):
-        raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
-    if target not in frame.columns:
-        raise DataError(f"target column {target!r} is missing; columns: {list(frame.columns)}")
-    label = name or getattr(forecaster, "name", type(forecaster).__name__)
-    origins, realized = origin_rows(
-        frame, test_start=test_start, test_end=test_end, horizon=horizon
-    )
-    blocks = [origins[i : i + refit_every] for i in range(0, len(origins), refit_every)]
-    parts, kept, refit_dates, extras, failures = [], [], [], {}, []
-    start = time.perf_counter()
-    for block in tqdm(blocks, desc=f"backtest {label}", disable=not progress, leave=False):
-        first = block[0]
-        lo = 0 if window is None else max(0, first + 1 - window)
-        refit_dates.append(frame.index[first])
-        try:
-            part, block_extras = _forecast_block(frame, forecaster, lo, block, horizon, label)
-        except Exception as error:
-            if on_error == "raise":
-                raise
-            failures.append(
-                BacktestFailure.from_exception(
-                    label,
-                    error,
-                    refit_date=frame.index[first],
-                    first_day=frame.index[block[0] + horizon],
-                    last_day=frame.index[block[-1] + horizon],
-                    n_days=len(block),
-                )
-            )
-            continue
-        parts.append(part)
-        kept.append(block)
-        for key, value in block_extras.items():
-            extras.setdefault(key, []).append(value)
-    elapsed = time.perf_counter() - start
-    if not parts:
-        raise BacktestError(
-            f"every refit of {label} failed; the first: {failures[0].error_type}: "
-            f"{failures[0].message}",
-            failures,
-        )
-    origins = np.concatenate(kept)
-    realized = origins + horizon
-    # The realized dates come from the data (a forecaster may only guess the date of a
-    # day beyond the rows it was shown).
-    predictive = replace(LocationScaleMixture.concatenate(parts), dates=frame.index[realized])
-    y = realized_sums(frame, target, origins, horizon)
-    table = score_table(predictive, y)
-    table.index = frame.index[realized]
-    extras = {
-        k: pd.concat(v) if isinstance(v[0], pd.DataFrame | pd.Series) else v
-        for k, v in extras.items()
-    }
-    return BacktestResult(
-        name=label,
-        origins=frame.index[origins],
-        predictive=predictive,
-        y=y,
-        table=table,
-        refit_dates=refit_dates,
+    plan = plan_backtest(
+        frame,
+        forecaster,
+        test_start=test_start,
+        test_end=test_end,
+        refit_every=refit_every,
         horizon=horizon,
-        elapsed_s=elapsed,
-        extras=extras,
-        failures=failures,
+        target=target,
+        window=window,
+        name=name,
+        on_error=on_error,
+        metrics=metrics,
+        keep_fits=keep_fits,
     )
+    start = time.perf_counter()
+    outcomes = run_tasks(
+        plan.tasks(),
+        client=client,
+        torch_threads=torch_threads,
+        progress=progress,
+        desc=f"backtest {plan.label}",
+        stop_on_error=on_error == "raise",
+    )
+    return plan.assemble(outcomes, time.perf_counter() - start)
 
 
-def _forecast_block(frame, forecaster, lo: int, block: np.ndarray, horizon: int, label: str):
+def forecast_block(
+    frame: pd.DataFrame,
+    forecaster: Forecaster,
+    lo: int,
+    block: np.ndarray,
+    horizon: int,
+    label: str,
+    keep_fit: bool = False,
+) -> BlockForecast:
     """Refit on rows ``lo .. block[0]`` and forecast every origin of ``block``.
 
-    Returns the block's :class:`LocationScaleMixture` and the forecaster's extras; a
-    per-day extra (a frame or series with one row per origin) is dated by the realized
-    days of the data, as the scores are: a forecaster shown the rows up to the block's
-    last origin can only guess the dates of the last ``h`` realized days (and a guess
-    that skips a holiday can repeat a real date).
+    Returns the block's :class:`BlockForecast`; a per-day extra (a frame or series with
+    one row per origin) is dated by the realized days of the data, as the scores are: a
+    forecaster shown the rows up to the block's last origin can only guess the dates of
+    the last ``h`` realized days (and a guess that skips a holiday can repeat a real
+    date). The fit is dropped unless ``keep_fit``.
     """
+    start = time.perf_counter()
     predict = forecaster(frame.iloc[lo : block[0] + 1])
     visible = frame.iloc[lo : block[-1] + 1]  # nothing after the block's last origin
-    part = predict(visible, frame.index[block], horizon)
-    if part.n_days != len(block):
-        raise RuntimeError(f"{label} returned {part.n_days} forecasts for {len(block)} days")
-    extras = dict(getattr(predict, "extras", {}))
+    out = predict(visible, frame.index[block], horizon)
+    if not isinstance(out, BlockForecast):
+        out = BlockForecast(out)
+    if out.predictive.n_days != len(block):
+        raise RuntimeError(
+            f"{label} returned {out.predictive.n_days} forecasts for {len(block)} days"
+        )
+    extras = dict(out.extras)
     for key, value in extras.items():
         if isinstance(value, pd.DataFrame | pd.Series) and len(value) == len(block):
             extras[key] = value.set_axis(frame.index[block + horizon])
-    return part, extras
+    return replace(
+        out,
+        extras=extras,
+        fit=out.fit if keep_fit else None,
+        elapsed_s=time.perf_counter() - start,
+    )

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyro.distributions as dist
 
-from bayes_moe.evaluation.backtest import realized_dates
+from bayes_moe.evaluation.backtest import BlockForecast, realized_dates
 from bayes_moe.evaluation.distributions import LocationScaleMixture
 from bayes_moe.inference.predictive import PredictiveMixture
 from bayes_moe.models.distributions import decompose
@@ -106,55 +106,67 @@ class MoEForecaster:
         self.covariates = covariates
         self.name = name
         self.fit_options = {"progress": False, **fit_options}
-        self.fits: list = []
 
     def __call__(self, train: pd.DataFrame):
-        """Fit on ``train``; return the ``predict`` function of the backtest protocol."""
+        """Fit on ``train``; return the ``predict`` function of the backtest protocol.
+
+        Nothing is kept on the forecaster: ``predict`` returns the fit with its
+        forecasts (:class:`~bayes_moe.evaluation.backtest.BlockForecast`), and
+        ``backtest(..., keep_fits=True)`` gathers the fits.
+        """
         fitted_horizon = self.fit_options.get("horizon", 1)
         options = {k: v for k, v in self.fit_options.items() if k != "horizon"}
         fit = self.model.fit(
             train, self.target, covariates=self.covariates, horizon=fitted_horizon, **options
         )
-        self.fits.append(fit)
         return _MoEPredict(fit, allow_outliers=options.get("allow_outliers", False))
+
+    def for_horizon(self, horizon: int) -> MoEForecaster:
+        """The same forecaster fitted for ``horizon`` (a sweep over horizons uses it)."""
+        return MoEForecaster(
+            self.model,
+            target=self.target,
+            covariates=self.covariates,
+            name=self.name,
+            **{**self.fit_options, "horizon": horizon},
+        )
 
 
 class FittedForecaster:
     """Backtest forecaster that replays fits made before, one per refit, without fitting.
 
-    ``forecaster(train)`` hands out the next of ``fits`` (in the order of the refits
-    of the backtest that made them, e.g. :attr:`MoEForecaster.fits`), so a backtest
-    with the same test period and ``refit_every`` scores the same fits again: the
-    way to compare evaluation options (such as sparse inference) on equal parameters.
-    Each fit must end on the last day of the training frame it is handed.
+    ``forecaster(train)`` hands out the fit of ``fits`` whose data end on the last day
+    of ``train`` (e.g. the ``fits`` of a backtest run with ``keep_fits=True``), so a
+    backtest with the same test period and ``refit_every`` scores the same fits again:
+    the way to compare evaluation options (such as sparse inference) on equal
+    parameters. It keeps no state between refits, so the refits may run anywhere.
     """
 
     def __init__(self, fits: Sequence, *, allow_outliers: bool = False):
-        self.fits = list(fits)
+        self.fits = {fit.data.dates[-1]: fit for fit in fits}
         self.allow_outliers = allow_outliers
-        self._next = 0
 
     def __call__(self, train: pd.DataFrame):
-        """The ``predict`` function of the next fit (refused if it is not ``train``'s)."""
-        if self._next >= len(self.fits):
-            raise ValueError(f"the backtest asked for more than the {len(self.fits)} fits given")
-        fit = self.fits[self._next]
-        if fit.data.dates[-1] != train.index[-1]:
+        """The ``predict`` function of the fit that ends on ``train``'s last day."""
+        last = train.index[-1]
+        if last not in self.fits:
+            ends = ", ".join(str(d.date()) for d in self.fits)
             raise ValueError(
-                f"fit {self._next} ends on {fit.data.dates[-1].date()}, the training frame "
-                f"on {train.index[-1].date()}: replay the fits of the same backtest"
+                f"no fit ends on {last.date()} (the fits end on {ends}): replay the fits "
+                "of a backtest with the same test period and refit_every"
             )
-        self._next += 1
-        return _MoEPredict(fit, allow_outliers=self.allow_outliers)
+        return _MoEPredict(self.fits[last], allow_outliers=self.allow_outliers)
 
 
 class _MoEPredict:
-    """``predict(frame, origins, horizon)`` for one fit; records regime probabilities."""
+    """``predict(frame, origins, horizon)`` of one fit, returning a :class:`BlockForecast`.
+
+    It holds the forecasts, the fit and the filtered regime probabilities.
+    """
 
     def __init__(self, fit, *, allow_outliers: bool = False):
         self.fit = fit
         self.allow_outliers = allow_outliers
-        self.extras: dict = {}
 
     def __call__(self, frame: pd.DataFrame, origins: pd.DatetimeIndex, horizon: int = 1):
         if horizon != self.fit.horizon:
@@ -172,9 +184,9 @@ class _MoEPredict:
             raise ValueError("origins must be consecutive rows of the frame")
         realized = realized_dates(frame.index, frame.index.get_indexer(origins), horizon)
         regime = mixture.regime_weights.mean(0).numpy()  # P(z_n = k | F_n), mean over draws
-        self.extras = {
-            "regime_probs": pd.DataFrame(
-                regime, index=realized, columns=[f"regime_{k}" for k in range(regime.shape[1])]
-            )
-        }
-        return to_location_scale(mixture, realized)
+        probs = pd.DataFrame(
+            regime, index=realized, columns=[f"regime_{k}" for k in range(regime.shape[1])]
+        )
+        return BlockForecast(
+            to_location_scale(mixture, realized), extras={"regime_probs": probs}, fit=self.fit
+        )

@@ -52,6 +52,7 @@ Review of Economic Studies 61(4), 631-653, 1994.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
     from bayes_moe.evaluation.distributions import LocationScaleMixture
 
 __all__ = [
+    "DEFAULT_METRICS",
     "berkowitz_test",
     "coverage",
     "coverage_curve",
@@ -80,6 +82,7 @@ __all__ = [
     "crps_sample",
     "crps_student_t",
     "diebold_mariano",
+    "interval_metric",
     "interval_score",
     "log_score",
     "pit",
@@ -473,14 +476,68 @@ def diebold_mariano(score_a, score_b, *, lag=None) -> dict:
     }
 
 
-def score_table(predictive: LocationScaleMixture, y) -> pd.DataFrame:
+def _log_score_column(predictive: LocationScaleMixture, y: np.ndarray) -> np.ndarray:
+    return predictive.log_prob(y)
+
+
+def _crps_column(predictive: LocationScaleMixture, y: np.ndarray) -> np.ndarray:
+    return predictive.crps(y)
+
+
+def _pit_column(predictive: LocationScaleMixture, y: np.ndarray) -> np.ndarray:
+    return predictive.cdf(y)
+
+
+def interval_metric(level: int) -> Callable:
+    r"""Per-day metric of the central ``level`` % interval from the exact quantiles.
+
+    Returns a function ``(predictive, y) -> dict`` with the columns ``lower_{level}``,
+    ``upper_{level}``, ``interval_score_{level}`` (:func:`interval_score`,
+    :math:`\alpha = 1 - level/100`) and ``covered_{level}`` (bool).
+    """
+
+    def metric(predictive: LocationScaleMixture, y: np.ndarray) -> dict:
+        lower, upper = predictive.interval(level / 100.0)
+        return {
+            f"lower_{level}": lower,
+            f"upper_{level}": upper,
+            f"interval_score_{level}": interval_score(y, lower, upper, 1.0 - level / 100.0),
+            f"covered_{level}": (y >= lower) & (y <= upper),
+        }
+
+    metric.__name__ = f"interval_{level}"
+    return metric
+
+
+def _moments_column(predictive: LocationScaleMixture, y: np.ndarray) -> dict:
+    return {"mean": predictive.mean(), "variance": predictive.variance()}
+
+
+#: The per-day metrics of :func:`score_table` and of a backtest, by name, in the spirit
+#: of ``pyro.contrib.forecast.DEFAULT_METRICS``. A metric is ``f(predictive, y)`` with
+#: ``y`` an ``(n,)`` array; it returns an ``(n,)`` array (one column, named by its key)
+#: or a dict of such arrays (one column each). :func:`summarize` and the reports read
+#: the columns these produce; pass your own dict to add or drop metrics.
+DEFAULT_METRICS: dict[str, Callable] = {
+    "log_score": _log_score_column,
+    "crps": _crps_column,
+    "pit": _pit_column,
+    "interval_90": interval_metric(90),
+    "interval_95": interval_metric(95),
+    "moments": _moments_column,
+}
+
+
+def score_table(
+    predictive: LocationScaleMixture, y, metrics: Mapping[str, Callable] | None = None
+) -> pd.DataFrame:
     r"""Per-day scores of a predictive against realized values.
 
-    Columns: ``y``; ``log_score`` (:math:`\log p_t(y_t)`, higher is better); ``crps``
-    (lower is better); ``pit`` (:math:`F_t(y_t)`); ``lower_90``, ``upper_90``,
-    ``lower_95``, ``upper_95`` (central intervals, from the exact quantiles);
-    ``interval_score_90``, ``interval_score_95`` (lower is better); ``covered_90``,
-    ``covered_95`` (bool); ``mean`` and ``variance`` of the predictive.
+    With the default ``metrics`` (:data:`DEFAULT_METRICS`) the columns are: ``y``;
+    ``log_score`` (:math:`\log p_t(y_t)`, higher is better); ``crps`` (lower is better);
+    ``pit`` (:math:`F_t(y_t)`); ``lower_90``, ``upper_90``, ``interval_score_90``,
+    ``covered_90`` and the same at 95 (central intervals from the exact quantiles; the
+    interval score is lower-is-better); ``mean`` and ``variance`` of the predictive.
 
     Parameters
     ----------
@@ -488,29 +545,45 @@ def score_table(predictive: LocationScaleMixture, y) -> pd.DataFrame:
         ``n`` days.
     y : array_like, shape ``(n,)``
         Realized values; a Series with a DatetimeIndex must have the predictive's dates.
+    metrics : mapping of str to callable, optional
+        Per-day metrics (:data:`DEFAULT_METRICS` describes the protocol).
 
     Returns
     -------
     DataFrame
         Indexed by ``predictive.dates``.
 
+    Raises
+    ------
+    ValueError
+        A metric returns a column of the wrong length, or a column name twice.
+
     References
     ----------
     Gneiting and Raftery (2007), eq. (20), (43); Diebold, Gunther and Tay (1998).
     """
     y = _as_y(predictive, y)
-    table = {"y": y, "log_score": predictive.log_prob(y), "crps": predictive.crps(y)}
-    table["pit"] = predictive.cdf(y)
-    for level in (90, 95):
-        lower, upper = predictive.interval(level / 100.0)
-        table[f"lower_{level}"], table[f"upper_{level}"] = lower, upper
-    for level in (90, 95):
-        lower, upper = table[f"lower_{level}"], table[f"upper_{level}"]
-        table[f"interval_score_{level}"] = interval_score(y, lower, upper, 1.0 - level / 100.0)
-    for level in (90, 95):
-        table[f"covered_{level}"] = (y >= table[f"lower_{level}"]) & (y <= table[f"upper_{level}"])
-    table["mean"], table["variance"] = predictive.mean(), predictive.variance()
+    table = {"y": y}
+    for name, metric in (DEFAULT_METRICS if metrics is None else metrics).items():
+        value = metric(predictive, y)
+        columns = value if isinstance(value, Mapping) else {name: value}
+        for column, values in columns.items():
+            values = np.asarray(values)
+            if column in table:
+                raise ValueError(f"metric {name!r} writes column {column!r} twice")
+            if values.shape != y.shape:
+                raise ValueError(
+                    f"metric {name!r} returned shape {values.shape} for column {column!r}; "
+                    f"expected one value per day {y.shape}"
+                )
+            table[column] = values
     return pd.DataFrame(table, index=pd.DatetimeIndex(predictive.dates, name="date"))
+
+
+#: Columns of a :func:`score_table` that :func:`summarize` does not average.
+_NOT_AVERAGED = frozenset({"y", "pit", "mean", "variance"}) | {
+    f"{side}_{level}" for side in ("lower", "upper") for level in (90, 95)
+}
 
 
 def summarize(table: pd.DataFrame) -> dict:
@@ -527,30 +600,35 @@ def summarize(table: pd.DataFrame) -> dict:
         fewer than 3 days); ``variance_correlation``, the Pearson correlation of the
         predictive variance with the squared outcome :math:`y_t^2` (how well the
         forecast tracks volatility; ``nan`` for fewer than 3 days, a non-finite
-        variance, or a table without the ``variance`` column).
+        variance, or a table without the ``variance`` column). A table made with
+        other metrics gives the entries its columns allow, plus the mean of every
+        other numeric column under its own name.
 
     References
     ----------
     Gneiting and Raftery (2007); Berkowitz (2001).
     """
     n = len(table)
-    out = {"n_days": n}
-    mean = (lambda col: float(table[col].mean())) if n else (lambda col: float("nan"))
-    out["log_score"] = mean("log_score")
-    out["crps"] = mean("crps")
-    out["coverage_90"] = mean("covered_90")
-    out["coverage_95"] = mean("covered_95")
-    out["interval_score_90"] = mean("interval_score_90")
-    out["interval_score_95"] = mean("interval_score_95")
-    if n:
-        out["pit_ks_statistic"], out["pit_ks_pvalue"] = pit_ks_test(table["pit"].to_numpy())
-    else:
-        out["pit_ks_statistic"] = out["pit_ks_pvalue"] = float("nan")
-    if n >= 3:
-        berk = berkowitz_test(table["pit"].to_numpy())
-        out["berkowitz_lr"], out["berkowitz_pvalue"] = berk["lr"], berk["pvalue"]
-    else:
-        out["berkowitz_lr"] = out["berkowitz_pvalue"] = float("nan")
+    out: dict = {"n_days": n}
+
+    def mean(column):
+        return float(table[column].mean()) if n else float("nan")
+
+    renamed = {"covered_90": "coverage_90", "covered_95": "coverage_95"}
+    for column in table.columns:
+        numeric = pd.api.types.is_numeric_dtype(table[column]) or table[column].dtype == bool
+        if column not in _NOT_AVERAGED and numeric:
+            out[renamed.get(column, column)] = mean(column)
+    if "pit" in table:
+        if n:
+            out["pit_ks_statistic"], out["pit_ks_pvalue"] = pit_ks_test(table["pit"].to_numpy())
+        else:
+            out["pit_ks_statistic"] = out["pit_ks_pvalue"] = float("nan")
+        if n >= 3:
+            berk = berkowitz_test(table["pit"].to_numpy())
+            out["berkowitz_lr"], out["berkowitz_pvalue"] = berk["lr"], berk["pvalue"]
+        else:
+            out["berkowitz_lr"] = out["berkowitz_pvalue"] = float("nan")
     out["variance_correlation"] = variance_correlation(table)
     return out
 

@@ -160,6 +160,7 @@ def load_fit(path):
         seed=diag["seed"],
         strategy=diag.get("strategy", "joint"),
         pretrain_s=diag.get("pretrain_s", 0.0),
+        resumed_from_step=diag.get("resumed_from_step", 0),
     )
     return MoEFit(
         model=spec.model,

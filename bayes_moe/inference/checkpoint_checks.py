@@ -33,7 +33,8 @@ metadata field         expected
                        (a guide of :data:`~bayes_moe.inference.svi.GUIDES`), ``seed``
                        (integer), optional ``strategy`` (one of
                        :data:`~bayes_moe.inference.svi.STRATEGIES`), optional
-                       ``pretrain_s`` (number >= 0)
+                       ``pretrain_s`` (number >= 0), optional ``resumed_from_step``
+                       (integer from 0 to ``num_steps``)
 =====================  ==================================================================
 
 ======================  ==========  =====================================================
@@ -73,15 +74,12 @@ from bayes_moe.data.continuation import FeatureRecipe, PriceHistory
 from bayes_moe.data.plausibility import MAX_MAGNITUDE
 from bayes_moe.data.validation import validate_index
 from bayes_moe.data.windows import VOL_FEATURES, Preprocessor
+from bayes_moe.inference.checkpoint_errors import CheckpointError
 from bayes_moe.inference.svi import GUIDES, STRATEGIES
 from bayes_moe.models.moe import BayesianMoE, LatentSite
 
 #: Units ``data/dates`` may be stored in (the dtype of the fitted frame's index).
 DATE_UNITS: tuple[str, ...] = tuple(f"datetime64[{u}]" for u in ("s", "ms", "us", "ns"))
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, malformed, foreign or of an unsupported version."""
 
 
 @dataclass(frozen=True)
@@ -472,6 +470,10 @@ def _parse_diagnostics(diag: dict) -> dict:
     optional = {
         "strategy": (lambda v: v in STRATEGIES, f"one of {list(STRATEGIES)}"),
         "pretrain_s": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+        "resumed_from_step": (
+            lambda v: _is_int(v) and 0 <= v <= diag.get("num_steps", 0),
+            "an integer from 0 to num_steps",
+        ),
     }
     missing = [key for key in checks if key not in diag]
     if missing:

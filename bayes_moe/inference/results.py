@@ -63,6 +63,9 @@ class SVIDiagnostics:
         Training strategy (:data:`~bayes_moe.inference.svi.STRATEGIES`).
     pretrain_s : float
         Wall time of stage one (two-stage strategy with window experts), else 0.
+    resumed_from_step : int
+        Steps restored from an SVI checkpoint (``resume=True``), else 0; ``elapsed_s``
+        times the steps run after them.
     """
 
     losses: np.ndarray = field(repr=False)
@@ -73,6 +76,7 @@ class SVIDiagnostics:
     seed: int
     strategy: str = "joint"
     pretrain_s: float = 0.0
+    resumed_from_step: int = 0
 
     @property
     def num_steps(self) -> int:
@@ -81,8 +85,8 @@ class SVIDiagnostics:
 
     @property
     def step_time_s(self) -> float:
-        """Mean wall time of one SVI step."""
-        return self.elapsed_s / max(1, self.num_steps)
+        """Mean wall time of one SVI step (of those run in this process)."""
+        return self.elapsed_s / max(1, self.num_steps - self.resumed_from_step)
 
     @property
     def final_loss(self) -> float:
@@ -102,6 +106,7 @@ class SVIDiagnostics:
             "seed": self.seed,
             "strategy": self.strategy,
             "pretrain_s": self.pretrain_s,
+            "resumed_from_step": self.resumed_from_step,
         }
 
 

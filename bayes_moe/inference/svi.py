@@ -42,6 +42,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -68,6 +69,7 @@ from bayes_moe.inference.divergence import (
 from bayes_moe.inference.pretrain import pretrain_expert
 from bayes_moe.inference.pretrain_cache import PretrainCache
 from bayes_moe.inference.results import MoEFit, SVIDiagnostics
+from bayes_moe.inference.svi_state import SVIState, fingerprint
 from bayes_moe.models.experts.window import WindowExpert
 from bayes_moe.models.moe import BayesianMoE, MoEProgram
 
@@ -128,6 +130,9 @@ def fit_svi(
     pretrain_cache: PretrainCache | None = None,
     init_values: Mapping[str, torch.Tensor] | None = None,
     memory_budget_mib: float | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 100,
+    resume: bool = False,
 ):
     """Fit ``model`` to ``data`` by SVI and draw from the approximate posterior.
 
@@ -180,6 +185,15 @@ def fit_svi(
         regimes, ArviZ), MiB; default
         :data:`~bayes_moe.inference.posterior.DEFAULT_MEMORY_BUDGET_MIB` (see
         :func:`~bayes_moe.inference.posterior.draws_per_chunk`).
+    checkpoint : path, optional
+        Write the optimisation state here every ``checkpoint_every`` steps and at the
+        end (safetensors with JSON metadata, atomically; :mod:`~bayes_moe.inference.svi_state`).
+    checkpoint_every : int
+        Steps between checkpoints.
+    resume : bool
+        Continue from ``checkpoint`` if it exists (the fit must be the same: data,
+        model, seed and settings; checked before any work); the loss trace and draws
+        equal an uninterrupted run's. Without the file the fit starts from step 0.
 
     Returns
     -------
@@ -214,10 +228,34 @@ def fit_svi(
         raise ValueError(
             f"pretrain_steps and pretrain_batch must be >= 1: {pretrain_steps}, {pretrain_batch}"
         )
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs the checkpoint path to resume from")
+    response = data.observed_response
+    identity = fingerprint(
+        model.config(),
+        response,
+        {
+            "seed": seed,
+            "num_steps": num_steps,
+            "learning_rate": learning_rate,
+            "final_lr_fraction": final_lr_fraction,
+            "guide": guide,
+            "init_scale": init_scale,
+            "strategy": strategy,
+            "pretrain": [pretrain_steps, pretrain_batch, pretrain_holdout],
+            "convergence": [convergence_tol, check_every],
+            "warm_start": sorted(init_values or {}),
+        },
+    )
+    saved = None
+    if resume and Path(checkpoint).exists():
+        saved = SVIState.load(checkpoint)  # refused before any work if it is another fit's
+        saved.check_matches(identity, checkpoint)
     pyro.set_rng_seed(seed)
     inputs = data.inputs.at(data.inputs.origins[: data.n_observed])
     program = model.program().build(inputs).train()
-    response = data.observed_response
     n_obs = data.n_observed
     n_scored = int(program.scored_origins(inputs).sum())  # responses in the likelihood
     shapes = program.latent_shapes(inputs)
@@ -250,9 +288,22 @@ def fit_svi(
         optimizer = ClippedAdam(elbo.parameters(), lr=learning_rate, lrd=lrd, clip_norm=10.0)
         losses: list[float] = []
         converged = False
+        if saved is not None:
+            saved.restore(elbo, optimizer)
+            losses, converged = list(saved.losses), saved.converged
+        resumed_from = len(losses)
+
+        def save_state():
+            if checkpoint is not None:
+                SVIState.capture(len(losses), losses, converged, identity, elbo, optimizer).save(
+                    checkpoint
+                )
+
         start = time.perf_counter()
-        with tqdm(total=num_steps, desc="SVI", disable=not progress, leave=False) as bar:
-            for step in range(num_steps):
+        with tqdm(
+            total=num_steps, initial=len(losses), desc="SVI", disable=not progress, leave=False
+        ) as bar:
+            for step in range(len(losses), 0 if converged else num_steps):
                 losses.append(svi_step(elbo, optimizer, args, where=f"SVI step {step + 1}"))
                 bar.update()
                 if step % 25 == 0:
@@ -262,6 +313,9 @@ def fit_svi(
                 ):
                     converged = True
                     break
+                if (step + 1) % checkpoint_every == 0 and step + 1 < num_steps:
+                    save_state()
+        save_state()
         elapsed = time.perf_counter() - start
         check_finite_parameters(elbo, where=f"SVI after {len(losses)} steps")
         program.eval()
@@ -278,6 +332,7 @@ def fit_svi(
         seed=seed,
         strategy=strategy,
         pretrain_s=pretrain_s,
+        resumed_from_step=resumed_from,
     )
     budget = {} if memory_budget_mib is None else {"memory_budget_mib": memory_budget_mib}
     return MoEFit(

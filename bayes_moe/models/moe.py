@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -639,6 +640,11 @@ class BayesianMoE:
         allow_outliers : bool, default False
             Accept implausible target values (see :meth:`prepare`); without it a value
             like a 1e6 % return stops the fit before it starts, naming its date.
+        **svi_options
+            ``num_steps``, ``seed``, ``num_draws``...; ``checkpoint="svi.safetensors"``,
+            ``checkpoint_every=100`` and ``resume=True`` make a fit survive being killed
+            (:mod:`bayes_moe.inference.svi_state`; with several horizons, one file per
+            horizon, ``svi.h5.safetensors``).
 
         Returns
         -------
@@ -663,5 +669,11 @@ class BayesianMoE:
         }
         if isinstance(horizon, int):
             return fit_svi(self, prepared[horizon], **svi_options)
-        fits = {h: fit_svi(self, data, **svi_options) for h, data in prepared.items()}
+        checkpoint = svi_options.pop("checkpoint", None)
+        fits = {}
+        for h, data in prepared.items():
+            if checkpoint is not None:  # one file per horizon: svi.h5.safetensors
+                path = Path(checkpoint)
+                svi_options["checkpoint"] = path.with_name(f"{path.stem}.h{h}{path.suffix}")
+            fits[h] = fit_svi(self, data, **svi_options)
         return MultiHorizonFit(fits)

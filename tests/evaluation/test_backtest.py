@@ -6,7 +6,7 @@ import pytest
 
 import bayes_moe as bm
 from bayes_moe.data import DataError
-from bayes_moe.evaluation.backtest import backtest, origin_rows, realized_sums
+from bayes_moe.evaluation.backtest import BlockForecast, backtest, origin_rows, realized_sums
 from bayes_moe.evaluation.baselines import BASELINES
 from bayes_moe.evaluation.distributions import LocationScaleMixture
 from bayes_moe.evaluation.moe_forecaster import MoEForecaster
@@ -72,8 +72,8 @@ def test_per_day_extras_are_dated_by_the_realized_days(frame):
             def predict(frame, origins, horizon):
                 out = inner(frame, origins, horizon)
                 guessed = origins + pd.offsets.BDay(horizon)  # wrong across holidays
-                predict.extras = {"probs": pd.DataFrame({"p": np.ones(len(origins))}, guessed)}
-                return out
+                probs = pd.DataFrame({"p": np.ones(len(origins))}, guessed)
+                return BlockForecast(out, extras={"probs": probs})
 
             return predict
 

@@ -49,9 +49,11 @@ def test_replayed_fits_score_exactly_as_the_backtest_that_made_them(sp500):
         bm.BayesianMoE(experts=["ar"], n_regimes=1, window=8), num_steps=5, num_draws=4
     )
     options = {"test_start": frame.index[-40], "refit_every": 20, "progress": False}
-    first = backtest(frame, forecaster, **options)
-    again = backtest(frame, FittedForecaster(forecaster.fits), **options)
-    assert len(forecaster.fits) == 2
+    first = backtest(frame, forecaster, keep_fits=True, **options)
+    assert not hasattr(forecaster, "fits")  # the forecaster keeps nothing; the result does
+    assert [fit.data.dates[-1] for fit in first.fits] == first.refit_dates
+    again = backtest(frame, FittedForecaster(first.fits), **options)
+    assert backtest(frame, forecaster, **options).fits == []  # not kept unless asked
     np.testing.assert_array_equal(first.table["log_score"], again.table["log_score"])
-    with pytest.raises(ValueError, match="ends on"):  # fits of another backtest are refused
-        backtest(frame, FittedForecaster(forecaster.fits[1:]), **options)
+    with pytest.raises(ValueError, match="no fit ends on"):  # fits of another backtest
+        backtest(frame, FittedForecaster(first.fits[1:]), **options)

@@ -157,7 +157,7 @@ def test_backtest_forecaster_passes_allow_outliers_to_its_updates(spiked):
     predict = forecaster(spiked.iloc[:-20])
     origins = spiked.index[-6:-1]
     forecast = predict(spiked, origins)
-    assert len(forecast.dates) == len(origins)
+    assert len(forecast.predictive.dates) == len(origins)  # a BlockForecast
     refusing = MoEForecaster(_tiny_model(), **TINY)
     with pytest.raises(DataError, match=SPIKE_DATE):
         refusing(spiked.iloc[:-20])

@@ -62,10 +62,11 @@ def capped_fits(monkeypatch):
 
 
 def test_the_readme_has_the_python_blocks_this_test_expects():
-    """Guards the extraction: the three blocks (API tour, backtest, comparison) are found."""
+    """Guards the extraction: the four blocks (API tour, backtest, sweep, comparison)."""
     codes = [code for _, code in BLOCKS]
-    assert len(codes) == 3
-    assert "model.fit(" in codes[0] and "backtest(" in codes[1] and "bm.compare(" in codes[2]
+    assert len(codes) == 4
+    assert "model.fit(" in codes[0] and "backtest(" in codes[1]
+    assert "sweep(" in codes[2] and "bm.compare(" in codes[3]
 
 
 @pytest.mark.parametrize(
@@ -94,6 +95,11 @@ def check_claims(namespace: dict, folder: Path) -> None:
         ours, egarch = namespace["ours"], namespace["egarch"]
         assert ours.table.index[0] >= pd.Timestamp("2015-01-02")
         assert ours.table.index.equals(egarch.table.index)  # scored on the same days
-    if "table" in namespace:  # the comparison
+    if "configs" in namespace:  # the sweep: one row per data set, config and horizon
+        table = namespace["table"]
+        assert len(table) == 2 * len(namespace["configs"]) * 2
+        assert (table["error"] == "").all() and (table["n_days"] > 0).all()
+        assert namespace["result"].table.columns[-1] == "squared_error"
+    elif "table" in namespace:  # the comparison
         assert set(namespace["table"].index) == {"K=2", "K=3"}
         assert (folder / "compare.png").is_file()
