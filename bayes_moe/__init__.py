@@ -18,6 +18,7 @@ from bayes_moe.inference.multi_horizon import MultiHorizonFit
 from bayes_moe.inference.pretrain_cache import PretrainCache
 from bayes_moe.inference.results import MoEFit
 from bayes_moe.inference.svi import fit_svi
+from bayes_moe.inference.svi_options import SVIOptions
 from bayes_moe.models import experts
 from bayes_moe.models.energy import EnergyGate
 from bayes_moe.models.experts import list_experts, make_expert, register_expert
@@ -36,6 +37,7 @@ __all__ = [
     "MultiHorizonFit",
     "NonFiniteLossError",
     "PretrainCache",
+    "SVIOptions",
     "compare",
     "data",
     "experts",

@@ -213,11 +213,7 @@ class WarmForecaster(MoEForecaster):
         init = values
         if self.left_out is not None:
             init = without_expert(values, self.labels, self.left_out)
-        options = {**self.fit_options, "init_values": init}
-        refit = MoEForecaster(
-            self.model, target=self.target, covariates=self.covariates, name=self.name, **options
-        )
-        return refit(train)
+        return self.replace(init_values=init)(train)
 
 
 def _protocol(args):

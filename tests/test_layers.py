@@ -3,7 +3,8 @@
 Every ``bayes_moe`` import of every module is read from its source (module level and
 inside functions; imports under ``if TYPE_CHECKING:`` are not run and are skipped) and
 must go to a lower layer or stay in its own part. The one allowed exception is the
-late imports inside ``BayesianMoE.fit`` (``fit_svi``, ``MultiHorizonFit``), the
+late imports inside ``BayesianMoE.fit`` (``fit_svi`` and ``SVIOptions`` from
+``inference.svi``, ``MultiHorizonFit``), the
 documented shortcut.
 """
 

@@ -12,6 +12,7 @@ components per day.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ import pyro.distributions as dist
 from bayes_moe.evaluation.backtest import BlockForecast, realized_dates
 from bayes_moe.evaluation.distributions import LocationScaleMixture
 from bayes_moe.inference.predictive import PredictiveMixture
+from bayes_moe.inference.svi_options import SVIOptions
 from bayes_moe.models.distributions import decompose
 from bayes_moe.models.moe import BayesianMoE
 
@@ -86,10 +88,17 @@ class MoEForecaster:
         model reads only those some expert reads (:meth:`BayesianMoE.prepare`).
     name : str
         Label in reports.
-    **fit_options
-        Passed to :meth:`BayesianMoE.fit` (``num_steps``, ``num_draws``, ``seed``...);
-        ``allow_outliers=True`` also reaches the :meth:`~bayes_moe.MoEFit.update` of
-        each forecast, so that an accepted outlier is accepted throughout.
+    horizon : int
+        Fitted horizon ``h`` (the backtest's must be the same).
+    allow_outliers : bool
+        Passed to :meth:`BayesianMoE.fit` and to the :meth:`~bayes_moe.MoEFit.update`
+        of each forecast, so that an accepted outlier is accepted throughout.
+    options : SVIOptions, optional
+        The SVI settings of every refit (default: the defaults without a progress bar).
+    **svi_options
+        Fields of :class:`~bayes_moe.inference.svi_options.SVIOptions` replacing those
+        of ``options`` (``num_steps``, ``num_draws``, ``seed``...); checked here, so a
+        misspelt option fails before the backtest starts.
     """
 
     def __init__(
@@ -99,13 +108,19 @@ class MoEForecaster:
         target: str = "ret",
         covariates: Sequence[str] | None = None,
         name: str = "bayes_moe",
-        **fit_options,
+        horizon: int = 1,
+        allow_outliers: bool = False,
+        options: SVIOptions | None = None,
+        **svi_options: Any,
     ):
         self.model = model if model is not None else BayesianMoE()
         self.target = target
         self.covariates = covariates
         self.name = name
-        self.fit_options = {"progress": False, **fit_options}
+        self.horizon = horizon
+        self.allow_outliers = allow_outliers
+        base = options if options is not None else SVIOptions(progress=False)
+        self.options = SVIOptions.merge(base, svi_options)
 
     def __call__(self, train: pd.DataFrame):
         """Fit on ``train``; return the ``predict`` function of the backtest protocol.
@@ -114,22 +129,32 @@ class MoEForecaster:
         forecasts (:class:`~bayes_moe.evaluation.backtest.BlockForecast`), and
         ``backtest(..., keep_fits=True)`` gathers the fits.
         """
-        fitted_horizon = self.fit_options.get("horizon", 1)
-        options = {k: v for k, v in self.fit_options.items() if k != "horizon"}
         fit = self.model.fit(
-            train, self.target, covariates=self.covariates, horizon=fitted_horizon, **options
+            train,
+            self.target,
+            covariates=self.covariates,
+            horizon=self.horizon,
+            allow_outliers=self.allow_outliers,
+            options=self.options,
         )
-        return _MoEPredict(fit, allow_outliers=options.get("allow_outliers", False))
+        return _MoEPredict(fit, allow_outliers=self.allow_outliers)
+
+    def replace(self, **changes: Any) -> MoEForecaster:
+        """A copy with constructor arguments or SVI options replaced.
+
+        ``forecaster.replace(horizon=5, seed=1)``: names of the constructor (``model``,
+        ``target``, ``covariates``, ``name``, ``horizon``, ``allow_outliers``) replace
+        those; any other name is an SVI option.
+        """
+        own = ("model", "target", "covariates", "name", "horizon", "allow_outliers")
+        arguments = {key: getattr(self, key) for key in own}
+        arguments.update({k: v for k, v in changes.items() if k in own})
+        svi = {k: v for k, v in changes.items() if k not in own}
+        return MoEForecaster(**arguments, options=SVIOptions.merge(self.options, svi))
 
     def for_horizon(self, horizon: int) -> MoEForecaster:
         """The same forecaster fitted for ``horizon`` (a sweep over horizons uses it)."""
-        return MoEForecaster(
-            self.model,
-            target=self.target,
-            covariates=self.covariates,
-            name=self.name,
-            **{**self.fit_options, "horizon": horizon},
-        )
+        return self.replace(horizon=horizon)
 
 
 class FittedForecaster:
@@ -171,8 +196,8 @@ class _MoEPredict:
     def __call__(self, frame: pd.DataFrame, origins: pd.DatetimeIndex, horizon: int = 1):
         if horizon != self.fit.horizon:
             raise ValueError(
-                f"the mixture was fitted for horizon={self.fit.horizon}; pass horizon= in "
-                f"the MoEForecaster fit options to backtest horizon {horizon}"
+                f"the mixture was fitted for horizon={self.fit.horizon}; pass "
+                f"MoEForecaster(..., horizon={horizon}) to backtest horizon {horizon}"
             )
         current = self.fit.update(frame, allow_outliers=self.allow_outliers)
         index = current.data.origin_dates.get_indexer(origins)

@@ -43,6 +43,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyro
@@ -67,8 +68,8 @@ from bayes_moe.inference.divergence import (
     svi_step,
 )
 from bayes_moe.inference.pretrain import pretrain_expert
-from bayes_moe.inference.pretrain_cache import PretrainCache
 from bayes_moe.inference.results import MoEFit, SVIDiagnostics
+from bayes_moe.inference.svi_options import SVIOptions
 from bayes_moe.inference.svi_state import SVIState, fingerprint
 from bayes_moe.models.experts.window import WindowExpert
 from bayes_moe.models.moe import BayesianMoE, MoEProgram
@@ -111,29 +112,9 @@ def make_guide(
 def fit_svi(
     model: BayesianMoE,
     data: ModelData,
-    *,
-    num_steps: int = 1500,
-    learning_rate: float = 0.02,
-    final_lr_fraction: float = 0.1,
-    guide: str = "normal",
-    init_scale: float = 0.02,
-    seed: int = 0,
-    num_draws: int = 200,
-    convergence_tol: float | None = 1e-5,
-    check_every: int = 100,
-    progress: bool = True,
-    num_threads: int | None = 1,
-    strategy: str = "two_stage",
-    pretrain_steps: int = 400,
-    pretrain_batch: int = 256,
-    pretrain_holdout: float = 0.2,
-    pretrain_cache: PretrainCache | None = None,
-    init_values: Mapping[str, torch.Tensor] | None = None,
-    memory_budget_mib: float | None = None,
-    checkpoint: str | Path | None = None,
-    checkpoint_every: int = 100,
-    resume: bool = False,
-):
+    options: SVIOptions | None = None,
+    **keywords: Any,
+) -> MoEFit:
     """Fit ``model`` to ``data`` by SVI and draw from the approximate posterior.
 
     Parameters
@@ -142,58 +123,12 @@ def fit_svi(
         Specification; it is not modified (fitting works on a copy of its experts).
     data : ModelData
         From :meth:`BayesianMoE.prepare`.
-    num_steps : int
-        Maximum optimization steps.
-    learning_rate, final_lr_fraction : float
-        Initial learning rate and its fraction reached after ``num_steps`` (exponential decay).
-    guide : {"normal", "mvn", "lowrank"}
-        Autoguide family.
-    init_scale : float
-        Initial standard deviation of the guide.
-    seed : int
-        Seeds Pyro and torch; the fit is reproducible for a given seed.
-    num_draws : int
-        Posterior draws kept for forecasts, regimes and ArviZ.
-    convergence_tol : float or None
-        Early-stopping threshold in nats per response in the likelihood (None: run all
-        steps; :meth:`~bayes_moe.models.moe.MoEProgram.scored_origins`).
-    check_every : int
-        Window of the convergence check.
-    progress : bool
-        Show a tqdm progress bar.
-    num_threads : int or None
-        Torch intra-op threads while fitting (see :func:`bayes_moe._runtime.torch_threads`).
-    strategy : {"two_stage", "joint"}
-        How window (neural) experts are trained; see the module docstring.
-    pretrain_steps, pretrain_batch : int
-        Stage one of ``"two_stage"``: most minibatch SVI steps per window expert and
-        origins per minibatch.
-    pretrain_holdout : float
-        Share of the latest origins stage one holds out for early stopping (0: none;
-        :mod:`bayes_moe.inference.pretrain`).
-    pretrain_cache : PretrainCache, optional
-        Stage-one results to reuse and to add to (exact: a hit gives the same trunk
-        as training again). Every window expert is pretrained with ``seed`` itself, not
-        a seed that depends on its position, so that mixtures that differ in other
-        experts (a leave-one-expert-out study) share its entry.
-    init_values : mapping of str to Tensor, optional
-        Initial values of the guide's locations by site name (``"ar/coef"``,
-        ``"gate/bias"``), e.g. the posterior medians of an earlier fit for a warm
-        start; they take precedence over stage one's. Other sites start as usual.
-    memory_budget_mib : float, optional
-        Bound on the working memory of evaluating the draws afterwards (forecasts,
-        regimes, ArviZ), MiB; default
-        :data:`~bayes_moe.inference.posterior.DEFAULT_MEMORY_BUDGET_MIB` (see
-        :func:`~bayes_moe.inference.posterior.draws_per_chunk`).
-    checkpoint : path, optional
-        Write the optimisation state here every ``checkpoint_every`` steps and at the
-        end (safetensors with JSON metadata, atomically; :mod:`~bayes_moe.inference.svi_state`).
-    checkpoint_every : int
-        Steps between checkpoints.
-    resume : bool
-        Continue from ``checkpoint`` if it exists (the fit must be the same: data,
-        model, seed and settings; checked before any work); the loss trace and draws
-        equal an uninterrupted run's. Without the file the fit starts from step 0.
+    options : SVIOptions, optional
+        The optimisation settings (:class:`~bayes_moe.inference.svi_options.SVIOptions`,
+        whose attributes document them; default: its defaults).
+    **keywords
+        Fields of :class:`SVIOptions` replacing those of ``options`` (``num_steps=500,
+        seed=1``); an unknown name is a TypeError listing the options.
 
     Returns
     -------
@@ -201,6 +136,10 @@ def fit_svi(
 
     Raises
     ------
+    TypeError, ValueError
+        For an unknown option or a value out of range, before any work.
+    CheckpointError
+        When ``resume`` finds the checkpoint of another fit, before any work.
     NonFiniteLossError
         When the optimisation diverges: the loss, a guide or network parameter, or a
         posterior draw turns NaN or infinite, or a distribution gets an invalid
@@ -214,46 +153,29 @@ def fit_svi(
         the observed values it is fitted to (days times targets), as with ``K = 50``
         regimes on a year of data; the fit still runs.
     """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    if num_draws < 1:
-        raise ValueError(f"num_draws must be >= 1, got {num_draws}")
-    if memory_budget_mib is not None and not memory_budget_mib > 0:
-        raise ValueError(f"memory_budget_mib must be positive, got {memory_budget_mib}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}")
-    if not 0.0 <= pretrain_holdout < 1.0:
-        raise ValueError(f"pretrain_holdout must be in [0, 1), got {pretrain_holdout}")
-    if pretrain_steps < 1 or pretrain_batch < 1:
-        raise ValueError(
-            f"pretrain_steps and pretrain_batch must be >= 1: {pretrain_steps}, {pretrain_batch}"
-        )
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs the checkpoint path to resume from")
+    options = SVIOptions.merge(options, keywords)
     response = data.observed_response
     identity = fingerprint(
         model.config(),
         response,
         {
-            "seed": seed,
-            "num_steps": num_steps,
-            "learning_rate": learning_rate,
-            "final_lr_fraction": final_lr_fraction,
-            "guide": guide,
-            "init_scale": init_scale,
-            "strategy": strategy,
-            "pretrain": [pretrain_steps, pretrain_batch, pretrain_holdout],
-            "convergence": [convergence_tol, check_every],
-            "warm_start": sorted(init_values or {}),
+            "seed": options.seed,
+            "num_steps": options.num_steps,
+            "learning_rate": options.learning_rate,
+            "final_lr_fraction": options.final_lr_fraction,
+            "guide": options.guide,
+            "init_scale": options.init_scale,
+            "strategy": options.strategy,
+            "pretrain": [options.pretrain_steps, options.pretrain_batch, options.pretrain_holdout],
+            "convergence": [options.convergence_tol, options.check_every],
+            "warm_start": sorted(options.init_values or {}),
         },
     )
     saved = None
-    if resume and Path(checkpoint).exists():
-        saved = SVIState.load(checkpoint)  # refused before any work if it is another fit's
-        saved.check_matches(identity, checkpoint)
-    pyro.set_rng_seed(seed)
+    if options.resume and Path(options.checkpoint).exists():
+        saved = SVIState.load(options.checkpoint)  # refused before any work if it is another fit's
+        saved.check_matches(identity, options.checkpoint)
+    pyro.set_rng_seed(options.seed)
     inputs = data.inputs.at(data.inputs.origins[: data.n_observed])
     program = model.program().build(inputs).train()
     n_obs = data.n_observed
@@ -261,31 +183,39 @@ def fit_svi(
     shapes = program.latent_shapes(inputs)
     _warn_if_overparametrised(shapes, response)
 
-    with pyro.settings.context(module_local_params=True), torch_threads(num_threads):
-        warm_start = _check_init_values(shapes, init_values or {})
+    with pyro.settings.context(module_local_params=True), torch_threads(options.num_threads):
+        warm_start = _check_init_values(shapes, options.init_values or {})
         start = time.perf_counter()
         start_values = {}
-        if strategy == "two_stage":
+        if options.strategy == "two_stage":
             start_values = _pretrain_window_experts(
                 program,
                 inputs,
                 response,
-                PretrainSettings(pretrain_steps, pretrain_batch, pretrain_holdout),
-                seed,
-                progress,
-                pretrain_cache,
+                PretrainSettings(
+                    options.pretrain_steps, options.pretrain_batch, options.pretrain_holdout
+                ),
+                options.seed,
+                options.progress,
+                options.pretrain_cache,
             )
         pretrain_s = time.perf_counter() - start
         start_values.update(warm_start)
-        pyro.set_rng_seed(seed)
+        pyro.set_rng_seed(options.seed)
         autoguide = make_guide(
-            program, guide, init_scale=init_scale, response=response, init_values=start_values
+            program,
+            options.guide,
+            init_scale=options.init_scale,
+            response=response,
+            init_values=start_values,
         )
         elbo = Trace_ELBO()(program, autoguide)
         args = (inputs, response)
         svi_step(elbo, None, args, where="SVI initialisation")  # creates the guide's parameters
-        lrd = final_lr_fraction ** (1.0 / num_steps)
-        optimizer = ClippedAdam(elbo.parameters(), lr=learning_rate, lrd=lrd, clip_norm=10.0)
+        lrd = options.final_lr_fraction ** (1.0 / options.num_steps)
+        optimizer = ClippedAdam(
+            elbo.parameters(), lr=options.learning_rate, lrd=lrd, clip_norm=10.0
+        )
         losses: list[float] = []
         converged = False
         if saved is not None:
@@ -294,33 +224,40 @@ def fit_svi(
         resumed_from = len(losses)
 
         def save_state():
-            if checkpoint is not None:
+            if options.checkpoint is not None:
                 SVIState.capture(len(losses), losses, converged, identity, elbo, optimizer).save(
-                    checkpoint
+                    options.checkpoint
                 )
 
         start = time.perf_counter()
         with tqdm(
-            total=num_steps, initial=len(losses), desc="SVI", disable=not progress, leave=False
+            total=options.num_steps,
+            initial=len(losses),
+            desc="SVI",
+            disable=not options.progress,
+            leave=False,
         ) as bar:
-            for step in range(len(losses), 0 if converged else num_steps):
+            for step in range(len(losses), 0 if converged else options.num_steps):
                 losses.append(svi_step(elbo, optimizer, args, where=f"SVI step {step + 1}"))
                 bar.update()
                 if step % 25 == 0:
                     bar.set_postfix(loss_per_obs=f"{losses[-1] / n_scored:.4f}")
-                if convergence_tol is not None and _converged(
-                    losses, check_every, convergence_tol * n_scored, min_steps=num_steps // 3
+                if options.convergence_tol is not None and _converged(
+                    losses,
+                    options.check_every,
+                    options.convergence_tol * n_scored,
+                    min_steps=options.num_steps // 3,
                 ):
                     converged = True
                     break
-                if (step + 1) % checkpoint_every == 0 and step + 1 < num_steps:
+                if (step + 1) % options.checkpoint_every == 0 and step + 1 < options.num_steps:
                     save_state()
         save_state()
         elapsed = time.perf_counter() - start
         check_finite_parameters(elbo, where=f"SVI after {len(losses)} steps")
         program.eval()
         with torch.no_grad(), invalid_as_non_finite("SVI posterior draws", elbo, args):
-            samples = [autoguide(inputs, response) for _ in range(num_draws)]
+            samples = [autoguide(inputs, response) for _ in range(options.num_draws)]
     draws = {name: torch.stack([s[name] for s in samples]) for name in samples[0]}
     check_finite_draws(draws, where="SVI posterior draws")
     diagnostics = SVIDiagnostics(
@@ -328,13 +265,17 @@ def fit_svi(
         n_observations=n_obs,
         converged=converged,
         elapsed_s=elapsed,
-        guide=guide,
-        seed=seed,
-        strategy=strategy,
+        guide=options.guide,
+        seed=options.seed,
+        strategy=options.strategy,
         pretrain_s=pretrain_s,
         resumed_from_step=resumed_from,
     )
-    budget = {} if memory_budget_mib is None else {"memory_budget_mib": memory_budget_mib}
+    budget = (
+        {}
+        if options.memory_budget_mib is None
+        else {"memory_budget_mib": options.memory_budget_mib}
+    )
     return MoEFit(
         model=model, program=program, data=data, draws=draws, diagnostics=diagnostics, **budget
     )

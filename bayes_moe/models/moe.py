@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,6 +49,7 @@ from bayes_moe.models.gate import GateOutput, MarkovGate
 if TYPE_CHECKING:
     from bayes_moe.inference.multi_horizon import MultiHorizonFit
     from bayes_moe.inference.results import MoEFit
+    from bayes_moe.inference.svi_options import SVIOptions
 
 
 @dataclass(frozen=True)
@@ -619,6 +620,7 @@ class BayesianMoE:
         covariates: Sequence[str] | None = None,
         horizon: int | Sequence[int] = 1,
         allow_outliers: bool = False,
+        options: SVIOptions | None = None,
         **svi_options,
     ) -> MoEFit | MultiHorizonFit:
         """Fit by SVI; see :func:`bayes_moe.inference.svi.fit_svi` for the options.
@@ -640,11 +642,16 @@ class BayesianMoE:
         allow_outliers : bool, default False
             Accept implausible target values (see :meth:`prepare`); without it a value
             like a 1e6 % return stops the fit before it starts, naming its date.
+        options : SVIOptions, optional
+            The SVI settings as one value
+            (:class:`~bayes_moe.inference.svi_options.SVIOptions`, which documents them).
         **svi_options
-            ``num_steps``, ``seed``, ``num_draws``...; ``checkpoint="svi.safetensors"``,
+            Fields of :class:`SVIOptions` replacing those of ``options``: ``num_steps``,
+            ``seed``, ``num_draws``...; ``checkpoint="svi.safetensors"``,
             ``checkpoint_every=100`` and ``resume=True`` make a fit survive being killed
             (:mod:`bayes_moe.inference.svi_state`; with several horizons, one file per
-            horizon, ``svi.h5.safetensors``).
+            horizon, ``svi.h5.safetensors``). An unknown name is a TypeError, before
+            any work.
 
         Returns
         -------
@@ -658,8 +665,9 @@ class BayesianMoE:
             If the optimisation diverges (:func:`~bayes_moe.inference.svi.fit_svi`).
         """
         from bayes_moe.inference.multi_horizon import MultiHorizonFit, check_horizons
-        from bayes_moe.inference.svi import fit_svi
+        from bayes_moe.inference.svi import SVIOptions, fit_svi
 
+        settings = SVIOptions.merge(options, svi_options)  # unknown names: before any work
         horizons = check_horizons(horizon)
         prepared = {
             h: self.prepare(
@@ -668,12 +676,14 @@ class BayesianMoE:
             for h in horizons
         }
         if isinstance(horizon, int):
-            return fit_svi(self, prepared[horizon], **svi_options)
-        checkpoint = svi_options.pop("checkpoint", None)
+            return fit_svi(self, prepared[horizon], settings)
         fits = {}
         for h, data in prepared.items():
-            if checkpoint is not None:  # one file per horizon: svi.h5.safetensors
-                path = Path(checkpoint)
-                svi_options["checkpoint"] = path.with_name(f"{path.stem}.h{h}{path.suffix}")
-            fits[h] = fit_svi(self, data, **svi_options)
+            each = settings
+            if settings.checkpoint is not None:  # one file per horizon: svi.h5.safetensors
+                path = Path(settings.checkpoint)
+                each = replace(
+                    settings, checkpoint=path.with_name(f"{path.stem}.h{h}{path.suffix}")
+                )
+            fits[h] = fit_svi(self, data, each)
         return MultiHorizonFit(fits)
