@@ -41,8 +41,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_inference.py
 
 lint: $(STAMP)
-	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/python -m pip install --quiet ruff "mypy==2.4.1"
 	$(BIN)/ruff check bayes_moe tests examples benchmarks
+	$(BIN)/mypy bayes_moe
 
 clean:
 	rm -rf $(VENV) $(VENV313) report

@@ -23,7 +23,9 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 
@@ -339,7 +341,7 @@ def cmd_demo(args) -> int:
 
 def cmd_fit(args) -> int:
     """Fit on a dataset or a user file and write a report with the checkpoint."""
-    frame = _load_frame(args)
+    frame = cast(pd.DataFrame, _load_frame(args))  # fit requires --dataset or --data
     price = vix = None
     if args.dataset == "sp500":
         price = frame["adj_close"].rename("S&P 500 (adjusted close)")
@@ -449,7 +451,7 @@ def cmd_backtest(args) -> int:
         allow_outliers=args.allow_outliers,
     )
     out = check_output_folder(Path(args.out))
-    forecasters = {
+    forecasters: dict[str, Callable] = {
         "bayes_moe": MoEForecaster(
             model,
             target=args.target,

@@ -187,7 +187,7 @@ def energy_summary(fit, table: pd.DataFrame) -> dict:
     """
     observed = table.iloc[: fit.data.n_observed]
     realized = np.abs(fit.data.unstandardize(fit.data.observed_response.numpy())[:, 0])
-    out = {
+    out: dict[str, float | dict[str, float]] = {
         "mean_energy": float(observed["energy"].mean()),
         "mean_heavy_weight": float(observed["heavy_weight"].mean()),
         "spearman_energy_abs_response": float(

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -131,7 +132,7 @@ class FeatureRecipe:
             raise ValueError(
                 f"recipe 'returns_from' must be a string or null, got {returns_from!r}"
             )
-        lists = {key: raw.get(key) for key in ("range_inputs", "generated")}
+        lists: dict[str, Any] = {key: raw.get(key) for key in ("range_inputs", "generated")}
         for key, value in lists.items():
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"recipe {key!r} must be a list of strings, got {value!r}")
@@ -378,8 +379,12 @@ def append_rows(
         return _without_attrs(fitted.loc[:, columns]), prices
     recomputed = _recomputed_columns(new, columns, prices)
     given = [c for c in columns if c not in recomputed]
-    _require_columns(full, given + (list(prices.recipe.inputs) if recomputed else []))
+    # _recomputed_columns raises when prices is None, so it is set whenever recomputed is.
+    _require_columns(
+        full, given + (list(cast(PriceHistory, prices).recipe.inputs) if recomputed else [])
+    )
     if recomputed:
+        assert prices is not None
         check_overlap(prices.raw, full, what="price ")
     check_overlap(fitted.loc[:, given], full)
     rows = full.loc[full.index > fitted.index[-1]]
@@ -390,6 +395,7 @@ def append_rows(
         return _without_attrs(fitted.loc[:, columns]), history
     appended = rows.loc[:, given].astype(np.float64)
     if recomputed:
+        assert prices is not None and history is not None
         values = prices.recipe.compute(history.raw)
         for column in recomputed:
             appended[column] = values.loc[rows.index, column]

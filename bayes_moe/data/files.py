@@ -107,7 +107,9 @@ def read_frame(
         before = list(frame.columns)
         frame = add_range_features(frame)
         generated += [c for c in frame.columns if c not in before]
-    renamed = {column: target for target, column in ohlc.items() if column is not None}
+    renamed: dict[str | None, str] = {
+        column: target for target, column in ohlc.items() if column is not None
+    }
     recipe = FeatureRecipe(
         returns_from=renamed.get(price_col, price_col) if ret_generated else None,
         range_inputs=range_inputs,

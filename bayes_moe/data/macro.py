@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -43,7 +44,7 @@ from bayes_moe.data.validation import validate_index
 
 __all__ = ["DEFAULT_PUBLICATION_LAGS", "join_asof"]
 
-Lag = pd.offsets.BaseOffset | pd.Timedelta
+Lag: TypeAlias = pd.offsets.BaseOffset | pd.Timedelta
 
 DEFAULT_PUBLICATION_LAGS: Mapping[str, Lag] = MappingProxyType(
     {

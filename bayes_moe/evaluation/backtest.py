@@ -36,6 +36,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -273,6 +274,7 @@ class BacktestPlan:
             When every block failed.
         """
         frame, horizon, label = self.frame, self.horizon, self.label
+        extras: dict[str, Any]
         parts, kept, extras, failures, fits, compute = [], [], {}, [], [], 0.0
         for block, outcome in zip(self.blocks, outcomes, strict=True):
             if isinstance(outcome, BaseException):
@@ -351,7 +353,7 @@ def plan_backtest(
         raise DataError(f"target column {target!r} is missing; columns: {list(frame.columns)}")
     if metrics is not None and not all(callable(m) for m in metrics.values()):
         raise TypeError("metrics must map names to functions f(predictive, y)")
-    label = name or getattr(forecaster, "name", type(forecaster).__name__)
+    label = cast(str, name or getattr(forecaster, "name", type(forecaster).__name__))
     origins, _ = origin_rows(frame, test_start=test_start, test_end=test_end, horizon=horizon)
     blocks = tuple(origins[i : i + refit_every] for i in range(0, len(origins), refit_every))
     starts = tuple(0 if window is None else max(0, b[0] + 1 - window) for b in blocks)

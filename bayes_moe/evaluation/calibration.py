@@ -6,7 +6,8 @@ and :mod:`bayes_moe.report`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,7 @@ def best_baseline(results: Mapping[str, BacktestResult], reference: str) -> str:
     others = {k: v.summary()["log_score"] for k, v in results.items() if k != reference}
     if not others:
         raise ValueError("no baseline to compare with")
-    return max(others, key=others.get)
+    return max(others, key=cast("Callable[[str], float]", others.get))
 
 
 def comparisons(results: Mapping[str, BacktestResult], reference: str) -> dict[str, dict]:
@@ -77,7 +78,7 @@ def calibration_by_regime(result: BacktestResult) -> pd.DataFrame:
         raise ValueError(f"{result.name} recorded no regime probabilities")
     probs = probs.reindex(result.table.index)
     regime = probs.to_numpy().argmax(axis=1)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for k in range(probs.shape[1]):
         days = result.table[regime == k]
         if len(days) == 0:

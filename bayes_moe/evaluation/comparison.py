@@ -55,6 +55,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -66,6 +67,9 @@ from bayes_moe.evaluation.backtest import backtest, origin_rows
 from bayes_moe.evaluation.moe_forecaster import MoEForecaster
 from bayes_moe.inference.arviz import psislw
 from bayes_moe.models.moe import BayesianMoE
+
+if TYPE_CHECKING:
+    from bayes_moe.inference.results import MoEFit
 
 METHODS = ("exact", "psis")
 
@@ -188,7 +192,11 @@ def psis_lfo(
             log_ratio = seen.sum(axis=0).to_numpy()
             log_weights, k = _psis(log_ratio)
         if loglik is None or k > threshold:
-            fit = model.fit(frame.iloc[: origin + 1], target, covariates=covariates, **options)
+            # horizon 1 (checked above): one MoEFit, not a MultiHorizonFit
+            fit = cast(
+                "MoEFit",
+                model.fit(frame.iloc[: origin + 1], target, covariates=covariates, **options),
+            )
             refit_dates.append(frame.index[origin])
             table = fit.update(visible).pointwise_log_likelihood()  # date x draw
             first_row = frame.index.get_loc(table.index[0])
@@ -350,7 +358,7 @@ def compare(
         if method == "psis":
             results[label] = psis_lfo(
                 frame,
-                model,
+                cast(BayesianMoE, model),  # checked above
                 test_start=test_start,
                 test_end=test_end,
                 target=target,

@@ -172,7 +172,8 @@ class LocationScaleMixture:
         """
         n = len(pd.DatetimeIndex(dates))
         loc, scale = (_day_vector(a, n, name) for a, name in ((loc, "loc"), (scale, "scale")))
-        return cls(np.ones((n, 1)), loc[:, None], scale[:, None], np.inf, dates)
+        # df is array_like (a scalar broadcasts), made an array in __post_init__.
+        return cls(np.ones((n, 1)), loc[:, None], scale[:, None], np.inf, dates)  # type: ignore[arg-type]
 
     @classmethod
     def student_t(cls, df, loc, scale, dates) -> LocationScaleMixture:

@@ -37,13 +37,12 @@ def _first_target_components(d: dist.Distribution):
         loc, scale = (p[..., 0].numpy() for p in params)
         return loc, scale, np.full_like(loc, np.inf)
     if isinstance(d, dist.MultivariateNormal):
-        loc, tril = params
-        scale = tril[..., 0, :].norm(dim=-1).numpy()  # sqrt((L L^T)_{00})
-        loc = loc[..., 0].numpy()
-        return loc, scale, np.full_like(loc, np.inf)
+        mean, tril = params
+        first = mean[..., 0].numpy()
+        return first, tril[..., 0, :].norm(dim=-1).numpy(), np.full_like(first, np.inf)
     if isinstance(d, dist.MultivariateStudentT):
-        df, loc, tril = params
-        return loc[..., 0].numpy(), tril[..., 0, :].norm(dim=-1).numpy(), df.numpy()
+        dof, mean, tril = params  # scale: sqrt((L L^T)_{00})
+        return mean[..., 0].numpy(), tril[..., 0, :].norm(dim=-1).numpy(), dof.numpy()
     raise TypeError(f"unsupported predictive family {type(d).__name__}")
 
 

@@ -96,6 +96,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import arviz as az
 import numpy as np
@@ -397,7 +398,7 @@ def from_groups(groups: Mapping[str, xr.Dataset]):
     """The native ArviZ container of ``groups``: ``InferenceData`` (0.x), ``DataTree`` (1.x)."""
     if ARVIZ_1:
         return xr.DataTree.from_dict(dict(groups))
-    return az.InferenceData(**groups)
+    return az.InferenceData(**cast("dict[str, Any]", groups))
 
 
 def group_names(idata) -> list[str]:
@@ -488,7 +489,7 @@ def loo(idata, var_name: str | None = None) -> LOO:
             good_k=float(result["good_k"]),
         )
     options = {}
-    log_lik = to_groups(idata)["log_likelihood"]
+    log_lik: xr.Dataset | xr.DataArray = to_groups(idata)["log_likelihood"]
     name = var_name if var_name is not None else next(iter(log_lik.data_vars))
     log_lik = log_lik[name].transpose(..., "chain", "draw")
     n_draws = log_lik.sizes["chain"] * log_lik.sizes["draw"]
@@ -561,7 +562,8 @@ def summary(idata, var_names: Sequence[str] | None = None, *, hdi_prob: float = 
     names = None if var_names is None else list(var_names)
     if not ARVIZ_1:
         return az.summary(idata, var_names=names, kind="stats", hdi_prob=hdi_prob, round_to="none")
-    table = az.summary(
+    # ArviZ 1.x's signature: the type hints may be of the 0.x installed.
+    table = cast(Any, az).summary(
         idata, var_names=names, kind="stats", ci_prob=hdi_prob, ci_kind="hdi", round_to="none"
     )
     lower, upper = _hdi_columns(hdi_prob)
@@ -639,7 +641,8 @@ def _forest_image(
     import matplotlib.pyplot as plt
 
     dims = [d for d in to_groups(idata)["posterior"][name].dims if d not in ("chain", "draw")]
-    collection = az.plot_forest(
+    # arviz_plots' signature (ArviZ 1.x): the type hints may be of the 0.x installed.
+    collection = cast(Any, az).plot_forest(
         idata,
         var_names=[name],
         combined=True,

@@ -65,6 +65,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeGuard, TypeVar
 
 import pandas as pd
 import torch
@@ -77,6 +78,8 @@ from bayes_moe.data.windows import VOL_FEATURES, Preprocessor
 from bayes_moe.inference.checkpoint_errors import CheckpointError
 from bayes_moe.inference.svi import GUIDES, STRATEGIES
 from bayes_moe.models.moe import BayesianMoE, LatentSite
+
+_T = TypeVar("_T")
 
 #: Units ``data/dates`` may be stored in (the dtype of the fitted frame's index).
 DATE_UNITS: tuple[str, ...] = tuple(f"datetime64[{u}]" for u in ("s", "ms", "us", "ns"))
@@ -327,10 +330,10 @@ def check_price_tensors(
 
 
 # ----------------------------------------------------------------------------- metadata
-_JSON_NAMES = {dict: "object", list: "list"}
+_JSON_NAMES: dict[type, str] = {dict: "object", list: "list"}
 
 
-def _json_field(metadata: Mapping[str, str], name: str, kind: type) -> object:
+def _json_field(metadata: Mapping[str, str], name: str, kind: type[_T]) -> _T:
     try:
         value = json.loads(metadata[name])
     except json.JSONDecodeError as err:
@@ -363,11 +366,11 @@ def _require(ok: bool, field: str, expected: str, found: object) -> None:
         raise CheckpointError(f"metadata field {field} must be {expected}, found {_short(found)}")
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 
@@ -94,7 +95,8 @@ class MultiHorizonFit:
 
     def to_frame(self, qs=(0.05, 0.25, 0.5, 0.75, 0.95), num_samples: int = 2000) -> pd.DataFrame:
         """Every horizon's forecast: one row per horizon and target (mean, std, quantiles)."""
-        frames = [fc.to_frame(qs=qs) for fc in self.forecast(num_samples=num_samples).values()]
+        every = cast("dict[int, Forecast]", self.forecast(num_samples=num_samples))  # horizon None
+        frames = [fc.to_frame(qs=qs) for fc in every.values()]
         return pd.concat(frames).reset_index().set_index(["horizon", "target"])
 
     def update(self, frame: pd.DataFrame, *, allow_outliers: bool = False) -> MultiHorizonFit:

@@ -40,6 +40,7 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, cast
 
 import pyro
 import torch
@@ -480,7 +481,7 @@ def evaluate_posterior(
         memory_budget_mib=memory_budget_mib,
         num_threads=num_threads,
     )
-    fields = dict(full.arrays, experts=cat_experts(experts))
+    fields: dict[str, Any] = dict(full.arrays, experts=cat_experts(experts))
     return PosteriorEvaluation(**fields)
 
 
@@ -509,6 +510,9 @@ def evaluate_origins(
         working memory is bounded as in :func:`evaluate_posterior`, the result holds
         ``S n K M`` weights.
     """
+    weights: list[torch.Tensor]
+    scales: list[torch.Tensor]
+    experts: list[list]
     weights, scales, experts = [], [], []
 
     def at_origins(ids, chunk):
@@ -742,11 +746,17 @@ class _Summarizer:
         self.kept = kept
         n_origins = data.inputs.n_origins
         self.tail = torch.arange(max(0, n_origins - tail_origins), n_origins)
-        self.per_draw = {name: [] for name in PER_DRAW + ("last_log_filtered", "share_of_days")}
-        self.log_density = None
+        self.per_draw: dict[str, list[torch.Tensor]] = {
+            name: [] for name in PER_DRAW + ("last_log_filtered", "share_of_days")
+        }
+        self.log_density: torch.Tensor | None = None
         self.moments = {name: RunningMoments() for name in ("filtered", "smoothed")}
-        self.sums = {}
-        self.kept_parts = {name: [] for name in ("filtered", "smoothed", "viterbi", "predictive")}
+        self.sums: dict[str, torch.Tensor] = {}
+        self.kept_parts: dict[str, list[torch.Tensor]] = {
+            name: [] for name in ("filtered", "smoothed", "viterbi", "predictive")
+        }
+        self.tail_weights: list[torch.Tensor]
+        self.tail_experts: list[list]
         self.tail_weights, self.tail_experts = [], []
 
     def reduce(self, ids: torch.Tensor, chunk: dict) -> dict:
@@ -814,7 +824,7 @@ class _Summarizer:
         variance = (self.sums["second"] / S - mean.square()).clamp_min(0.0)
         return PosteriorSummary(
             **{name: torch.cat(parts) for name, parts in self.per_draw.items()},
-            log_predictive_density=self.log_density,
+            log_predictive_density=cast(torch.Tensor, self.log_density),  # set by combine
             filtered_mean=self.moments["filtered"].mean,
             filtered_sd=self.moments["filtered"].sd,
             smoothed_mean=self.moments["smoothed"].mean,
@@ -931,6 +941,8 @@ def _evaluate_chunk(
         energy = program.energy_parts(comps, light_log_p, inputs)
         log_w = program.tilted_weights(comps, energy).expand_as(log_w)
     if sleepers:
+        # sleepers only with a sparse energy: threshold and energy are set
+        assert energy is not None and threshold is not None
         experts, log_w, awake = wake_experts(
             program,
             draws,

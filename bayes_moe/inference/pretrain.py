@@ -167,7 +167,8 @@ def pretrain_expert(
         lrd = 0.1 ** (1.0 / num_steps)
         optimizer = ClippedAdam(elbo.parameters(), lr=learning_rate, lrd=lrd, clip_norm=10.0)
         losses, held_losses = [], []
-        best = (math.inf, 0, None)  # held-out loss, step, saved state
+        # held-out loss, step, saved state
+        best: tuple[float, int, tuple[dict, dict] | None] = (math.inf, 0, None)
         waited = 0  # evaluations since the best
         start = time.perf_counter()
         bar = tqdm(

@@ -106,6 +106,7 @@ class PretrainCache:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
             expert.build(inputs)
+            assert expert.trunk is not None  # made by build
             trunk = {k[len("trunk/") :]: v for k, v in tensors.items() if k.startswith("trunk/")}
             expert.trunk.load_state_dict(trunk)
         except (SafetensorError, OSError, RuntimeError, KeyError):
@@ -121,6 +122,7 @@ class PretrainCache:
 
     def save(self, key: str, expert: WindowExpert, result: PretrainResult) -> Path:
         """Store the trained trunk of ``expert`` and ``result`` atomically."""
+        assert expert.trunk is not None  # built by its pretraining
         tensors = {
             f"trunk/{k}": v.detach().contiguous() for k, v in expert.trunk.state_dict().items()
         }

@@ -67,6 +67,7 @@ from bayes_moe.inference.divergence import (
     invalid_as_non_finite,
     svi_step,
 )
+from bayes_moe.inference.posterior import DEFAULT_MEMORY_BUDGET_MIB
 from bayes_moe.inference.pretrain import pretrain_expert
 from bayes_moe.inference.results import MoEFit, SVIDiagnostics
 from bayes_moe.inference.svi_options import SVIOptions
@@ -172,9 +173,10 @@ def fit_svi(
         },
     )
     saved = None
-    if options.resume and Path(options.checkpoint).exists():
-        saved = SVIState.load(options.checkpoint)  # refused before any work if it is another fit's
-        saved.check_matches(identity, options.checkpoint)
+    checkpoint = options.checkpoint
+    if options.resume and checkpoint is not None and Path(checkpoint).exists():
+        saved = SVIState.load(checkpoint)  # refused before any work if it is another fit's
+        saved.check_matches(identity, checkpoint)
     pyro.set_rng_seed(options.seed)
     inputs = data.inputs.at(data.inputs.origins[: data.n_observed])
     program = model.program().build(inputs).train()
@@ -271,13 +273,14 @@ def fit_svi(
         pretrain_s=pretrain_s,
         resumed_from_step=resumed_from,
     )
-    budget = (
-        {}
-        if options.memory_budget_mib is None
-        else {"memory_budget_mib": options.memory_budget_mib}
-    )
+    budget = options.memory_budget_mib
     return MoEFit(
-        model=model, program=program, data=data, draws=draws, diagnostics=diagnostics, **budget
+        model=model,
+        program=program,
+        data=data,
+        draws=draws,
+        diagnostics=diagnostics,
+        memory_budget_mib=DEFAULT_MEMORY_BUDGET_MIB if budget is None else budget,
     )
 
 
@@ -367,4 +370,4 @@ def _converged(losses: list[float], window: int, tol: float, *, min_steps: int) 
         return False
     previous = np.mean(losses[-2 * window : -window])
     last = np.mean(losses[-window:])
-    return previous - last < tol
+    return bool(previous - last < tol)

@@ -90,7 +90,8 @@ def reference_filter(
             prediction = filtered[t] @ trans[t + 1]
 
     with np.errstate(divide="ignore"):  # structural zeros become -inf, as intended
-        return HMMFilterResult(np.log(filtered), np.log(predicted), increments, increments.sum())
+        # The oracle fills the kernels' result types with numpy arrays, not tensors.
+        return HMMFilterResult(np.log(filtered), np.log(predicted), increments, increments.sum())  # type: ignore[arg-type]
 
 
 def reference_smoother(
@@ -133,7 +134,7 @@ def reference_smoother(
     smoothed = np.exp(filtered.log_filtered) * beta
     smoothed /= smoothed.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore"):
-        return HMMSmootherResult(*filtered, np.log(smoothed))
+        return HMMSmootherResult(*filtered, np.log(smoothed))  # type: ignore[arg-type]
 
 
 def reference_viterbi(
@@ -178,4 +179,4 @@ def reference_viterbi(
     path[-1] = delta.argmax()
     for t in range(num_steps - 1, 0, -1):
         path[t - 1] = pointers[t, path[t]]
-    return HMMViterbiResult(path, float(delta.max()))
+    return HMMViterbiResult(path, float(delta.max()))  # type: ignore[arg-type]

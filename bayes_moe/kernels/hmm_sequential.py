@@ -36,6 +36,7 @@ recognition", Proceedings of the IEEE 77(2), 257-286, 1989, Sec. III and V-A.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba
 import numpy as np
@@ -57,7 +58,7 @@ __all__ = [
 #: subnormal (a slow path) and they change a sum whose largest term is one by < 1e-307.
 LOG_RATIO_FLOOR = -708.0
 
-_JIT = {"cache": True, "nogil": True, "fastmath": {"nsz", "contract", "reassoc"}}
+_JIT: dict[str, Any] = {"cache": True, "nogil": True, "fastmath": {"nsz", "contract", "reassoc"}}
 
 
 @numba.njit(**_JIT)

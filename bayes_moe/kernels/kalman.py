@@ -64,13 +64,16 @@ Oxford University Press, 2012, ch. 4.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from bayes_moe.kernels.dispatch import choose_method
 from bayes_moe.kernels.kalman_sequential import scalar_filter_loop
 from bayes_moe.kernels.scan import associative_scan
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "KalmanFilterResult",
@@ -318,8 +321,8 @@ def _unpack(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def _combine_packed(
-    earlier: tuple[torch.Tensor], later: tuple[torch.Tensor]
-) -> tuple[torch.Tensor]:
+    earlier: tuple[torch.Tensor, ...], later: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...]:
     return (_pack(*_combine(_unpack(earlier[0]), _unpack(later[0]))),)
 
 
@@ -445,7 +448,7 @@ def _sequential_scalar_filter(model: _Model) -> KalmanFilterResult:
     dtype = model.y.dtype
     batch, T = model.y.shape[:-2], model.y.shape[-2]
 
-    def flat(x: torch.Tensor, time: bool = False) -> torch.Tensor:
+    def flat(x: torch.Tensor, time: bool = False) -> np.ndarray:
         return x.reshape((-1, T) if time else (-1,)).detach().to(torch.float64).numpy()
 
     out = scalar_filter_loop(

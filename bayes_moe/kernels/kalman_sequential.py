@@ -20,13 +20,14 @@ Posterior evaluation runs it once per draw (the draws are the batch).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba
 import numpy as np
 
 __all__ = ["scalar_filter_loop"]
 
-_JIT = {
+_JIT: dict[str, Any] = {
     "cache": True,
     "nogil": True,
     "fastmath": {"nsz", "contract", "reassoc"},

@@ -16,6 +16,7 @@ All arrays are C-contiguous float64; ``S`` draws, ``N`` origins, ``K`` regimes,
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba
 import numpy as np
@@ -29,7 +30,7 @@ __all__ = [
     "regime_mixture",
 ]
 
-_JIT = {
+_JIT: dict[str, Any] = {
     "cache": True,
     "nogil": True,
     "fastmath": {"nsz", "contract", "reassoc"},

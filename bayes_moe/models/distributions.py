@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import pyro.distributions as dist
 import torch
@@ -20,17 +21,20 @@ from scipy import special
 from bayes_moe.kernels.dispatch import choose_method
 from bayes_moe.kernels.mixture_kernels import regime_location_scale_log_prob
 
-Builder = Callable[..., dist.Distribution]
+Builder = Callable[..., dist.TorchDistribution]
 
 
-def decompose(d: dist.Distribution) -> tuple[Builder, list[torch.Tensor]]:
+def decompose(
+    d: torch.distributions.Distribution | dist.Distribution,
+) -> tuple[Builder, list[torch.Tensor]]:
     """Split ``d`` into a builder and its parameters, each expanded to ``batch + ...``.
 
     ``builder(*params)`` gives back an equal distribution; every parameter tensor
     starts with the full batch shape of ``d``, so indexing or concatenating all of
     them along a batch dimension and rebuilding is valid.
     """
-    shape = d.batch_shape
+    # The supported families are pyro distributions, so torch distributions as well.
+    shape = cast(torch.distributions.Distribution, d).batch_shape
     if isinstance(d, dist.Independent):
         n = d.reinterpreted_batch_ndims
         build, params = decompose(d.base_dist)
@@ -39,7 +43,7 @@ def decompose(d: dist.Distribution) -> tuple[Builder, list[torch.Tensor]]:
         return dist.Normal, list(torch.broadcast_tensors(d.loc, d.scale))
     if isinstance(d, dist.StudentT):
         return dist.StudentT, list(torch.broadcast_tensors(d.df, d.loc, d.scale))
-    event = d.event_shape
+    event = cast(torch.distributions.Distribution, d).event_shape
     if isinstance(d, dist.MultivariateNormal):
         loc = d.loc.expand(shape + event)
         tril = d.scale_tril.expand(shape + event + event)
@@ -54,13 +58,15 @@ def decompose(d: dist.Distribution) -> tuple[Builder, list[torch.Tensor]]:
     raise TypeError(f"unsupported predictive family {type(d).__name__}")
 
 
-def index_batch(d: dist.Distribution, index: tuple) -> dist.Distribution:
+def index_batch(d: torch.distributions.Distribution, index: tuple) -> dist.TorchDistribution:
     """Apply ``index`` (a tuple over the leading batch dimensions) to ``d``."""
     build, params = decompose(d)
     return build(*[p[index] for p in params])
 
 
-def scatter_batch(d: dist.Distribution, index: torch.Tensor, size: int) -> dist.Distribution:
+def scatter_batch(
+    d: torch.distributions.Distribution, index: torch.Tensor, size: int
+) -> dist.TorchDistribution:
     """``d`` placed at positions ``index`` of a last batch dimension of length ``size``.
 
     ``d`` has batch ``B + (n,)`` and ``index`` ``(n,)`` distinct positions in
@@ -79,7 +85,9 @@ def scatter_batch(d: dist.Distribution, index: torch.Tensor, size: int) -> dist.
     return build(*full)
 
 
-def cat_batch(dists: Sequence[dist.Distribution], dim: int = 0) -> dist.Distribution:
+def cat_batch(
+    dists: Sequence[torch.distributions.Distribution], dim: int = 0
+) -> dist.TorchDistribution:
     """Concatenate distributions of one family along batch dimension ``dim >= 0``."""
     parts = [decompose(d) for d in dists]
     build = parts[0][0]
@@ -87,7 +95,7 @@ def cat_batch(dists: Sequence[dist.Distribution], dim: int = 0) -> dist.Distribu
     return build(*[torch.cat(list(col), dim=dim) for col in columns])
 
 
-def mean_and_variance(d: dist.Distribution) -> tuple[torch.Tensor, torch.Tensor]:
+def mean_and_variance(d: torch.distributions.Distribution) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Mean and marginal variance, each of shape ``batch + (d_y,)``.
 
     .. math::
@@ -113,7 +121,7 @@ def mean_and_variance(d: dist.Distribution) -> tuple[torch.Tensor, torch.Tensor]
     return loc, variance
 
 
-def location(d: dist.Distribution) -> torch.Tensor:
+def location(d: torch.distributions.Distribution) -> torch.Tensor:
     """Location parameter of a supported family, shape ``batch + (d_y,)``.
 
     For these symmetric location-scale families it is the mean (and the median of
@@ -131,7 +139,7 @@ def per_row(generators: Sequence[torch.Generator | None], draw) -> torch.Tensor:
     return torch.stack([draw(i, g) for i, g in enumerate(generators)])
 
 
-def sample_rows(d: dist.Distribution, generators: Sequence[torch.Generator | None]):
+def sample_rows(d: torch.distributions.Distribution, generators: Sequence[torch.Generator | None]):
     """One sample of ``d``, row ``s`` of the batch ``(S, n)`` drawn with ``generators[s]`` only.
 
     :func:`sample_picked` with one distribution: returns a Tensor ``(S, n, d_y)``.
@@ -140,7 +148,7 @@ def sample_rows(d: dist.Distribution, generators: Sequence[torch.Generator | Non
     return sample_picked([d], choice, generators)
 
 
-def _noise_transform(d: dist.Distribution):
+def _noise_transform(d: torch.distributions.Distribution):
     r"""``loc (B, d_y)``, ``tril (B, d_y, d_y)``, ``half_df (B, d_y)`` of ``d`` (batch ``B``).
 
     The scale of ``Independent`` margins as a diagonal factor; ``half_df`` is
@@ -160,7 +168,7 @@ def _noise_transform(d: dist.Distribution):
 
 
 def sample_picked(
-    dists: Sequence[dist.Distribution],
+    dists: Sequence[torch.distributions.Distribution],
     choice: torch.Tensor,
     generators: Sequence[torch.Generator | None],
 ) -> torch.Tensor:
@@ -213,7 +221,9 @@ def sample_picked(
     return loc + (tril @ (z * stretch).unsqueeze(-1)).squeeze(-1)
 
 
-def rescale(d: dist.Distribution, log_factor: torch.Tensor) -> dist.Distribution:
+def rescale(
+    d: torch.distributions.Distribution, log_factor: torch.Tensor
+) -> dist.TorchDistribution:
     r"""The distribution of :math:`\mu + c\,(Y - \mu)`, :math:`c = e^{\lambda}`, for ``Y ~ d``.
 
     The scale (or Cholesky factor) is multiplied by ``c`` about the location
@@ -240,7 +250,9 @@ def rescale(d: dist.Distribution, log_factor: torch.Tensor) -> dist.Distribution
     return build(*rest, tril * factor[..., None, None])
 
 
-def regime_log_prob(d: dist.Distribution, value: torch.Tensor, log_scale: torch.Tensor):
+def regime_log_prob(
+    d: torch.distributions.Distribution, value: torch.Tensor, log_scale: torch.Tensor
+):
     r"""Log density of ``value`` under ``d`` rescaled by each regime's volatility level.
 
     .. math::
@@ -294,7 +306,9 @@ def regime_log_prob(d: dist.Distribution, value: torch.Tensor, log_scale: torch.
     return log_p - value.shape[-1] * log_scale.unsqueeze(-2)
 
 
-def first_marginal(d: dist.Distribution) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+def first_marginal(
+    d: torch.distributions.Distribution,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Degrees of freedom (None for a Normal), location and scale of the first target.
 
     The first margin of every supported family is a location-scale Normal or
@@ -310,7 +324,7 @@ def first_marginal(d: dist.Distribution) -> tuple[torch.Tensor | None, torch.Ten
     return (df[0] if df else None), loc, scale
 
 
-def regime_cdf(d: dist.Distribution, value: torch.Tensor, log_scale: torch.Tensor):
+def regime_cdf(d: torch.distributions.Distribution, value: torch.Tensor, log_scale: torch.Tensor):
     r"""CDF of the first target under ``d`` rescaled by each regime's volatility level.
 
     .. math:: F_k(y) = F_\nu\big((y - \mu) / (\sigma e^{\lambda_k})\big),

@@ -382,7 +382,7 @@ class MarkovGate:
         steps = np.maximum(np.diff(np.log(q)), 0.05)
         return torch.as_tensor(steps, dtype=response.dtype)
 
-    def transition_prior(self, dtype: torch.dtype) -> dist.Distribution:
+    def transition_prior(self, dtype: torch.dtype) -> dist.TorchDistribution:
         """Sticky Dirichlet prior on the rows of the transition matrix, event ``(K, K)``."""
         K = self.n_regimes
         conc = self.concentration + self.stickiness * torch.eye(K, dtype=dtype)

@@ -21,7 +21,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 import pyro
@@ -112,7 +112,8 @@ def describe_readers(labels: Sequence[str]) -> str:
 def expert_labels(experts: Sequence[Expert]) -> list[str]:
     """Unique labels: the expert name, numbered when a name repeats (``ar_1``, ``ar_2``)."""
     names = [e.name for e in experts]
-    labels, seen = [], {}
+    labels: list[str] = []
+    seen: dict[str, int] = {}
     for name in names:
         if names.count(name) == 1:
             labels.append(name)
@@ -197,9 +198,14 @@ class MoEProgram(nn.Module):
     def build(self, inputs: ExpertInputs) -> MoEProgram:
         """Let every expert create its data-shaped parts (:meth:`Expert.build`); returns self."""
         expert_inputs = self.expert_inputs(inputs)
-        for expert in self.experts:
+        for expert in self.expert_modules:
             expert.build(expert_inputs)
         return self
+
+    @property
+    def expert_modules(self) -> list[Expert]:
+        """The experts, typed (``self.experts`` is their ``nn.ModuleList``)."""
+        return cast(list[Expert], list(self.experts))
 
     def components(self, inputs: ExpertInputs, skip: Sequence[int] = ()) -> MixtureComponents:
         """Sample every parameter (sites ``"<label>/<param>"``, ``"gate/<param>"``).
@@ -224,7 +230,7 @@ class MoEProgram(nn.Module):
     def expert_predictive(self, m: int, inputs: ExpertInputs) -> torch.distributions.Distribution:
         """Expert ``m``'s parameters (sites ``"<label>/<param>"``) and predictive at ``inputs``."""
         with scope(prefix=self.labels[m], inner=False):
-            return self.experts[m].model(self.expert_inputs(inputs))
+            return self.expert_modules[m].model(self.expert_inputs(inputs))
 
     def energy_parts(
         self, comps: MixtureComponents, log_p: torch.Tensor, inputs: ExpertInputs
@@ -292,9 +298,10 @@ class MoEProgram(nn.Module):
         few = inputs.at(inputs.origins[:8])
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             trace = pyro.poutine.trace(self.components).get_trace(few)
+        nodes = cast(dict[str, dict[str, Any]], trace.nodes)
         return {
             name: LatentSite(site["value"].shape, site["value"].dtype, site["fn"].support)
-            for name, site in trace.nodes.items()
+            for name, site in nodes.items()
             if site["type"] == "sample" and not site["is_observed"]
         }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,9 @@ from bayes_moe.evaluation.baselines._common import (
     _train_returns,
 )
 from bayes_moe.evaluation.distributions import LocationScaleMixture
+
+if TYPE_CHECKING:
+    from arch.univariate.base import ARCHModel
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class ArchTFit:
     """
 
     params: pd.Series
-    model: object = field(repr=False)
+    model: ARCHModel = field(repr=False)
     backcast: float
     var_bounds: np.ndarray = field(repr=False)
     simulations: int = 2000
@@ -140,7 +144,8 @@ class ArchT:
         from arch import arch_model
 
         r = _train_returns(train, 100)
-        am = arch_model(r, mean="Constant", vol=self.vol, p=1, o=self.o, q=1, dist="t")
+        # arch types vol as a Literal of its process names; self.vol is a plain str field.
+        am = arch_model(r, mean="Constant", vol=self.vol, p=1, o=self.o, q=1, dist="t")  # type: ignore[arg-type]
         res = am.fit(disp="off")
         params = pd.Series(res.params.to_numpy(), index=res.params.index)
         resids = r - params.iloc[0]

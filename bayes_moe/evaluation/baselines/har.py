@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -162,7 +163,8 @@ class LogHARFit:
     def params(self, horizon: int) -> tuple[HARParams, HARParams | None]:
         """The (plain, VIX) models of ``horizon``, fitted on first use."""
         if horizon not in self.plain:
-            self.plain[horizon] = _fit_har(self._x, self._logv, self._r, horizon)
+            # required (the default): raises rather than returning None
+            self.plain[horizon] = cast(HARParams, _fit_har(self._x, self._logv, self._r, horizon))
             if self._xv is not None:
                 vixed = _fit_har(self._xv, self._logv, self._r, horizon, required=False)
                 if vixed is not None:

@@ -62,6 +62,7 @@ def regime_sum_mixture(
     k = predicted.shape[1]
     eye = np.eye(k, dtype=np.int64)
     alpha = {tuple(eye[i]): predicted * eye[i] for i in range(k)}  # counts -> (N, K)
+    counts: tuple | np.ndarray  # a key of alpha, then all of them stacked
     for _ in range(horizon - 1):
         new: dict[tuple, np.ndarray] = {}
         for counts, a in alpha.items():

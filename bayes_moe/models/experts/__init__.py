@@ -9,6 +9,7 @@ contract test (``tests/models/experts/test_contract.py``) checks it on arrival.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 from bayes_moe.models.experts.ar import AR
 from bayes_moe.models.experts.base import CAPACITY_CLASSES, HORIZON_GROUPS, Expert
@@ -33,7 +34,10 @@ def register_expert(cls: type[Expert]) -> type[Expert]:
     return cls
 
 
-for _cls in (AR, VAR, Kalman, GARCH, Volatility, Macro, *NEURAL_EXPERTS, *LONG_RANGE_EXPERTS):
+for _cls in cast(
+    "tuple[type[Expert], ...]",
+    (AR, VAR, Kalman, GARCH, Volatility, Macro, *NEURAL_EXPERTS, *LONG_RANGE_EXPERTS),
+):
     register_expert(_cls)
 
 

@@ -74,7 +74,7 @@ class AR(Expert):
         """Lags are numbered from 1."""
         return super().param_coords(inputs) | {"lag": list(range(1, self.order + 1))}
 
-    def model(self, inputs: ExpertInputs) -> dist.Distribution:
+    def model(self, inputs: ExpertInputs) -> dist.TorchDistribution:
         """Sample the AR parameters and return the predictive (see :meth:`Expert.model`)."""
         dtype = inputs.series.dtype
         d_y = inputs.n_targets

@@ -147,7 +147,7 @@ class GARCH(Expert):
         """No dimensions beyond ``target`` (the scale model of other experts is not used)."""
         return {}
 
-    def model(self, inputs: ExpertInputs) -> dist.Distribution:
+    def model(self, inputs: ExpertInputs) -> dist.TorchDistribution:
         """Sample the GARCH parameters and return the predictive (see :meth:`Expert.model`)."""
         dtype = inputs.series.dtype
         d_y = inputs.n_targets

@@ -189,7 +189,7 @@ class Kalman(Expert):
         x = inputs.mean_filled(self.exog)  # (T, e) standardized, 0 where missing
         return torch.einsum("...de,te->...dt", beta, x)
 
-    def model(self, inputs: ExpertInputs) -> dist.Distribution:
+    def model(self, inputs: ExpertInputs) -> dist.TorchDistribution:
         """Filter the history and return the predictive (see :meth:`Expert.model`)."""
         dtype = inputs.series.dtype
         d_y, k = inputs.n_targets, self.state_dim

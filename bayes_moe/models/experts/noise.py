@@ -50,7 +50,7 @@ from bayes_moe.data.windows import select_vol_features, vol_feature_names
 class ShiftedGamma(dist.TransformedDistribution):
     r""":math:`\nu = 2 + G,\ G \sim \mathrm{Gamma}(\alpha, \beta)`: a prior for Student-t df."""
 
-    arg_constraints = {}
+    arg_constraints: dict[str, constraints.Constraint] = {}
     support = constraints.greater_than(2.0)
 
     def __init__(self, concentration: torch.Tensor, rate: torch.Tensor, validate_args=None):
@@ -166,7 +166,7 @@ class NoiseModel:
 
     def predictive(
         self, loc: torch.Tensor, scale: torch.Tensor, df: torch.Tensor | None
-    ) -> dist.Distribution:
+    ) -> dist.TorchDistribution:
         """``Independent(Normal | StudentT, 1)`` with batch ``S + (N,)``, event ``(d_y,)``.
 
         Parameters
@@ -180,7 +180,7 @@ class NoiseModel:
 
     def predictive_from_variance(
         self, loc: torch.Tensor, variance: torch.Tensor, df: torch.Tensor | None
-    ) -> dist.Distribution:
+    ) -> dist.TorchDistribution:
         r"""Like :meth:`predictive` but matching a given variance.
 
         For Student-t the scale is :math:`\sqrt{v (\nu - 2) / \nu}` so that the

@@ -124,7 +124,7 @@ class VAR(Expert):
         ratio = own + (1 - own) * self.cross_tightness
         return self.tightness * ratio / lags
 
-    def model(self, inputs: ExpertInputs) -> dist.Distribution:
+    def model(self, inputs: ExpertInputs) -> dist.TorchDistribution:
         """Sample the VAR parameters and return the predictive (see :meth:`Expert.model`)."""
         dtype = inputs.series.dtype
         d_y = inputs.n_targets

@@ -232,12 +232,13 @@ class Volatility(Expert):
         self._cache = (series, inputs.origins, v)
         return v
 
-    def model(self, inputs: ExpertInputs) -> dist.Distribution:
+    def model(self, inputs: ExpertInputs) -> dist.TorchDistribution:
         """Sample the output layer and return the predictive (see :meth:`Expert.model`)."""
         self.build(inputs)
         dtype = inputs.series.dtype
         d_y, H = inputs.n_targets, self.hidden
         v = self.volatility_inputs(inputs)  # (N, d_y, d_v)
+        assert self.layer is not None  # made by build
         h = torch.tanh(self.layer(v))  # (N, d_y, H)
         one = torch.ones((), dtype=dtype)
         intercept = pyro.sample("intercept", dist.Normal(0 * one, one).expand([d_y]).to_event(1))

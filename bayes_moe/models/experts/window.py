@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import pyro
 import pyro.distributions as dist
@@ -136,7 +136,7 @@ class WindowExpert(Expert):
             raise ValueError(
                 f"{self.name}: invalid trunk options {self.trunk_options}: {err}"
             ) from None
-        self.embedding_dim = int(probe.out_features)
+        self.embedding_dim = int(cast(int, probe.out_features))
         self.trunk: nn.Module | None = None
         self.frozen = False
         self._cache: tuple | None = None
@@ -203,6 +203,7 @@ class WindowExpert(Expert):
             else 0
         )
         head = d_y * (1 + 2 * self.embedding_dim + 1 + scale + (self.noise.family == "studentt"))
+        assert self.trunk is not None  # made by build
         return sum(p.numel() for p in self.trunk.parameters()) + head
 
     # ------------------------------------------------------------------ features
@@ -214,6 +215,7 @@ class WindowExpert(Expert):
     def features(self, inputs: ExpertInputs) -> torch.Tensor:
         r"""Deterministic-trunk features :math:`h_t`: shape ``(N, E)`` in the series dtype."""
         self.build(inputs)
+        assert self.trunk is not None  # made by build
         if self.frozen:
             cache = self._cache
             if cache is not None and cache[0] is inputs.series and cache[1] is inputs.origins:
@@ -235,8 +237,9 @@ class WindowExpert(Expert):
         parameter whose neutral value is not (TimesNet's identity filter, Hyena's sine
         frequencies).
         """
+        assert self.trunk is not None  # made by build, which model runs first
         params = {}
-        locations = getattr(self.trunk, "prior_locations", dict)()
+        locations: dict[str, float] = getattr(self.trunk, "prior_locations", dict)()
         for name, p in self.trunk.named_parameters():
             fan_in = p[0].numel() if p.dim() >= 2 else 0
             sd = 1.0 / math.sqrt(fan_in) if fan_in else BIAS_PRIOR_SCALE
@@ -247,6 +250,7 @@ class WindowExpert(Expert):
 
     def _full_features(self, inputs: ExpertInputs, params: dict) -> torch.Tensor:
         """Features under sampled trunk weights: ``S + (N, E)`` (``S`` from the draws)."""
+        assert self.trunk is not None  # made by build, which model runs first
         x = self.window_batch(inputs)
         shapes = {n: p.shape for n, p in self.trunk.named_parameters()}
         name, value = next(iter(params.items()))
@@ -264,7 +268,7 @@ class WindowExpert(Expert):
 
     # ------------------------------------------------------------------ model
 
-    def model(self, inputs: ExpertInputs) -> dist.Distribution:
+    def model(self, inputs: ExpertInputs) -> dist.TorchDistribution:
         """Sample the head (and trunk) weights; return the predictive (:meth:`Expert.model`)."""
         self.build(inputs)
         dtype = inputs.series.dtype

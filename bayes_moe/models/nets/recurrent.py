@@ -55,7 +55,7 @@ G. E. Blelloch, "Prefix sums and their applications", CMU-CS-90-190, 1990.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import nn
@@ -213,7 +213,9 @@ class GRU(_Recurrent):
     def forward(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
         """Hidden states ``(N, L, H)`` of a batch ``(N, L, c)``; ``mode`` overrides the trunk's."""
         fused = self._mode(mode) == "fused"
-        if fused and not (_is_batched(self.cell.weight_ih_l0) or _is_batched(x)):
+        if fused and not (
+            _is_batched(cast(torch.Tensor, self.cell.weight_ih_l0)) or _is_batched(x)
+        ):
             return self.cell(x)[0]
         x = x.transpose(0, 1)
         for k in range(self.layers):

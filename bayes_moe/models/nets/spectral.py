@@ -53,7 +53,7 @@ V. Sitzmann, J. N. P. Martel, A. W. Bergman, D. B. Lindell and G. Wetzstein,
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -711,7 +711,7 @@ class Hyena(nn.Module):
 
     def implicit_filters(self, length: int) -> list[torch.Tensor]:
         """Each block's long filters for windows of ``length`` steps: ``(N, L, D)`` each."""
-        return [block.filters(length) for block in self.blocks]
+        return [cast(HyenaOperator, block).filters(length) for block in self.blocks]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Hidden states ``(N_b, L, D)`` of a batch ``(N_b, L, c)``."""

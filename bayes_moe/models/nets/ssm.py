@@ -257,8 +257,9 @@ class MambaBlock(nn.Module):
         delta, B, C = self.x_proj(x).split([R, S, S], dim=-1)
         delta = F.softplus(self.dt_proj(delta))  # (L, N, D)
         A = -torch.exp(self.A_log)
-        y = selective_scan(
-            *(v.transpose(0, 1) for v in (x, delta)),
+        # mypy cannot count the arguments a starred generator gives (two each here).
+        y = selective_scan(  # type: ignore[call-arg]
+            *(v.transpose(0, 1) for v in (x, delta)),  # type: ignore[arg-type]
             A,
             *(v.transpose(0, 1) for v in (B, C)),
             self.D,
