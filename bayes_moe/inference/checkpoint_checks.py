@@ -32,7 +32,7 @@ metadata field         expected
                        ``converged`` (boolean), ``elapsed_s`` (number >= 0), ``guide``
                        (a guide of :data:`~bayes_moe.inference.svi.GUIDES`), ``seed``
                        (integer), optional ``strategy`` (one of
-                       :data:`~bayes_moe.inference.svi.STRATEGIES`), optional
+                       :data:`~bayes_moe.inference.svi_options.STRATEGIES`), optional
                        ``pretrain_s`` (number >= 0), optional ``resumed_from_step``
                        (integer from 0 to ``num_steps``)
 =====================  ==================================================================
@@ -76,7 +76,7 @@ from bayes_moe.data.plausibility import MAX_MAGNITUDE
 from bayes_moe.data.validation import validate_index
 from bayes_moe.data.windows import VOL_FEATURES, Preprocessor
 from bayes_moe.inference.checkpoint_errors import CheckpointError
-from bayes_moe.inference.svi import GUIDES, STRATEGIES
+from bayes_moe.inference.svi_options import GUIDES, STRATEGIES
 from bayes_moe.models.moe import BayesianMoE, LatentSite
 
 _T = TypeVar("_T")

@@ -60,7 +60,7 @@ class SVIDiagnostics:
     guide : str
     seed : int
     strategy : str
-        Training strategy (:data:`~bayes_moe.inference.svi.STRATEGIES`).
+        Training strategy (:data:`~bayes_moe.inference.svi_options.STRATEGIES`).
     pretrain_s : float
         Wall time of stage one (two-stage strategy with window experts), else 0.
     resumed_from_step : int

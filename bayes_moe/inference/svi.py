@@ -49,13 +49,7 @@ import numpy as np
 import pyro
 import torch
 from pyro.infer import Trace_ELBO
-from pyro.infer.autoguide import (
-    AutoLowRankMultivariateNormal,
-    AutoMultivariateNormal,
-    AutoNormal,
-    init_to_median,
-    init_to_value,
-)
+from pyro.infer.autoguide import init_to_median, init_to_value
 from pyro.optim.clipped_adam import ClippedAdam
 from tqdm.auto import tqdm
 
@@ -70,19 +64,12 @@ from bayes_moe.inference.divergence import (
 from bayes_moe.inference.posterior import DEFAULT_MEMORY_BUDGET_MIB
 from bayes_moe.inference.pretrain import pretrain_expert
 from bayes_moe.inference.results import MoEFit, SVIDiagnostics
-from bayes_moe.inference.svi_options import SVIOptions
+from bayes_moe.inference.svi_options import GUIDES, SVIOptions
 from bayes_moe.inference.svi_state import SVIState, fingerprint
 from bayes_moe.models.experts.window import WindowExpert
 from bayes_moe.models.moe import BayesianMoE, MoEProgram
 
 #: Training strategies of :func:`fit_svi` (see the module docstring).
-STRATEGIES: tuple[str, ...] = ("two_stage", "joint")
-
-GUIDES = {
-    "normal": AutoNormal,
-    "mvn": AutoMultivariateNormal,
-    "lowrank": AutoLowRankMultivariateNormal,
-}
 
 
 def make_guide(
@@ -156,21 +143,29 @@ def fit_svi(
     """
     options = SVIOptions.merge(options, keywords)
     response = data.observed_response
-    identity = fingerprint(
-        model.config(),
-        response,
-        {
-            "seed": options.seed,
-            "num_steps": options.num_steps,
-            "learning_rate": options.learning_rate,
-            "final_lr_fraction": options.final_lr_fraction,
-            "guide": options.guide,
-            "init_scale": options.init_scale,
-            "strategy": options.strategy,
-            "pretrain": [options.pretrain_steps, options.pretrain_batch, options.pretrain_holdout],
-            "convergence": [options.convergence_tol, options.check_every],
-            "warm_start": sorted(options.init_values or {}),
-        },
+    identity = (
+        {}
+        if options.checkpoint is None
+        else fingerprint(
+            model.config(),
+            response,
+            {
+                "seed": options.seed,
+                "num_steps": options.num_steps,
+                "learning_rate": options.learning_rate,
+                "final_lr_fraction": options.final_lr_fraction,
+                "guide": options.guide,
+                "init_scale": options.init_scale,
+                "strategy": options.strategy,
+                "pretrain": [
+                    options.pretrain_steps,
+                    options.pretrain_batch,
+                    options.pretrain_holdout,
+                ],
+                "convergence": [options.convergence_tol, options.check_every],
+                "warm_start": sorted(options.init_values or {}),
+            },
+        )
     )
     saved = None
     checkpoint = options.checkpoint

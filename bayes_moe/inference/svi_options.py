@@ -17,15 +17,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyro.infer.autoguide import (
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
+
 if TYPE_CHECKING:
     import torch
 
     from bayes_moe.inference.pretrain_cache import PretrainCache
 
-#: Guide families (:func:`~bayes_moe.inference.svi.make_guide`).
-GUIDE_NAMES = ("normal", "mvn", "lowrank")
 #: Training strategies for window experts (module docstring of ``svi``).
-STRATEGY_NAMES = ("two_stage", "joint")
+STRATEGIES: tuple[str, ...] = ("two_stage", "joint")
+
+#: Guide families by name (:func:`~bayes_moe.inference.svi.make_guide`).
+GUIDES = {
+    "normal": AutoNormal,
+    "mvn": AutoMultivariateNormal,
+    "lowrank": AutoLowRankMultivariateNormal,
+}
 
 
 @dataclass(frozen=True)
@@ -117,12 +128,10 @@ class SVIOptions:
             )
         if self.memory_budget_mib is not None and not self.memory_budget_mib > 0:
             problems.append(f"memory_budget_mib must be positive, got {self.memory_budget_mib}")
-        if self.guide not in GUIDE_NAMES:
-            problems.append(f"unknown guide {self.guide!r}; choose one of {list(GUIDE_NAMES)}")
-        if self.strategy not in STRATEGY_NAMES:
-            problems.append(
-                f"unknown strategy {self.strategy!r}; choose one of {list(STRATEGY_NAMES)}"
-            )
+        if self.guide not in GUIDES:
+            problems.append(f"unknown guide {self.guide!r}; choose one of {list(GUIDES)}")
+        if self.strategy not in STRATEGIES:
+            problems.append(f"unknown strategy {self.strategy!r}; choose one of {list(STRATEGIES)}")
         if not 0.0 <= self.pretrain_holdout < 1.0:
             problems.append(f"pretrain_holdout must be in [0, 1), got {self.pretrain_holdout}")
         if self.resume and self.checkpoint is None:
