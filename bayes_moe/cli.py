@@ -341,6 +341,8 @@ def cmd_demo(args) -> int:
 
 def cmd_fit(args) -> int:
     """Fit on a dataset or a user file and write a report with the checkpoint."""
+    if args.panel or args.asset_col is not None:
+        return _fit_panel(args)
     frame = cast(pd.DataFrame, _load_frame(args))  # fit requires --dataset or --data
     price = vix = None
     if args.dataset == "sp500":
@@ -350,6 +352,49 @@ def cmd_fit(args) -> int:
         price = frame[args.price_col]
     frame, covariates = _choose_columns(args, frame)
     _fit_and_report(args, frame, Path(args.out), price=price, covariates=covariates, vix=vix)
+    return 0
+
+
+def _fit_panel(args) -> int:
+    """``fit --panel`` / ``--asset-col``: a panel of assets, one shared market regime."""
+    from bayes_moe.panel_report import write_panel_report
+
+    if args.data is None:
+        raise DataError("a panel fit reads --data FILE (a wide or, with --asset-col, long panel)")
+    start = time.perf_counter()
+    wide = bm_data.read_panel(
+        args.data, asset_col=args.asset_col, value_col=args.value_col, date_col=args.date_col
+    )
+    model = _build_model(args)
+    data = model.prepare_panel(wide, horizon=args.horizon)  # every check, before fitting
+    out = Path(args.out)
+    check_output_folder(out)
+    print(
+        f"fitting {model.labels} with {model.n_regimes} market regimes on {len(data.assets)} "
+        f"assets, {data.n_observed} days ({data.dates[0].date()} .. {data.dates[-1].date()}), "
+        f"{int(data.scored.sum())} scored asset-days",
+        flush=True,
+    )
+    from bayes_moe.inference.panel_fit import fit_panel
+
+    fit = fit_panel(
+        model,
+        data,
+        num_steps=args.num_steps,
+        num_draws=args.num_draws,
+        seed=args.seed,
+        strategy=args.strategy,
+    )
+    print("evaluating the posterior and writing the report ...", flush=True)
+    metrics = write_panel_report(fit, out, started=start, keep_draws=args.keep_draws)
+    table = pd.DataFrame(metrics["forecast"]).set_index("asset")
+    print(table[["mean", "std", "q0.05", "q0.95"]].round(4).to_string())
+    now = metrics["regime_now"]
+    print(
+        f"market regime on {now['date']}: {now['regime']} (filtered probability "
+        f"{now['filtered_probability']:.3f}); elapsed {metrics['elapsed_s']:.1f} s\n"
+        f"report written to {out}/"
+    )
     return 0
 
 
@@ -604,6 +649,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_column_arguments(fit)
     _add_model_arguments(fit)
     fit.add_argument("--out", required=True, help="report folder (gets fit.safetensors)")
+    panel = fit.add_argument_group("panels (many assets, one market regime path)")
+    panel.add_argument(
+        "--panel",
+        action="store_true",
+        help="--data is a wide panel: a date column and one column of returns per asset "
+        "(NaN where an asset has no value)",
+    )
+    panel.add_argument(
+        "--asset-col",
+        metavar="COLUMN",
+        help="--data is a long panel with this asset column (implies --panel)",
+    )
+    panel.add_argument(
+        "--value-col",
+        metavar="COLUMN",
+        help="the returns column of a long panel (default: its only other column)",
+    )
     _add_keep_draws_argument(fit)
     fit.add_argument(
         "--checkpoint-every",

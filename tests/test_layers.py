@@ -4,7 +4,7 @@ Every ``bayes_moe`` import of every module is read from its source (module level
 inside functions; imports under ``if TYPE_CHECKING:`` are not run and are skipped) and
 must go to a lower layer or stay in its own part. The one allowed exception is the
 late imports inside ``BayesianMoE.fit`` (``fit_svi`` and ``SVIOptions`` from
-``inference.svi``, ``MultiHorizonFit``), the
+``inference.svi``, ``MultiHorizonFit``, ``fit_panel`` for ``panel=True``), the
 documented shortcut.
 """
 
@@ -30,9 +30,10 @@ RANK = {
     "__init__": 4,
 }
 TOP = 4
-ALLOWED = {  # BayesianMoE.fit's shortcut: SVI, and the result of several horizons
+ALLOWED = {  # BayesianMoE.fit's shortcut: SVI, the result of several horizons, panels
     ("models/moe.py", "bayes_moe.inference.svi"),
     ("models/moe.py", "bayes_moe.inference.multi_horizon"),
+    ("models/moe.py", "bayes_moe.inference.panel_fit"),
 }
 
 

@@ -27,6 +27,12 @@ Contents
   :func:`add_macro_features` for the macro expert's inputs (core CPI year on year,
   credit spread, WTI returns, optionally quarterly US macro), each with its lag;
 * :func:`read_frame` for the user's own CSV or Parquet file;
+* panels of many assets at once (:mod:`bayes_moe.data.panel`): :func:`panel_frame`
+  (:func:`read_panel` for a CSV or Parquet file) turns a wide or long panel into the
+  canonical wide one (one float64 column per asset, NaN where an asset has no value),
+  :func:`validate_panel` checks one, and
+  :func:`load_sp500_stocks` returns the daily returns of 20 S&P 500 stocks (needs the
+  ``panel`` extra, ``skfolio``), their sectors in :data:`SP500_STOCK_SECTORS`;
 * :func:`validate_frame` and :class:`DataError`, raised for every bad input;
   :func:`check_plausible_values` for implausible values (a target outlier, a column on
   a scale float standardisation cannot handle), waived for outliers by
@@ -56,6 +62,13 @@ from bayes_moe.data.loaders import (
 )
 from bayes_moe.data.macro import DEFAULT_PUBLICATION_LAGS, join_asof
 from bayes_moe.data.macro_features import add_macro_features
+from bayes_moe.data.panel import (
+    SP500_STOCK_SECTORS,
+    load_sp500_stocks,
+    panel_frame,
+    read_panel,
+    validate_panel,
+)
 from bayes_moe.data.plausibility import check_plausible_values
 from bayes_moe.data.validation import validate_frame
 
@@ -63,6 +76,7 @@ __all__ = [
     "DATASETS",
     "DEFAULT_PUBLICATION_LAGS",
     "DataError",
+    "SP500_STOCK_SECTORS",
     "add_macro_features",
     "add_range_features",
     "add_vix",
@@ -74,12 +88,16 @@ __all__ = [
     "load_macro",
     "load_nasdaq",
     "load_sp500",
+    "load_sp500_stocks",
     "load_us_macro_quarterly",
     "load_vix",
     "load_wti",
     "log_returns",
+    "panel_frame",
+    "read_panel",
     "parkinson_variance",
     "read_frame",
     "realized_variance",
     "validate_frame",
+    "validate_panel",
 ]

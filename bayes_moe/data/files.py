@@ -93,7 +93,7 @@ def read_frame(
         If ``path`` does not exist.
     """
     path = Path(path)
-    frame = _read(path)
+    frame = read_raw(path)
     frame = _set_date_index(frame, date_col)
     generated = []
     frame, ret_generated = _with_returns(frame, price_col=price_col, return_col=return_col)
@@ -120,7 +120,8 @@ def read_frame(
     return kept
 
 
-def _read(path: Path) -> pd.DataFrame:
+def read_raw(path: Path) -> pd.DataFrame:
+    """The columns of a CSV or Parquet file as pandas reads them (unique names checked)."""
     kind = _READERS.get(path.suffix.lower())
     if kind is None:
         raise DataError(

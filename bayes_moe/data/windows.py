@@ -33,6 +33,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -371,8 +372,37 @@ class ExpertInputs:
         return replace(self, scale_features=vol_feature_names(names, "scale_features"))
 
 
+class OriginDates:
+    """Dates of the origins and of their responses (for :class:`ModelData` and panels).
+
+    Needs the attributes ``inputs`` (origins and horizon), ``dates``, ``n_observed`` and
+    ``response`` (rows by origin).
+    """
+
+    inputs: Any  # ExpertInputs or PanelInputs: what is read is origins and horizon
+    dates: pd.DatetimeIndex
+    n_observed: int
+    response: torch.Tensor
+
+    @property
+    def origin_dates(self) -> pd.DatetimeIndex:
+        """Date of each origin (the close whose information the forecast uses)."""
+        return self.dates[self.inputs.origins.numpy()]
+
+    @property
+    def response_dates(self) -> pd.DatetimeIndex:
+        """Date on which each observed response is realized (origin + h rows)."""
+        idx = self.inputs.origins[: self.n_observed].numpy() + self.inputs.horizon
+        return self.dates[idx]
+
+    @property
+    def observed_response(self) -> torch.Tensor:
+        """Responses of the observed origins: ``(n_observed, ...)``."""
+        return self.response[: self.n_observed]
+
+
 @dataclass(frozen=True)
-class ModelData:
+class ModelData(OriginDates):
     """A frame prepared for the model: inputs, responses and their dates.
 
     Attributes
@@ -394,22 +424,6 @@ class ModelData:
     dates: pd.DatetimeIndex
     preprocessor: Preprocessor
     frame: pd.DataFrame = field(repr=False)
-
-    @property
-    def origin_dates(self) -> pd.DatetimeIndex:
-        """Date of each origin (the close whose information the forecast uses)."""
-        return self.dates[self.inputs.origins.numpy()]
-
-    @property
-    def response_dates(self) -> pd.DatetimeIndex:
-        """Date on which each observed response is realized (origin + h rows)."""
-        idx = self.inputs.origins[: self.n_observed].numpy() + self.inputs.horizon
-        return self.dates[idx]
-
-    @property
-    def observed_response(self) -> torch.Tensor:
-        """Observed responses: ``(n_observed, d_y)``."""
-        return self.response[: self.n_observed]
 
     def unstandardize(self, z: torch.Tensor | np.ndarray) -> np.ndarray:
         """Map standardized ``h``-day responses ``(..., d_y)`` back to data units."""

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,7 @@ from bayes_moe.inference.svi_options import GUIDES, SVIOptions
 from bayes_moe.inference.svi_state import SVIState, fingerprint
 from bayes_moe.models.experts.window import WindowExpert
 from bayes_moe.models.moe import BayesianMoE, MoEProgram
+from bayes_moe.models.panel import PanelProgram
 
 #: Training strategies of :func:`fit_svi` (see the module docstring).
 
@@ -142,12 +143,60 @@ def fit_svi(
         regimes on a year of data; the fit still runs.
     """
     options = SVIOptions.merge(options, keywords)
-    response = data.observed_response
+    inputs = data.inputs.at(data.inputs.origins[: data.n_observed])
+    program, draws, diagnostics = run_svi(
+        model.config(), model.program, inputs, data.observed_response, options
+    )
+    budget = options.memory_budget_mib
+    return MoEFit(
+        model=model,
+        program=program,
+        data=data,
+        draws=draws,
+        diagnostics=diagnostics,
+        memory_budget_mib=DEFAULT_MEMORY_BUDGET_MIB if budget is None else budget,
+    )
+
+
+def run_svi(
+    model_config: dict,
+    make_program: Callable[[], MoEProgram],
+    inputs,
+    response: torch.Tensor,
+    options: SVIOptions,
+    *,
+    level_response: torch.Tensor | None = None,
+    n_observations: int | None = None,
+) -> tuple[MoEProgram, dict[str, torch.Tensor], SVIDiagnostics]:
+    """Optimise the ELBO of a fresh program on ``(inputs, response)``; draw from the guide.
+
+    The work behind :func:`fit_svi` and :func:`~bayes_moe.inference.panel_fit.fit_panel`.
+
+    Parameters
+    ----------
+    model_config : dict
+        The specification (:meth:`BayesianMoE.config`), part of a checkpoint's identity.
+    make_program : callable
+        Returns a fresh program (:meth:`BayesianMoE.program` or ``panel_program``).
+    inputs : ExpertInputs or PanelInputs
+        Observed origins only.
+    response : Tensor ``(N, d_y)`` or ``(N, A)``
+    options : SVIOptions
+    level_response : Tensor, optional
+        The series whose rolling volatility sets the initial regime levels (default
+        ``response``; a panel's market series).
+    n_observations : int, optional
+        Observations reported in the diagnostics (default the origins, ``N``).
+
+    Returns
+    -------
+    program, draws ``{site: (S, ...)}``, diagnostics
+    """
     identity = (
         {}
         if options.checkpoint is None
         else fingerprint(
-            model.config(),
+            model_config,
             response,
             {
                 "seed": options.seed,
@@ -173,10 +222,8 @@ def fit_svi(
         saved = SVIState.load(checkpoint)  # refused before any work if it is another fit's
         saved.check_matches(identity, checkpoint)
     pyro.set_rng_seed(options.seed)
-    inputs = data.inputs.at(data.inputs.origins[: data.n_observed])
-    program = model.program().build(inputs).train()
-    n_obs = data.n_observed
-    n_scored = int(program.scored_origins(inputs).sum())  # responses in the likelihood
+    program = make_program().build(inputs).train()
+    n_scored = program.count_scored(inputs, response)  # responses in the likelihood
     shapes = program.latent_shapes(inputs)
     _warn_if_overparametrised(shapes, response)
 
@@ -184,7 +231,7 @@ def fit_svi(
         warm_start = _check_init_values(shapes, options.init_values or {})
         start = time.perf_counter()
         start_values = {}
-        if options.strategy == "two_stage":
+        if options.strategy == "two_stage" and not isinstance(program, PanelProgram):
             start_values = _pretrain_window_experts(
                 program,
                 inputs,
@@ -203,7 +250,7 @@ def fit_svi(
             program,
             options.guide,
             init_scale=options.init_scale,
-            response=response,
+            response=response if level_response is None else level_response,
             init_values=start_values,
         )
         elbo = Trace_ELBO()(program, autoguide)
@@ -259,7 +306,7 @@ def fit_svi(
     check_finite_draws(draws, where="SVI posterior draws")
     diagnostics = SVIDiagnostics(
         losses=np.asarray(losses),
-        n_observations=n_obs,
+        n_observations=response.shape[0] if n_observations is None else n_observations,
         converged=converged,
         elapsed_s=elapsed,
         guide=options.guide,
@@ -268,15 +315,7 @@ def fit_svi(
         pretrain_s=pretrain_s,
         resumed_from_step=resumed_from,
     )
-    budget = options.memory_budget_mib
-    return MoEFit(
-        model=model,
-        program=program,
-        data=data,
-        draws=draws,
-        diagnostics=diagnostics,
-        memory_budget_mib=DEFAULT_MEMORY_BUDGET_MIB if budget is None else budget,
-    )
+    return program, draws, diagnostics
 
 
 def _pretrain_window_experts(program, inputs, response, settings, seed, progress, cache):

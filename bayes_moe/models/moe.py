@@ -31,6 +31,8 @@ from torch import nn
 from torch.distributions.constraints import Constraint
 
 from bayes_moe.data.errors import DataError
+from bayes_moe.data.panel import panel_frame
+from bayes_moe.data.panel_windows import PanelData, prepare_panel
 from bayes_moe.data.windows import ExpertInputs, ModelData, non_overlapping_origins, prepare
 from bayes_moe.kernels.entropy import DEFAULT_ENTROPY_NODES
 from bayes_moe.kernels.hmm import hmm_log_evidence
@@ -48,8 +50,10 @@ from bayes_moe.models.gate import GateOutput, MarkovGate
 
 if TYPE_CHECKING:
     from bayes_moe.inference.multi_horizon import MultiHorizonFit
+    from bayes_moe.inference.panel_fit import PanelFit
     from bayes_moe.inference.results import MoEFit
     from bayes_moe.inference.svi_options import SVIOptions
+    from bayes_moe.models.panel import PanelProgram
 
 
 @dataclass(frozen=True)
@@ -342,6 +346,10 @@ class MoEProgram(nn.Module):
         pyro.factor("log_evidence", log_evidence)
         return log_evidence
 
+    def count_scored(self, inputs: ExpertInputs, response: torch.Tensor) -> int:
+        """Responses in the likelihood (:meth:`scored_origins`)."""
+        return int(self.scored_origins(inputs).sum())
+
     def scored_origins(self, inputs: ExpertInputs) -> torch.Tensor:
         """Which origins' responses enter the likelihood (:meth:`forward`): BoolTensor ``(N,)``."""
         if inputs.horizon > 1 and self.horizon_likelihood == "non_overlapping":
@@ -487,6 +495,57 @@ class BayesianMoE:
             self.energy_gate,
         )
 
+    def panel_program(self) -> PanelProgram:
+        """A fresh panel program (:mod:`bayes_moe.models.panel`) with copies of the experts."""
+        from bayes_moe.models.panel import PanelProgram
+
+        return PanelProgram(
+            copy.deepcopy(self.experts),
+            self.gate,
+            self.expert_dropout,
+            self.horizon_likelihood,
+            self.energy_gate,
+        )
+
+    def prepare_panel(
+        self,
+        frame: pd.DataFrame,
+        *,
+        horizon: int = 1,
+        asset_col: str | None = None,
+        value_col: str | None = None,
+    ) -> PanelData:
+        """Validate a panel and build its tensors (:mod:`bayes_moe.data.panel_windows`).
+
+        Parameters
+        ----------
+        frame : DataFrame
+            Wide (one column of returns per asset, NaN where an asset has no value) or,
+            with ``asset_col``, long (a date index, an asset column and a value column).
+        horizon : int
+        asset_col, value_col : str, optional
+            See :func:`~bayes_moe.data.panel_frame`.
+
+        Raises
+        ------
+        DataError
+            For every bad input, naming the asset and the date, before any fitting; also
+            when an expert reads a covariate or the model has an energy gate
+            (ValueError), which panel fits do not support.
+        """
+        self.panel_program().check_panel()
+        wide = panel_frame(frame, asset_col=asset_col, value_col=value_col)
+        asset = str(wide.columns[0])
+        for label, read in self._reads(ExpertInputs.header([asset], 1, window=self.window)):
+            extra = [c for c in read if c != asset]
+            if extra:
+                who = "the gate" if label == "gate" else f"expert {label!r}"
+                raise DataError(
+                    f"{who} reads columns {extra}; on a panel every expert reads each "
+                    "asset's returns only"
+                )
+        return prepare_panel(wide, window=self.window, horizon=horizon)
+
     def column_readers(
         self, target: str | Sequence[str], covariates: Sequence[str]
     ) -> dict[str, list[str]]:
@@ -627,9 +686,11 @@ class BayesianMoE:
         covariates: Sequence[str] | None = None,
         horizon: int | Sequence[int] = 1,
         allow_outliers: bool = False,
+        panel: bool = False,
+        asset_col: str | None = None,
         options: SVIOptions | None = None,
         **svi_options,
-    ) -> MoEFit | MultiHorizonFit:
+    ) -> MoEFit | MultiHorizonFit | PanelFit:
         """Fit by SVI; see :func:`bayes_moe.inference.svi.fit_svi` for the options.
 
         Parameters
@@ -649,6 +710,14 @@ class BayesianMoE:
         allow_outliers : bool, default False
             Accept implausible target values (see :meth:`prepare`); without it a value
             like a 1e6 % return stops the fit before it starts, naming its date.
+        panel : bool, default False
+            ``frame`` is a panel of assets, one column of returns each (``target`` and
+            ``covariates`` are then unused): one market regime path shared by every
+            asset, every expert per asset with shared parameters
+            (:mod:`bayes_moe.models.panel`); returns a
+            :class:`~bayes_moe.inference.panel_fit.PanelFit`.
+        asset_col : str, optional
+            ``frame`` is a long panel with this asset column (implies ``panel=True``).
         options : SVIOptions, optional
             The SVI settings as one value
             (:class:`~bayes_moe.inference.svi_options.SVIOptions`, which documents them).
@@ -662,7 +731,7 @@ class BayesianMoE:
 
         Returns
         -------
-        MoEFit, or MultiHorizonFit for a sequence of horizons
+        MoEFit, MultiHorizonFit for a sequence of horizons, or PanelFit for a panel
 
         Raises
         ------
@@ -675,6 +744,14 @@ class BayesianMoE:
         from bayes_moe.inference.svi import SVIOptions, fit_svi
 
         settings = SVIOptions.merge(options, svi_options)  # unknown names: before any work
+        if panel or asset_col is not None:
+            from bayes_moe.inference.panel_fit import fit_panel
+
+            if not isinstance(horizon, int):
+                raise ValueError(f"a panel fit takes one horizon, got {horizon}")
+            return fit_panel(
+                self, self.prepare_panel(frame, horizon=horizon, asset_col=asset_col), settings
+            )
         horizons = check_horizons(horizon)
         prepared = {
             h: self.prepare(

@@ -62,17 +62,22 @@ def capped_fits(monkeypatch):
 
 
 def test_the_readme_has_the_python_blocks_this_test_expects():
-    """Guards the extraction: the four blocks (API tour, backtest, sweep, comparison)."""
+    """Guards the extraction: the five blocks (API tour, backtest, sweep, comparison, panel)."""
     codes = [code for _, code in BLOCKS]
-    assert len(codes) == 4
+    assert len(codes) == 5
     assert "model.fit(" in codes[0] and "backtest(" in codes[1]
     assert "sweep(" in codes[2] and "bm.compare(" in codes[3]
+    assert "panel=True" in codes[4]
 
 
 @pytest.mark.parametrize(
     ("section", "code"), BLOCKS, ids=[f"{i}:{section}" for i, (section, _) in enumerate(BLOCKS)]
 )
 def test_readme_python_block_runs_as_written(section, code, capped_fits, tmp_path, monkeypatch):
+    if "load_sp500_stocks" in code:
+        pytest.importorskip(
+            "skfolio", reason="needs the panel extra: pip install 'bayes-moe[panel]'"
+        )
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__readme__"}
     try:
@@ -84,7 +89,12 @@ def test_readme_python_block_runs_as_written(section, code, capped_fits, tmp_pat
 
 def check_claims(namespace: dict, folder: Path) -> None:
     """What the README's comments say about the objects a block made."""
-    if "fit" in namespace:  # the API tour
+    if "stocks" in namespace:  # the panel
+        fit, stocks = namespace["fit"], namespace["stocks"]
+        assert list(fit.forecast(num_samples=100).to_frame().index) == list(stocks.columns)
+        assert namespace["idata"]["observed_data"]["y"].dims == ("date", "asset")
+        assert namespace["later"].draws is fit.draws  # "the same draws"
+    elif "fit" in namespace:  # the API tour
         fit, newer = namespace["fit"], namespace["newer"]
         assert fit.data.inputs.columns == ("ret", "ret_nasdaq")  # "only the columns ... read"
         moved = fit.update(newer)

@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import cast
 
 from bayes_moe.models.experts.ar import AR
-from bayes_moe.models.experts.base import CAPACITY_CLASSES, HORIZON_GROUPS, Expert
+from bayes_moe.models.experts.base import CAPACITY_CLASSES, HORIZON_GROUPS, Expert, PanelExpert
+from bayes_moe.models.experts.cross_sectional import CrossSectional
 from bayes_moe.models.experts.garch import GARCH
 from bayes_moe.models.experts.kalman import Kalman
 from bayes_moe.models.experts.long_range import LONG_RANGE_EXPERTS
@@ -36,7 +37,17 @@ def register_expert(cls: type[Expert]) -> type[Expert]:
 
 for _cls in cast(
     "tuple[type[Expert], ...]",
-    (AR, VAR, Kalman, GARCH, Volatility, Macro, *NEURAL_EXPERTS, *LONG_RANGE_EXPERTS),
+    (
+        AR,
+        VAR,
+        Kalman,
+        GARCH,
+        Volatility,
+        Macro,
+        CrossSectional,
+        *NEURAL_EXPERTS,
+        *LONG_RANGE_EXPERTS,
+    ),
 ):
     register_expert(_cls)
 
@@ -100,12 +111,14 @@ def expert_spec(expert: Expert) -> dict:
 __all__ = [
     "AR",
     "CAPACITY_CLASSES",
+    "CrossSectional",
     "Expert",
     "GARCH",
     "HORIZON_GROUPS",
     "Kalman",
     "Macro",
     "NoiseModel",
+    "PanelExpert",
     "VAR",
     "Volatility",
     "WindowExpert",

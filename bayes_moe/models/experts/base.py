@@ -22,12 +22,15 @@ knows how to index and mix). See :mod:`bayes_moe.data.windows` for the shape tab
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from bayes_moe.data.windows import ExpertInputs
+
+if TYPE_CHECKING:
+    from bayes_moe.data.panel_windows import PanelInputs
 
 #: Horizon groups an expert may declare (the gate prior uses them).
 HORIZON_GROUPS: tuple[str, ...] = ("short", "medium", "long", "linear", "feature")
@@ -154,3 +157,27 @@ class Expert(nn.Module, ABC):
     def extra_repr(self) -> str:
         """Constructor arguments in ``repr``."""
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+
+
+class PanelExpert(Expert):
+    """An expert that reads every asset of a panel at once (the cross-sectional expert).
+
+    Other experts run per asset with shared parameters
+    (:class:`~bayes_moe.models.panel.PanelProgram`); a panel expert sees the whole
+    :class:`~bayes_moe.data.panel_windows.PanelInputs` and returns one predictive per asset.
+    On a single series it reads the targets as the assets (:meth:`Expert.model`).
+    """
+
+    @abstractmethod
+    def build_panel(self, inputs: PanelInputs) -> None:
+        """Create what depends on the panel's shape (the number of assets)."""
+
+    @abstractmethod
+    def panel_model(self, inputs: PanelInputs) -> list[torch.distributions.Distribution]:
+        """Sample the parameters once and return every asset's predictive.
+
+        Returns
+        -------
+        list of Distribution
+            ``A`` predictives, each of batch ``S + (N,)`` and event ``(1,)``.
+        """
