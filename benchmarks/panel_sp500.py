@@ -1,6 +1,7 @@
 """Panel backtest on the 20 S&P 500 stocks of the panel extra (skfolio), 2019-2022.
 
-Rolling origin: the test days 2019-01-02 .. 2022-12-28 are cut into blocks of
+Rolling origin: the test days 2019-01-02 .. 2022-12-28 (``--period validation``: the
+validation years 2011-2014, on which the configuration is chosen) are cut into blocks of
 ``--refit-every`` trading days; before each block every model is fitted on the
 ``--train-days`` days before it (a rolling window) and then forecasts each test day of
 the block one step ahead from the previous close, with the fitted parameters
@@ -36,6 +37,7 @@ Writes ``results/panel_sp500.json``, ``results/panel_sp500.md`` and
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import traceback
 
@@ -56,7 +58,8 @@ from bayes_moe.evaluation.moe_forecaster import to_location_scale
 from bayes_moe.evaluation.scoring import diebold_mariano, newey_west_lag
 from bayes_moe.io import atomic_path, write_json
 
-TEST_START, TEST_END = "2019-01-01", "2022-12-31"
+#: Test years of the issue, and the validation years on which configurations are chosen.
+PERIODS = {"test": ("2019-01-01", "2022-12-31"), "validation": ("2011-01-01", "2014-12-31")}
 MODELS = ("cross_sectional", "no_attention", "garch_t")
 
 
@@ -69,6 +72,15 @@ def parse_args(argv=None):
     parser.add_argument("--num-steps", type=int, default=600)
     parser.add_argument("--num-draws", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--period", choices=sorted(PERIODS), default="test", help="test or validation years"
+    )
+    parser.add_argument(
+        "--cross-sectional",
+        default="{}",
+        metavar="JSON",
+        help="options of the cross_sectional expert, e.g. '{\"vol_inputs\": false}'",
+    )
     parser.add_argument("--speed", action="store_true", help="time the 2000-2018 default fit")
     add_run_options(parser, "panel_sp500")
     return parser.parse_args(argv)
@@ -76,7 +88,8 @@ def parse_args(argv=None):
 
 def mixture(name: str, args) -> bm.BayesianMoE:
     """The panel mixtures compared (the configuration was fixed before looking at 2019+)."""
-    cs = {"name": "cross_sectional", "attention": name == "cross_sectional"}
+    options = json.loads(args.cross_sectional)
+    cs = {"name": "cross_sectional", **options, "attention": name == "cross_sectional"}
     return bm.BayesianMoE(experts=["ar", cs], n_regimes=args.regimes, window=args.window)
 
 
@@ -122,7 +135,8 @@ def _scores(predictive, y, dates, asset) -> pd.DataFrame:
 
 def blocks(stocks: pd.DataFrame, args) -> list[tuple[int, int]]:
     """``(first, stop)`` row positions of each test block."""
-    test = np.flatnonzero((stocks.index >= TEST_START) & (stocks.index <= TEST_END))
+    start, end = PERIODS[args.period]
+    test = np.flatnonzero((stocks.index >= start) & (stocks.index <= end))
     first, last = int(test[0]), int(test[-1]) + 1
     if args.quick:
         return [(first, first + 40)]
@@ -277,7 +291,9 @@ def run_speed(args) -> dict:
 
 def _protocol(args) -> dict:
     return {
-        "test": [TEST_START, TEST_END],
+        "period": args.period,
+        "test": list(PERIODS[args.period]),
+        "cross_sectional": json.loads(args.cross_sectional),
         "refit_every": args.refit_every,
         "train_days": args.train_days,
         "regimes": args.regimes,

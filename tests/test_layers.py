@@ -26,6 +26,7 @@ RANK = {
     "evaluation": 3,
     "plotting": 4,
     "report": 4,
+    "panel_report": 4,
     "cli": 4,
     "__init__": 4,
 }

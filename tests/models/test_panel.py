@@ -219,3 +219,29 @@ def test_panel_refuses_what_it_cannot_fit():
         bm.BayesianMoE(experts=["ar"], window=WINDOW).fit(short, panel=True, num_steps=1)
     with pytest.raises(ValueError, match="strategy='joint'"):
         bm.BayesianMoE(experts=["ar", "gru"], window=WINDOW).fit(frame, panel=True, num_steps=1)
+
+
+def test_weight_prior_is_the_gaussian_log_density_of_the_network_while_training():
+    """ORACLE: sum of log N(psi; 0, s^2) over the weights, up to the constant."""
+    from pyro import poutine
+
+    frame = synthetic_panel()
+    data = prepare_panel(frame, window=WINDOW, min_observations=10)
+    expert = CrossSectional(weight_prior=True)
+    expert.build_panel(data.inputs)
+
+    def factor():
+        with torch.no_grad(), poutine.trace() as tr:
+            expert.panel_model(data.inputs)
+        node = tr.trace.nodes.get("weight_prior")
+        return None if node is None else float(node["fn"].log_prob(node["value"]).sum())
+
+    expert.eval()
+    assert factor() is None  # a penalty of the optimisation only
+    expert.train()
+    expected = 0.0
+    for name, p in expert.net.named_parameters():
+        sd = 1.0 if name == "embedding" else (p.shape[-1] ** -0.5 if p.dim() >= 2 else 0.1)
+        normal = torch.distributions.Normal(0.0, sd)
+        expected += float((normal.log_prob(p.detach()) - normal.log_prob(torch.zeros(()))).sum())
+    np.testing.assert_allclose(factor(), expected, rtol=1e-5)

@@ -30,25 +30,41 @@ import pyro.distributions as dist
 import torch
 
 from bayes_moe.data.panel_windows import PanelInputs
-from bayes_moe.data.windows import ExpertInputs
+from bayes_moe.data.windows import VOL_FEATURES, ExpertInputs
 from bayes_moe.models.experts.base import PanelExpert
 from bayes_moe.models.experts.noise import NoiseModel
+from bayes_moe.models.experts.window import BIAS_PRIOR_SCALE
 from bayes_moe.models.nets.cross_sectional import CrossSectionalAttention
+
+#: Returns per window by default. The defaults (10 returns and the volatility summaries,
+#: D = 8, d_e = 4) were chosen on the 2011-2014 validation years of
+#: ``benchmarks/panel_sp500.py --period validation`` among four configurations.
+DEFAULT_LENGTH: int = 10
 
 
 class CrossSectional(PanelExpert):
-    """Cross-sectional expert: embeddings plus attention across the assets of a day.
+    r"""Cross-sectional expert: embeddings plus attention across the assets of a day.
 
     Parameters
     ----------
     length : int, optional
-        ``L``, returns per window; default the model's window.
+        ``L``, returns per window; default :data:`DEFAULT_LENGTH` or the model's window
+        if shorter.
     embedding_dim : int
         :math:`d_e`, the width of each asset's embedding.
     hidden : int
         ``D``, the width of the features.
     attention : bool
         Attend across assets; False keeps each asset alone (an ablation).
+    weight_prior : bool
+        Put the priors of a fully Bayesian trunk on the network's weights,
+        :math:`\psi_j \sim \mathcal N(0, 1/\mathrm{fan\_in}_j)` (embeddings
+        :math:`\mathcal N(0, 1)`, biases :math:`\mathcal N(0, 0.1^2)`), and fit them by
+        maximum a posteriori (a ``pyro.factor`` of their log density) instead of
+        maximum likelihood: shrinkage against fitting the noise of the training days.
+    vol_inputs : bool
+        The features :math:`x_{i,t}` hold the asset's centred volatility summaries at
+        ``t`` (:data:`~bayes_moe.data.windows.VOL_FEATURES`) besides its ``L`` returns.
     family, heteroscedastic, scale_features
         The predictive's noise family and scale model (:class:`NoiseModel`).
     """
@@ -70,8 +86,10 @@ class CrossSectional(PanelExpert):
         length: int | None = None,
         *,
         embedding_dim: int = 4,
-        hidden: int = 16,
+        hidden: int = 8,
         attention: bool = True,
+        vol_inputs: bool = True,
+        weight_prior: bool = False,
         family: str = "studentt",
         heteroscedastic: bool = True,
         scale_features=None,
@@ -88,10 +106,13 @@ class CrossSectional(PanelExpert):
         self.embedding_dim = int(embedding_dim)
         self.hidden = int(hidden)
         self.attention = bool(attention)
+        self.vol_inputs = bool(vol_inputs)
+        self.weight_prior = bool(weight_prior)
         self.noise = NoiseModel(family, heteroscedastic, scale_features)
         self.net: CrossSectionalAttention | None = None
         self.asset_names: tuple[str, ...] = ()
         self._window_cache: tuple | None = None
+        self.window_length: int = 0  # L, set when built
 
     def config(self) -> dict:
         """Constructor arguments."""
@@ -100,6 +121,8 @@ class CrossSectional(PanelExpert):
             "embedding_dim": self.embedding_dim,
             "hidden": self.hidden,
             "attention": self.attention,
+            "vol_inputs": self.vol_inputs,
+            "weight_prior": self.weight_prior,
             **self.noise.config(),
         }
 
@@ -111,9 +134,11 @@ class CrossSectional(PanelExpert):
                 f"cross_sectional: window length {self.length} > the model's window {window}"
             )
         if self.net is None:
-            length = self.length if self.length is not None else window
+            default = min(DEFAULT_LENGTH, window)
+            self.window_length = self.length if self.length is not None else default
+            width = self.window_length + (len(VOL_FEATURES) if self.vol_inputs else 0)
             self.net = CrossSectionalAttention(
-                length, len(names), self.embedding_dim, self.hidden, self.attention
+                width, len(names), self.embedding_dim, self.hidden, self.attention
             )
             self.asset_names = names
         elif names != self.asset_names:
@@ -137,8 +162,13 @@ class CrossSectional(PanelExpert):
 
     # ------------------------------------------------------------------ model
 
+    def _features(self, windows: torch.Tensor, vol: torch.Tensor) -> torch.Tensor:
+        """:math:`x_{i,t}`: returns ``(N, A, L)``, with ``vol_inputs`` summaries ``(N, A, V)``."""
+        parts = [windows, vol] if self.vol_inputs else [windows]
+        return torch.cat(parts, dim=-1).float()
+
     def _panel_windows(self, inputs: PanelInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """The float32 windows ``(N, A, L)`` and their mask ``(N, A)``, cached per inputs.
+        """The float32 features ``(N, A, F)`` and their mask ``(N, A)``, cached per inputs.
 
         They do not depend on any parameter, so SVI, which passes the same tensors at
         every step, builds them once (the cache is keyed by tensor identity).
@@ -149,8 +179,8 @@ class CrossSectional(PanelExpert):
         if cached is not None and len(cached[0]) == len(key):
             if all(a is b for a, b in zip(cached[0], key)):
                 return cached[1], cached[2]
-        windows = inputs.stacked_windows(self.net.length).float()
-        present = inputs.window_observed(self.net.length)
+        windows = self._features(inputs.stacked_windows(self.window_length), inputs.stacked_vol())
+        present = inputs.window_observed(self.window_length)
         self._window_cache = (key, windows, present)
         return windows, present
 
@@ -159,12 +189,14 @@ class CrossSectional(PanelExpert):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Sample the head; ``(loc, scale, df)`` with ``loc, scale`` ``S + (N, A)``.
 
-        ``windows`` ``(N, A, L)``, ``present`` ``(N, A)``, ``vol`` ``(N, A, V)``.
+        ``windows`` the features ``(N, A, F)``, ``present`` ``(N, A)``, ``vol`` ``(N, A, V)``.
         """
         assert self.net is not None  # made by build / build_panel
         dtype = vol.dtype
         N, A = present.shape
         h = self.net(windows.float(), present).to(dtype).reshape(N * A, -1)  # (N A, D)
+        if self.weight_prior and self.training:  # a penalty of the optimisation only
+            pyro.factor("weight_prior", self._weight_log_prior().to(dtype))
         D = h.shape[-1]
         one = torch.ones((), dtype=dtype)
         intercept = pyro.sample("intercept", dist.Normal(0 * one, one).expand([1]).to_event(1))
@@ -179,11 +211,25 @@ class CrossSectional(PanelExpert):
         batch = loc.shape[:-2]
         return loc.reshape(batch + (N, A)), scale.reshape(batch + (N, A)), df
 
+    def _weight_log_prior(self) -> torch.Tensor:
+        r""":math:`\sum_j \log \mathcal N(\psi_j; 0, s_j^2)` up to a constant (``weight_prior``)."""
+        assert self.net is not None  # made by build / build_panel
+        total = torch.zeros(())
+        for name, p in self.net.named_parameters():
+            if name == "embedding":
+                sd = 1.0
+            elif p.dim() >= 2:
+                sd = 1.0 / math.sqrt(p.shape[-1])
+            else:
+                sd = BIAS_PRIOR_SCALE
+            total = total - 0.5 * (p / sd).square().sum()
+        return total
+
     def model(self, inputs: ExpertInputs) -> dist.TorchDistribution:
         """Single frame: the ``d_y`` targets are the assets, all observed."""
         self.build(inputs)
-        assert self.net is not None  # made by build
-        windows = inputs.windows(self.net.length).transpose(-1, -2)  # (N, d_y, L)
+        returns = inputs.windows(self.window_length).transpose(-1, -2)  # (N, d_y, L)
+        windows = self._features(returns, inputs.origin_vol)
         present = torch.ones(windows.shape[:2], dtype=torch.bool)
         loc, scale, df = self._predict(windows, present, inputs.origin_vol, inputs.scale_features)
         return self.noise.predictive(loc, scale, df)  # event (d_y,): df broadcasts

@@ -1,7 +1,8 @@
 r"""Attention across the assets observed on the same day, with learned asset embeddings.
 
 The network of the ``cross_sectional`` expert (seed item 12, equations 5.3). For asset
-``i`` at origin ``t``, with :math:`x_{i,t}` its last ``L`` standardized returns and
+``i`` at origin ``t``, with :math:`x_{i,t}` its features (its last ``L`` standardized
+returns, and its volatility summaries at ``t`` when the expert reads them) and
 :math:`e_i \in \mathbb R^{d_e}` its learned embedding,
 
 .. math::
@@ -36,8 +37,9 @@ class CrossSectionalAttention(nn.Module):
 
     Parameters
     ----------
-    length : int
-        ``L``, returns per window.
+    in_features : int
+        Width of each asset's features :math:`x_{i,t}` (its ``L`` returns, and its
+        volatility summaries when the expert reads them).
     n_assets : int
         ``A``; asset ``i`` has embedding row ``i``.
     embedding_dim : int
@@ -49,15 +51,15 @@ class CrossSectionalAttention(nn.Module):
     """
 
     def __init__(
-        self, length: int, n_assets: int, embedding_dim: int, hidden: int, attention: bool
+        self, in_features: int, n_assets: int, embedding_dim: int, hidden: int, attention: bool
     ):
         super().__init__()
-        self.length, self.n_assets = int(length), int(n_assets)
+        self.in_features, self.n_assets = int(in_features), int(n_assets)
         self.attention = bool(attention)
         self.out_features = int(hidden)
         self.embedding = nn.Parameter(0.1 * torch.randn(n_assets, embedding_dim))
         # W_in [x; e] + b as W_x x + (W_e e + b): the embedding part once per asset
-        self.inp = nn.Linear(length, hidden)
+        self.inp = nn.Linear(in_features, hidden)
         self.inp_embedding = nn.Linear(embedding_dim, hidden, bias=False)
         if self.attention:
             self.query = nn.Linear(hidden, hidden, bias=False)
@@ -70,8 +72,8 @@ class CrossSectionalAttention(nn.Module):
 
         Parameters
         ----------
-        windows : Tensor ``(N, A, L)``
-            Standardized returns, float32.
+        windows : Tensor ``(N, A, in_features)``
+            Each asset's features, float32.
         present : BoolTensor ``(N, A)``
             :math:`j \in A_t`: the asset's window is observed.
 
