@@ -186,6 +186,29 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="training of neural experts: trunks pretrained alone, then frozen (two_stage), "
         "or trained jointly at every step (joint)",
     )
+    group.add_argument(
+        "--device",
+        default="cpu",
+        help="where the optimisation runs: cpu, cuda, cuda:1 (the fit is evaluated on the CPU)",
+    )
+    group.add_argument(
+        "--dtype",
+        choices=["float64", "float32"],
+        default="float64",
+        help="precision of the optimisation (the draws come back in float64)",
+    )
+
+
+def _fit_settings(args) -> dict:
+    """The SVI options the model arguments give (fields of :class:`SVIOptions`)."""
+    return {
+        "num_steps": args.num_steps,
+        "num_draws": args.num_draws,
+        "seed": args.seed,
+        "strategy": args.strategy,
+        "device": args.device,
+        "dtype": args.dtype,
+    }
 
 
 def _build_model(args) -> BayesianMoE:
@@ -292,10 +315,7 @@ def _fit_and_report(
     fit = fit_svi(
         model,
         data,
-        num_steps=args.num_steps,
-        num_draws=args.num_draws,
-        seed=args.seed,
-        strategy=args.strategy,
+        **_fit_settings(args),
         checkpoint=state,
         checkpoint_every=getattr(args, "checkpoint_every", 100),
         resume=getattr(args, "resume", False),
@@ -377,14 +397,7 @@ def _fit_panel(args) -> int:
     )
     from bayes_moe.inference.panel_fit import fit_panel
 
-    fit = fit_panel(
-        model,
-        data,
-        num_steps=args.num_steps,
-        num_draws=args.num_draws,
-        seed=args.seed,
-        strategy=args.strategy,
-    )
+    fit = fit_panel(model, data, **_fit_settings(args))
     print("evaluating the posterior and writing the report ...", flush=True)
     metrics = write_panel_report(fit, out, started=start, keep_draws=args.keep_draws)
     table = pd.DataFrame(metrics["forecast"]).set_index("asset")
@@ -501,11 +514,8 @@ def cmd_backtest(args) -> int:
             model,
             target=args.target,
             covariates=covariates,
-            num_steps=args.num_steps,
-            num_draws=args.num_draws,
-            seed=args.seed,
+            **_fit_settings(args),
             horizon=args.horizon,
-            strategy=args.strategy,
             allow_outliers=args.allow_outliers,
         )
     }

@@ -48,7 +48,7 @@ def fit_one_expert():
     settle to the accuracy the statsmodels comparisons need in a few hundred steps.
     """
 
-    def fit(frame, spec, *, window, num_steps, target="ret"):
+    def fit(frame, spec, *, window, num_steps, target="ret", **options):
         model = bm.BayesianMoE(experts=[spec], n_regimes=1, window=window)
         return model.fit(
             frame,
@@ -60,6 +60,7 @@ def fit_one_expert():
             seed=0,
             progress=False,
             convergence_tol=None,
+            **options,
         )
 
     return fit

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import bayes_moe as bm
 from bayes_moe.cli import main
@@ -290,4 +291,23 @@ def test_energy_gate_writes_the_energy_report_and_sparse_needs_the_gate(sp500, t
     never = tmp_path / "never"
     assert main([*common, "--sparse", "0.05", "--out", str(never)]) == 2
     assert "--sparse needs --energy-gate" in capsys.readouterr().err
+    assert not never.exists()
+
+
+def test_fit_runs_in_the_precision_asked_for_and_refuses_an_absent_gpu(
+    sp500, tmp_path, capsys, monkeypatch
+):
+    path = tmp_path / "ret.csv"
+    sp500.iloc[-400:][["ret"]].rename_axis("date").to_csv(path)
+    common = ["fit", "--data", str(path), "--return-col", "ret", "--experts", "ar", *TINY]
+    out = tmp_path / "run"
+    assert main([*common, "--dtype", "float32", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["fit"]["device"], metrics["fit"]["dtype"]) == ("cpu", "float32")
+    assert bm.load_fit(out / "fit.safetensors").diagnostics.dtype == "float32"
+    capsys.readouterr()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    never = tmp_path / "never"
+    assert main([*common, "--device", "cuda", "--out", str(never)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
     assert not never.exists()

@@ -174,7 +174,10 @@ class PanelInputs:
     def window_observed(self, length: int) -> torch.Tensor:
         """Whether asset ``i``'s days ``t-length+1..t`` are all data: BoolTensor ``(N, A)``."""
         counts = torch.cat(
-            [torch.zeros(1, self.n_assets, dtype=torch.long), self.observed.long().cumsum(0)]
+            [
+                torch.zeros(1, self.n_assets, dtype=torch.long, device=self.observed.device),
+                self.observed.long().cumsum(0),
+            ]
         )
         end = self.origins + 1
         return (counts[end] - counts[end - length]) == length

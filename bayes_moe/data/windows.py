@@ -325,15 +325,17 @@ class ExpertInputs:
         if len(self.column_scale) != len(self.columns):
             raise ValueError("these inputs carry no preprocessing constants to undo")
         cols = self.column_index(names)
-        loc = torch.tensor([self.column_loc[c] for c in cols], dtype=self.series.dtype)
-        scale = torch.tensor([self.column_scale[c] for c in cols], dtype=self.series.dtype)
+        dtype, device = self.series.dtype, self.series.device
+        loc = torch.tensor([self.column_loc[c] for c in cols], dtype=dtype, device=device)
+        scale = torch.tensor([self.column_scale[c] for c in cols], dtype=dtype, device=device)
         return loc + scale * self.series[:, cols]
 
     def observed_mask(self, names: Sequence[str]) -> torch.Tensor:
         """Whether each value of columns ``names`` is data: BoolTensor ``(T, c)``."""
         cols = self.column_index(names)
         if self.observed is None:
-            return torch.ones(self.series.shape[0], len(cols), dtype=torch.bool)
+            shape = (self.series.shape[0], len(cols))
+            return torch.ones(shape, dtype=torch.bool, device=self.series.device)
         return self.observed[:, cols]
 
     def columns_with_gaps(self, names: Sequence[str]) -> tuple[str, ...]:

@@ -161,6 +161,8 @@ def load_fit(path):
         strategy=diag.get("strategy", "joint"),
         pretrain_s=diag.get("pretrain_s", 0.0),
         resumed_from_step=diag.get("resumed_from_step", 0),
+        device=diag.get("device", "cpu"),
+        dtype=diag.get("dtype", "float64"),
     )
     return MoEFit(
         model=spec.model,

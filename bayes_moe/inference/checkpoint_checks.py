@@ -34,7 +34,8 @@ metadata field         expected
                        (integer), optional ``strategy`` (one of
                        :data:`~bayes_moe.inference.svi_options.STRATEGIES`), optional
                        ``pretrain_s`` (number >= 0), optional ``resumed_from_step``
-                       (integer from 0 to ``num_steps``)
+                       (integer from 0 to ``num_steps``), optional ``device`` (a
+                       string) and ``dtype`` (``"float32"`` or ``"float64"``)
 =====================  ==================================================================
 
 ======================  ==========  =====================================================
@@ -72,6 +73,7 @@ import torch
 from torch.distributions.constraints import Constraint
 
 from bayes_moe.data.continuation import FeatureRecipe, PriceHistory
+from bayes_moe.data.placement import FIT_DTYPES
 from bayes_moe.data.plausibility import MAX_MAGNITUDE
 from bayes_moe.data.validation import validate_index
 from bayes_moe.data.windows import VOL_FEATURES, Preprocessor
@@ -477,6 +479,8 @@ def _parse_diagnostics(diag: dict) -> dict:
             lambda v: _is_int(v) and 0 <= v <= diag.get("num_steps", 0),
             "an integer from 0 to num_steps",
         ),
+        "device": (lambda v: isinstance(v, str) and bool(v), "a device name"),
+        "dtype": (lambda v: v in FIT_DTYPES, f"one of {list(FIT_DTYPES)}"),
     }
     missing = [key for key in checks if key not in diag]
     if missing:

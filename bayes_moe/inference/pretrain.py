@@ -80,8 +80,10 @@ class PretrainResult:
         return float(np.mean(self.losses[-50:]))
 
 
-def holdout_split(n: int, holdout: float, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training and held-out positions of ``n`` time-ordered origins.
+def holdout_split(
+    n: int, holdout: float, horizon: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training and held-out positions of ``n`` time-ordered origins, on ``device``.
 
     The held-out block is the last ``round(holdout * n)`` origins; the ``horizon - 1``
     before it are dropped, so no training response (an ``h``-day sum) overlaps a
@@ -92,8 +94,9 @@ def holdout_split(n: int, holdout: float, horizon: int) -> tuple[torch.Tensor, t
         raise ValueError(f"holdout must be in [0, 1), got {holdout}")
     n_val = int(round(holdout * n))
     if n_val < MIN_HOLDOUT or n - n_val - (horizon - 1) < MIN_HOLDOUT:
-        return torch.arange(n), torch.arange(0)
-    return torch.arange(n - n_val - (horizon - 1)), torch.arange(n - n_val, n)
+        return torch.arange(n, device=device), torch.arange(0, device=device)
+    train = torch.arange(n - n_val - (horizon - 1), device=device)
+    return train, torch.arange(n - n_val, n, device=device)
 
 
 #: Fewest origins in a held-out block (and left for training) for early stopping.
@@ -146,10 +149,16 @@ def pretrain_expert(
     progress : bool
         tqdm progress bar.
     """
-    train, held = holdout_split(inputs.n_origins, holdout, inputs.horizon)
+    device = inputs.origins.device
+    train, held = holdout_split(inputs.n_origins, holdout, inputs.horizon, device)
     N = len(train)
     B = min(batch_size, N)
+    # Minibatches are drawn on the CPU on every device: the same ones for the same seed.
     generator = torch.Generator().manual_seed(seed)
+
+    def draw() -> torch.Tensor:
+        return torch.randperm(N, generator=generator, device="cpu")[:B].to(device)
+
     pyro.set_rng_seed(seed)
     expert.build(inputs)
     alone = _ExpertAlone(expert).train()
@@ -162,7 +171,7 @@ def pretrain_expert(
             rows = train[idx]
             return inputs.at(inputs.origins[rows]), response[rows], N / B
 
-        first = batch(torch.randperm(N, generator=generator)[:B])
+        first = batch(draw())
         svi_step(elbo, None, first, where=f"pretraining expert {expert.name!r}")  # the params
         lrd = 0.1 ** (1.0 / num_steps)
         optimizer = ClippedAdam(elbo.parameters(), lr=learning_rate, lrd=lrd, clip_norm=10.0)
@@ -175,7 +184,7 @@ def pretrain_expert(
             range(num_steps), desc=f"pretrain {expert.name}", disable=not progress, leave=False
         )
         for step in bar:
-            idx = torch.randperm(N, generator=generator)[:B].sort().values
+            idx = draw().sort().values
             where = f"pretraining expert {expert.name!r}, step {step + 1}"
             losses.append(svi_step(elbo, optimizer, batch(idx), where=where) / N)
             if len(held) and ((step + 1) % eval_every == 0 or step + 1 == num_steps):

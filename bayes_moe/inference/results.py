@@ -66,6 +66,8 @@ class SVIDiagnostics:
     resumed_from_step : int
         Steps restored from an SVI checkpoint (``resume=True``), else 0; ``elapsed_s``
         times the steps run after them.
+    device, dtype : str
+        Where and in what precision the optimisation ran (``"cpu"``, ``"float64"``).
     """
 
     losses: np.ndarray = field(repr=False)
@@ -77,6 +79,8 @@ class SVIDiagnostics:
     strategy: str = "joint"
     pretrain_s: float = 0.0
     resumed_from_step: int = 0
+    device: str = "cpu"
+    dtype: str = "float64"
 
     @property
     def num_steps(self) -> int:
@@ -107,6 +111,8 @@ class SVIDiagnostics:
             "strategy": self.strategy,
             "pretrain_s": self.pretrain_s,
             "resumed_from_step": self.resumed_from_step,
+            "device": self.device,
+            "dtype": self.dtype,
         }
 
 

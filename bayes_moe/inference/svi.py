@@ -54,6 +54,7 @@ from pyro.optim.clipped_adam import ClippedAdam
 from tqdm.auto import tqdm
 
 from bayes_moe._runtime import torch_threads
+from bayes_moe.data.placement import as_device, as_fit_dtype, check_available, place
 from bayes_moe.data.windows import ModelData
 from bayes_moe.inference.divergence import (
     check_finite_draws,
@@ -74,7 +75,14 @@ from bayes_moe.models.panel import PanelProgram
 
 
 def make_guide(
-    program: MoEProgram, kind: str, *, init_scale: float, response=None, init_values=None
+    program: MoEProgram,
+    kind: str,
+    *,
+    init_scale: float,
+    response=None,
+    init_values=None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
 ):
     """Build the autoguide ``kind`` (``"normal"``, ``"mvn"``, ``"lowrank"``).
 
@@ -83,14 +91,14 @@ def make_guide(
     at the spread of the data's rolling volatility
     (:meth:`~bayes_moe.models.gate.MarkovGate.initial_levels`, when ``response`` is
     given), every other site at the median of 15 prior draws, which also breaks the
-    symmetry between identical experts or regimes.
+    symmetry between identical experts or regimes. ``dtype`` and ``device``: the fit's.
     """
     if kind not in GUIDES:
         raise ValueError(f"unknown guide {kind!r}; choose one of {sorted(GUIDES)}")
     gate = program.gate
-    values = dict(init_values or {})
+    values = {name: place(value, device, dtype) for name, value in (init_values or {}).items()}
     if gate.n_regimes > 1:
-        values["gate/transition"] = gate.transition_prior(torch.float64).base_dist.mean
+        values["gate/transition"] = gate.transition_prior(dtype, device).base_dist.mean
     levels = None if response is None else gate.initial_levels(response)
     if levels is not None:
         values["gate/level_step"] = levels
@@ -213,22 +221,28 @@ def run_svi(
                 ],
                 "convergence": [options.convergence_tol, options.check_every],
                 "warm_start": sorted(options.init_values or {}),
+                "dtype": str(as_fit_dtype(options.dtype)),
             },
         )
     )
+    device, dtype = as_device(options.device), as_fit_dtype(options.dtype)
+    check_available(device)  # before any work
     saved = None
     checkpoint = options.checkpoint
     if options.resume and checkpoint is not None and Path(checkpoint).exists():
         saved = SVIState.load(checkpoint)  # refused before any work if it is another fit's
         saved.check_matches(identity, checkpoint)
     pyro.set_rng_seed(options.seed)
-    program = make_program().build(inputs).train()
+    inputs, response = place(inputs, device, dtype), place(response, device, dtype)
+    if level_response is not None:
+        level_response = place(level_response, device, dtype)
+    program = make_program().build(inputs).to(device).train()
     n_scored = program.count_scored(inputs, response)  # responses in the likelihood
     shapes = program.latent_shapes(inputs)
     _warn_if_overparametrised(shapes, response)
 
     with pyro.settings.context(module_local_params=True), torch_threads(options.num_threads):
-        warm_start = _check_init_values(shapes, options.init_values or {})
+        warm_start = _check_init_values(shapes, options.init_values or {}, device, dtype)
         start = time.perf_counter()
         start_values = {}
         if options.strategy == "two_stage" and not isinstance(program, PanelProgram):
@@ -252,6 +266,8 @@ def run_svi(
             init_scale=options.init_scale,
             response=response if level_response is None else level_response,
             init_values=start_values,
+            dtype=dtype,
+            device=device,
         )
         elbo = Trace_ELBO()(program, autoguide)
         args = (inputs, response)
@@ -302,7 +318,13 @@ def run_svi(
         program.eval()
         with torch.no_grad(), invalid_as_non_finite("SVI posterior draws", elbo, args):
             samples = [autoguide(inputs, response) for _ in range(options.num_draws)]
-    draws = {name: torch.stack([s[name] for s in samples]) for name in samples[0]}
+    # The fit is evaluated on the CPU in float64 (the compiled kernels): the draws and the
+    # networks come back here.
+    draws = {
+        name: torch.stack([s[name] for s in samples]).to(device="cpu", dtype=torch.float64)
+        for name in samples[0]
+    }
+    program.to("cpu")
     check_finite_draws(draws, where="SVI posterior draws")
     diagnostics = SVIDiagnostics(
         losses=np.asarray(losses),
@@ -314,6 +336,8 @@ def run_svi(
         strategy=options.strategy,
         pretrain_s=pretrain_s,
         resumed_from_step=resumed_from,
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
     )
     return program, draws, diagnostics
 
@@ -378,12 +402,15 @@ def _warn_if_overparametrised(shapes: Mapping[str, torch.Size], response: torch.
 
 
 def _check_init_values(
-    shapes: Mapping[str, torch.Size], values: Mapping[str, torch.Tensor]
+    shapes: Mapping[str, torch.Size],
+    values: Mapping[str, torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> dict:
-    """``values`` as float64 tensors; ValueError naming a site that is unknown or misshapen."""
+    """``values`` as tensors of the fit; ValueError naming a site unknown or misshapen."""
     out = {}
     for name, value in values.items():
-        value = torch.as_tensor(value, dtype=torch.float64)
+        value = torch.as_tensor(value, dtype=dtype, device=device)
         if name not in shapes:
             raise ValueError(
                 f"init_values: {name!r} is not a site of the model; sites: {sorted(shapes)}"

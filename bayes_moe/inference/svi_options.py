@@ -17,15 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from pyro.infer.autoguide import (
     AutoLowRankMultivariateNormal,
     AutoMultivariateNormal,
     AutoNormal,
 )
 
-if TYPE_CHECKING:
-    import torch
+from bayes_moe.data.placement import as_device, as_fit_dtype
 
+if TYPE_CHECKING:
     from bayes_moe.inference.pretrain_cache import PretrainCache
 
 #: Training strategies for window experts (module docstring of ``svi``).
@@ -85,6 +86,16 @@ class SVIOptions:
         Steps between saves.
     resume : bool
         Continue from ``checkpoint`` if it exists.
+    device : str or torch.device
+        Where the optimisation runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``): the data, the
+        networks and every tensor the model makes go there. The posterior draws come
+        back to the CPU when the fit ends, where the fit is evaluated (forecasts,
+        regimes, ArviZ) by the CPU-compiled kernels.
+    dtype : torch.dtype or {"float32", "float64"}
+        The precision of the optimisation: the data, the sample sites and the model's
+        arithmetic (the neural trunks run in float32 either way). The draws come back
+        in float64. ``float32`` halves the memory and speeds up a GPU; on a CPU the
+        statistical experts gain little (measure before choosing).
 
     Raises
     ------
@@ -113,9 +124,19 @@ class SVIOptions:
     checkpoint: str | Path | None = None
     checkpoint_every: int = 100
     resume: bool = False
+    device: str | torch.device = "cpu"
+    dtype: torch.dtype | str = torch.float64
 
     def __post_init__(self) -> None:
         problems = []
+        try:  # stored normalised: torch.dtype and torch.device
+            object.__setattr__(self, "dtype", as_fit_dtype(self.dtype))
+        except ValueError as error:
+            problems.append(str(error))
+        try:
+            object.__setattr__(self, "device", as_device(self.device))
+        except ValueError as error:
+            problems.append(str(error))
         for name in ("num_steps", "num_draws", "check_every", "pretrain_steps", "pretrain_batch"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -322,13 +322,15 @@ class EnergyGate:
             "sparse": self.sparse,
         }
 
-    def model(self, horizon: int, n_regimes: int, dtype: torch.dtype) -> EnergyTilt:
+    def model(
+        self, horizon: int, n_regimes: int, dtype: torch.dtype, device: torch.device | None = None
+    ) -> EnergyTilt:
         r"""Sample (or fix) :math:`\beta` and :math:`\tau`: sites ``beta``, ``tau`` ``()``."""
 
         def site(name: str, fixed: float | None, centre: float, scale: float):
             if fixed is not None:
-                return torch.tensor(fixed, dtype=dtype)
-            loc, sd = torch.tensor(centre, dtype=dtype), torch.tensor(scale, dtype=dtype)
+                return torch.tensor(fixed, dtype=dtype, device=device)
+            loc, sd = (torch.tensor(v, dtype=dtype, device=device) for v in (centre, scale))
             return pyro.sample(name, dist.Normal(loc, sd))
 
         beta = site("beta", self.beta, 0.0, self.beta_scale)

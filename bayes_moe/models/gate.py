@@ -207,12 +207,19 @@ class GateOutput:
         return self.log_trans if self.log_trans_t is None else self.log_trans_t
 
 
-def horizon_preference(groups: Sequence[str], horizon: int, strength: float) -> torch.Tensor:
+def horizon_preference(
+    groups: Sequence[str],
+    horizon: int,
+    strength: float,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | None = None,
+) -> torch.Tensor:
     """Prior mean of the gate bias per expert (see the module docstring), shape ``(M,)``."""
     a = min(1.0, math.log(horizon) / math.log(20.0))
     tilt = strength * (1.0 - 2.0 * a)
     sign = {"short": 1.0, "long": -1.0}
-    return torch.tensor([sign.get(g, 0.0) * tilt for g in groups], dtype=torch.float64)
+    return torch.tensor([sign.get(g, 0.0) * tilt for g in groups], dtype=dtype, device=device)
 
 
 class MarkovGate:
@@ -375,17 +382,17 @@ class MarkovGate:
         """
         if not self.volatility_levels:
             return None
-        sq = pd.Series(response[:, 0].double().numpy() ** 2)
+        sq = pd.Series(response[:, 0].double().cpu().numpy() ** 2)
         vol = np.sqrt(sq.rolling(22, min_periods=5).mean().dropna().to_numpy())
         K = self.n_regimes
         q = np.quantile(vol, (np.arange(K) + 0.5) / K)
         steps = np.maximum(np.diff(np.log(q)), 0.05)
-        return torch.as_tensor(steps, dtype=response.dtype)
+        return torch.as_tensor(steps, dtype=response.dtype, device=response.device)
 
-    def transition_prior(self, dtype: torch.dtype) -> dist.TorchDistribution:
+    def transition_prior(self, dtype: torch.dtype, device=None) -> dist.TorchDistribution:
         """Sticky Dirichlet prior on the rows of the transition matrix, event ``(K, K)``."""
         K = self.n_regimes
-        conc = self.concentration + self.stickiness * torch.eye(K, dtype=dtype)
+        conc = self.concentration + self.stickiness * torch.eye(K, dtype=dtype, device=device)
         return dist.Dirichlet(conc).to_event(1)
 
     def model(self, inputs: ExpertInputs, groups: Sequence[str]) -> GateOutput:
@@ -401,29 +408,34 @@ class MarkovGate:
         groups : sequence of str
             Horizon group of each of the ``M`` experts.
         """
-        dtype = inputs.series.dtype
+        dtype, device = inputs.series.dtype, inputs.series.device
         K, M = self.n_regimes, len(groups)
         log_init, log_trans, timed = self._transitions(inputs, dtype)
-        log_scale = self._levels(dtype)
+        log_scale = self._levels(dtype, device)
         n = inputs.n_origins
         if self.assignment is not None:
             if max(self.assignment) >= M:
                 raise ValueError(f"assignment {self.assignment} refers to experts beyond {M}")
-            mask = torch.full((K, M), -math.inf, dtype=dtype)
-            mask[torch.arange(K), torch.tensor(self.assignment)] = 0.0
+            mask = torch.full((K, M), -math.inf, dtype=dtype, device=device)
+            mask[torch.arange(K, device=device), torch.tensor(self.assignment, device=device)] = 0.0
             return GateOutput(log_init, log_trans, mask.expand(n, K, M), log_scale, timed)
-        prior_mean = horizon_preference(groups, inputs.horizon, self.horizon_strength).to(dtype)
+        prior_mean = horizon_preference(
+            groups, inputs.horizon, self.horizon_strength, dtype=dtype, device=device
+        )
         bias = pyro.sample(
             "bias",
             dist.Normal(
-                prior_mean.expand(K, M), torch.tensor(self.bias_scale, dtype=dtype)
+                prior_mean.expand(K, M), torch.tensor(self.bias_scale, dtype=dtype, device=device)
             ).to_event(2),
         )  # S + (K, M)
         if self.input_dependent:
             features = select_vol_features(inputs.origin_vol[:, 0, :], self.feature_names)
             coef = pyro.sample(
                 "coef",
-                dist.Normal(torch.zeros((), dtype=dtype), torch.tensor(0.5, dtype=dtype))
+                dist.Normal(
+                    torch.zeros((), dtype=dtype, device=device),
+                    torch.tensor(0.5, dtype=dtype, device=device),
+                )
                 .expand([M, features.shape[-1]])
                 .to_event(2),
             )  # S + (M, V)
@@ -442,17 +454,18 @@ class MarkovGate:
         ``log_trans_t`` ``S + (N, K, K)`` (else None; :meth:`transition_inputs`). The
         initial regime follows the stationary distribution of :math:`\Pi`.
         """
-        K = self.n_regimes
+        K, device = self.n_regimes, inputs.series.device
         if K == 1:
-            return torch.zeros(1, dtype=dtype), torch.zeros(1, 1, dtype=dtype), None
+            log_init = torch.zeros(1, dtype=dtype, device=device)
+            return log_init, torch.zeros(1, 1, dtype=dtype, device=device), None
         tiny = torch.finfo(dtype).tiny
-        trans = pyro.sample("transition", self.transition_prior(dtype))
+        trans = pyro.sample("transition", self.transition_prior(dtype, device))
         log_init = stationary_distribution(trans).clamp_min(tiny).log()
         log_trans = trans.clamp_min(tiny).log()
         if not self.transition_features:
             return log_init, log_trans, None
         x = self.transition_inputs(inputs)  # (N, V_x)
-        one = torch.ones((), dtype=dtype)
+        one = torch.ones((), dtype=dtype, device=device)
         beta = pyro.sample(
             "transition_coef",
             dist.Normal(0 * one, one).expand([K - 1, x.shape[-1]]).to_event(2),
@@ -461,12 +474,12 @@ class MarkovGate:
         tilt = torch.cat([torch.zeros_like(tilt[..., :1]), tilt], dim=-1)  # S + (N, K)
         return log_init, log_trans, log_softmax_of_sum(log_trans, tilt)  # S + (N, K, K)
 
-    def _levels(self, dtype: torch.dtype) -> torch.Tensor:
+    def _levels(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         r"""Sample the steps :math:`\delta` and return :math:`\lambda`: shape ``S + (K,)``."""
         K = self.n_regimes
         if not self.volatility_levels:
-            return torch.zeros(K, dtype=dtype)
-        a, b = (torch.tensor(v, dtype=dtype) for v in self.level_prior)
+            return torch.zeros(K, dtype=dtype, device=device)
+        a, b = (torch.tensor(v, dtype=dtype, device=device) for v in self.level_prior)
         step = pyro.sample("level_step", dist.Gamma(a, b).expand([K - 1]).to_event(1))
-        zero = torch.zeros(step.shape[:-1] + (1,), dtype=dtype)
+        zero = torch.zeros(step.shape[:-1] + (1,), dtype=dtype, device=device)
         return torch.cat([zero, step.cumsum(-1)], dim=-1)

@@ -226,9 +226,10 @@ class MoEProgram(nn.Module):
             gate = self.gate.model(inputs, self.groups)
         tilt = None
         if self.energy is not None:
-            dtype = inputs.series.dtype
             with scope(prefix="energy", inner=False):
-                tilt = self.energy.model(inputs.horizon, self.gate.n_regimes, dtype)
+                tilt = self.energy.model(
+                    inputs.horizon, self.gate.n_regimes, inputs.series.dtype, inputs.series.device
+                )
         return MixtureComponents(dists, gate, tilt)
 
     def expert_predictive(self, m: int, inputs: ExpertInputs) -> torch.distributions.Distribution:
@@ -269,7 +270,8 @@ class MoEProgram(nn.Module):
         """The gate's log weights tilted by ``energy`` (``S + (N, K, M)``); untilted without it."""
         if comps.tilt is None:
             return comps.gate.log_weights
-        capacity = torch.tensor(self.capacity, dtype=comps.gate.log_weights.dtype)
+        weights = comps.gate.log_weights
+        capacity = torch.tensor(self.capacity, dtype=weights.dtype, device=weights.device)
         return tilt_weights(comps.gate.log_weights, energy.total, comps.tilt, capacity)
 
     def latent_shapes(self, inputs: ExpertInputs) -> dict[str, torch.Size]:
@@ -353,8 +355,10 @@ class MoEProgram(nn.Module):
     def scored_origins(self, inputs: ExpertInputs) -> torch.Tensor:
         """Which origins' responses enter the likelihood (:meth:`forward`): BoolTensor ``(N,)``."""
         if inputs.horizon > 1 and self.horizon_likelihood == "non_overlapping":
-            return non_overlapping_origins(inputs.n_origins, inputs.horizon)
-        return torch.ones(inputs.n_origins, dtype=torch.bool)
+            return non_overlapping_origins(inputs.n_origins, inputs.horizon).to(
+                inputs.origins.device
+            )
+        return torch.ones(inputs.n_origins, dtype=torch.bool, device=inputs.origins.device)
 
     def _drop(self, log_weights: torch.Tensor) -> torch.Tensor:
         M = log_weights.shape[-1]

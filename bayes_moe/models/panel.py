@@ -160,7 +160,7 @@ class PanelProgram(MoEProgram):
         """
         scored = torch.isfinite(response)
         filled = torch.where(scored, response, torch.zeros_like(response))
-        total = torch.zeros((), dtype=log_weights.dtype)
+        total = torch.zeros((), dtype=log_weights.dtype, device=log_weights.device)
         for i in range(response.shape[-1]):
             emit = comps.asset_log_emission(i, filled[:, i : i + 1], log_weights)
             total = total + torch.where(scored[:, i : i + 1], emit, torch.zeros_like(emit))

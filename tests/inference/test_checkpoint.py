@@ -24,7 +24,8 @@ def test_round_trip_reproduces_forecasts_and_regimes(small_fit, saved):
     for name, value in small_fit.draws.items():
         torch.testing.assert_close(loaded.draws[name], value, rtol=0, atol=0)
     a, b = small_fit.forecast(num_samples=500, seed=3), loaded.forecast(num_samples=500, seed=3)
-    np.testing.assert_array_equal(a.samples, b.samples)
+    # equal up to rounding: the CPU's vector kernels may differ by 1 ulp from run to run
+    np.testing.assert_allclose(a.samples, b.samples, rtol=1e-13, atol=1e-13)
     assert a.log_prob(0.5) == pytest.approx(b.log_prob(0.5), rel=1e-12)
     np.testing.assert_allclose(
         small_fit.regimes().filtered.to_numpy(), loaded.regimes().filtered.to_numpy(), rtol=1e-12

@@ -114,10 +114,13 @@ def test_asleep_weights_are_zero_and_rows_still_sum_to_one(data):
     assert bool(torch.isneginf(new_w[:, asleep, :, 1]).all())
     assert torch.equal(new_w[:, ~asleep], log_w[:, ~asleep])
     assert out[1].batch_shape == out[0].batch_shape == (S, N)
-    # awake origins: the heavy expert's predictive is the dense one
+    # awake origins: the heavy expert's predictive is the dense one, up to rounding (the
+    # CPU's vector kernels may round a batch of fewer origins differently, by 1 ulp)
     with torch.no_grad(), poutine.condition(data=draws):
         dense = program.expert_predictive(1, data.inputs)
-    torch.testing.assert_close(out[1].mean[:, ~asleep], dense.mean[:, ~asleep], rtol=0, atol=0)
+    torch.testing.assert_close(
+        out[1].mean[:, ~asleep], dense.mean[:, ~asleep], rtol=1e-13, atol=1e-13
+    )
 
 
 def test_sparse_option_is_validated_and_round_trips():

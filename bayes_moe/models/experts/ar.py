@@ -76,9 +76,9 @@ class AR(Expert):
 
     def model(self, inputs: ExpertInputs) -> dist.TorchDistribution:
         """Sample the AR parameters and return the predictive (see :meth:`Expert.model`)."""
-        dtype = inputs.series.dtype
+        dtype, device = inputs.series.dtype, inputs.series.device
         d_y = inputs.n_targets
-        one = torch.ones((), dtype=dtype)
+        one = torch.ones((), dtype=dtype, device=device)
         intercept = pyro.sample("intercept", dist.Normal(0 * one, one).expand([d_y]).to_event(1))
         loc = intercept.unsqueeze(-2)  # S + (1, d_y)
         if self.order > 0:
@@ -90,5 +90,5 @@ class AR(Expert):
         scale = self.noise.sample_scale(
             inputs.origin_vol, dtype=dtype, available=inputs.scale_features
         )
-        df = self.noise.sample_df(d_y, dtype=dtype)
+        df = self.noise.sample_df(d_y, dtype=dtype, device=device)
         return self.noise.predictive(loc, scale, df)

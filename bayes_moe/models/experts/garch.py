@@ -149,9 +149,9 @@ class GARCH(Expert):
 
     def model(self, inputs: ExpertInputs) -> dist.TorchDistribution:
         """Sample the GARCH parameters and return the predictive (see :meth:`Expert.model`)."""
-        dtype = inputs.series.dtype
+        dtype, device = inputs.series.dtype, inputs.series.device
         d_y = inputs.n_targets
-        one = torch.ones((), dtype=dtype)
+        one = torch.ones((), dtype=dtype, device=device)
 
         def per_target(prior):
             return prior.expand([d_y]).to_event(1)
@@ -165,7 +165,7 @@ class GARCH(Expert):
         level = pyro.sample(
             "unconditional_variance", per_target(dist.LogNormal(m_v * one, s_v * one))
         )
-        df = self.noise.sample_df(d_y, dtype=dtype)
+        df = self.noise.sample_df(d_y, dtype=dtype, device=device)
         omega, alpha, beta = garch_coefficients(persistence, share, level)
 
         resid = inputs.series[:, :d_y].transpose(0, 1) - mean.unsqueeze(-1)  # S + (d_y, T)

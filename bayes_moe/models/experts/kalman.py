@@ -82,7 +82,7 @@ def pacf_to_ar(pacf: torch.Tensor) -> torch.Tensor:
 def companion(phi: torch.Tensor) -> torch.Tensor:
     """Companion matrix of AR coefficients ``(..., k) -> (..., k, k)``."""
     k = phi.shape[-1]
-    shift = torch.eye(k, dtype=phi.dtype)[:-1]  # (k-1, k)
+    shift = torch.eye(k, dtype=phi.dtype, device=phi.device)[:-1]  # (k-1, k)
     return torch.cat([phi.unsqueeze(-2), shift.expand(phi.shape[:-1] + (k - 1, k))], dim=-2)
 
 
@@ -96,7 +96,7 @@ def stationary_covariance(F: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     kron = (F.unsqueeze(-1).unsqueeze(-3) * F.unsqueeze(-2).unsqueeze(-4)).reshape(
         F.shape[:-2] + (k * k, k * k)
     )
-    eye = torch.eye(k * k, dtype=F.dtype)
+    eye = torch.eye(k * k, dtype=F.dtype, device=F.device)
     vec = torch.linalg.solve(eye - kron, Q.reshape(Q.shape[:-2] + (k * k, 1)))
     P = vec.reshape(Q.shape[:-2] + (k, k))
     return 0.5 * (P + P.transpose(-1, -2))
@@ -181,7 +181,7 @@ class Kalman(Expert):
         if self.exog is None:
             return None
         self.build(inputs)
-        one = torch.ones((), dtype=dtype)
+        one = torch.ones((), dtype=dtype, device=inputs.series.device)
         beta = pyro.sample(
             "exog_coef",
             dist.Normal(0 * one, 0.25 * one).expand([inputs.n_targets, len(self.exog)]).to_event(2),
@@ -191,9 +191,9 @@ class Kalman(Expert):
 
     def model(self, inputs: ExpertInputs) -> dist.TorchDistribution:
         """Filter the history and return the predictive (see :meth:`Expert.model`)."""
-        dtype = inputs.series.dtype
+        dtype, device = inputs.series.dtype, inputs.series.device
         d_y, k = inputs.n_targets, self.state_dim
-        one = torch.ones((), dtype=dtype)
+        one = torch.ones((), dtype=dtype, device=device)
         pacf = pyro.sample("pacf", dist.Uniform(-one, one).expand([d_y, k]).to_event(2))
         q = pyro.sample("state_scale", dist.LogNormal(-2 * one, one).expand([d_y]).to_event(1))
         d = pyro.sample("obs_intercept", dist.Normal(0 * one, one).expand([d_y]).to_event(1))
@@ -208,13 +208,13 @@ class Kalman(Expert):
             rows_and_origins, dtype=dtype, available=inputs.scale_features
         )  # S + (T + N, d_y)
         obs_var = scale.square().transpose(-1, -2)  # S + (d_y, T + N)
-        df = self.noise.sample_df(d_y, dtype=dtype)
+        df = self.noise.sample_df(d_y, dtype=dtype, device=device)
 
         F = companion(pacf_to_ar(pacf))  # S + (d_y, k, k)
-        Q = torch.zeros(F.shape, dtype=dtype)
+        Q = torch.zeros(F.shape, dtype=dtype, device=device)
         Q[..., 0, 0] = q.square()
-        c = torch.zeros(F.shape[:-1], dtype=dtype)
-        H = torch.zeros(k, dtype=dtype)
+        c = torch.zeros(F.shape[:-1], dtype=dtype, device=device)
+        H = torch.zeros(k, dtype=dtype, device=device)
         H[0] = 1.0
         H = H.expand(F.shape[:-2] + (1, k))
         dvec = d.unsqueeze(-1)  # S + (d_y, 1)

@@ -209,7 +209,7 @@ class Macro(WindowExpert):
         columns = self.macro_columns(inputs)
         series = inputs.series
         if not columns:
-            return torch.ones(series.shape[0], 1, dtype=series.dtype)
+            return torch.ones(series.shape[0], 1, dtype=series.dtype, device=series.device)
         parts = [inputs.mean_filled(columns)]  # (T, c)
         indicated = self.indicated(inputs)
         if indicated:

@@ -144,7 +144,7 @@ class NoiseModel:
         Tensor, shape ``S + (n, d_y)``
         """
         d_y = vol.shape[-2]
-        one = torch.ones((), dtype=dtype)
+        one = torch.ones((), dtype=dtype, device=vol.device)
         sigma = pyro.sample("scale", dist.LogNormal(0 * one, one).expand([d_y]).to_event(1))
         log_scale = sigma.log().unsqueeze(-2)  # S + (1, d_y)
         if self.heteroscedastic:
@@ -157,11 +157,14 @@ class NoiseModel:
         # Expanded so that a constant scale also has one row per day, as documented.
         return log_scale.exp().expand(log_scale.shape[:-2] + vol.shape[-3:-1])
 
-    def sample_df(self, d_y: int, *, dtype: torch.dtype) -> torch.Tensor | None:
+    def sample_df(
+        self, d_y: int, *, dtype: torch.dtype, device: torch.device | None = None
+    ) -> torch.Tensor | None:
         """Sample the Student-t degrees of freedom ``df``: shape ``S + (d_y,)`` (None if Normal)."""
         if self.family != "studentt":
             return None
-        prior = ShiftedGamma(torch.tensor(2.0, dtype=dtype), torch.tensor(0.1, dtype=dtype))
+        shape, rate = (torch.tensor(v, dtype=dtype, device=device) for v in (2.0, 0.1))
+        prior = ShiftedGamma(shape, rate)
         return pyro.sample("df", prior.expand([d_y]).to_event(1))
 
     def predictive(

@@ -116,22 +116,26 @@ class VAR(Expert):
         lags = list(range(1, self.order + 1))
         return super().param_coords(inputs) | {"lag": lags, "series": list(self.reads(inputs))}
 
-    def prior_scale(self, d_y: int, n_series: int, dtype: torch.dtype) -> torch.Tensor:
+    def prior_scale(
+        self, d_y: int, n_series: int, dtype: torch.dtype, device: torch.device | None = None
+    ) -> torch.Tensor:
         """Minnesota prior standard deviations, shape ``(d_y, p, D)``."""
-        lags = torch.arange(1, self.order + 1, dtype=dtype).view(1, -1, 1)
-        own = torch.zeros(d_y, 1, n_series, dtype=dtype)
-        own[torch.arange(d_y), 0, torch.arange(d_y)] = 1.0  # targets are the first series
+        lags = torch.arange(1, self.order + 1, dtype=dtype, device=device).view(1, -1, 1)
+        own = torch.zeros(d_y, 1, n_series, dtype=dtype, device=device)
+        own[torch.arange(d_y, device=device), 0, torch.arange(d_y, device=device)] = (
+            1.0  # targets are the first series
+        )
         ratio = own + (1 - own) * self.cross_tightness
         return self.tightness * ratio / lags
 
     def model(self, inputs: ExpertInputs) -> dist.TorchDistribution:
         """Sample the VAR parameters and return the predictive (see :meth:`Expert.model`)."""
-        dtype = inputs.series.dtype
+        dtype, device = inputs.series.dtype, inputs.series.device
         d_y = inputs.n_targets
         system = self.reads(inputs)
-        one = torch.ones((), dtype=dtype)
+        one = torch.ones((), dtype=dtype, device=device)
         intercept = pyro.sample("intercept", dist.Normal(0 * one, one).expand([d_y]).to_event(1))
-        prior_sd = self.prior_scale(d_y, len(system), dtype)
+        prior_sd = self.prior_scale(d_y, len(system), dtype, device)
         coef = pyro.sample("coef", dist.Normal(torch.zeros_like(prior_sd), prior_sd).to_event(3))
         lags = inputs.windows(self.order, system).flip(-2)  # (N, p, D), lag 1 first
         # loc[..., n, i] = c_i + sum_{l, j} A[..., i, l, j] * lags[n, l, j]
@@ -140,11 +144,11 @@ class VAR(Expert):
             inputs.origin_vol, dtype=dtype, available=inputs.scale_features
         )  # S + (N, d_y)
         if d_y == 1:
-            df = self.noise.sample_df(d_y, dtype=dtype)
+            df = self.noise.sample_df(d_y, dtype=dtype, device=device)
             return self.noise.predictive(loc, scale, df)
         corr_chol = pyro.sample("corr_chol", dist.LKJCholesky(d_y, 2.0 * one))
         scale_tril = scale.unsqueeze(-1) * corr_chol.unsqueeze(-3)  # S + (N, d_y, d_y)
-        df = self.noise.sample_df(1, dtype=dtype)
+        df = self.noise.sample_df(1, dtype=dtype, device=device)
         if df is None:
             return dist.MultivariateNormal(loc, scale_tril=scale_tril)
         return dist.MultivariateStudentT(df, loc, scale_tril)

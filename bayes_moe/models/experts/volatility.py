@@ -79,7 +79,7 @@ def rolling_mean_square(z: torch.Tensor, span: int) -> torch.Tensor:
     Causal (rows ``<= t`` only); ``z`` of shape ``(T, ...)``.
     """
     csum = torch.cat([torch.zeros_like(z[:1]), z.square().cumsum(0)])
-    t = torch.arange(1, z.shape[0] + 1)
+    t = torch.arange(1, z.shape[0] + 1, device=z.device)
     start = (t - span).clamp_min(0)
     count = (t - start).to(z.dtype).view((-1,) + (1,) * (z.dim() - 1))
     return (csum[t] - csum[start]) / count
@@ -208,7 +208,9 @@ class Volatility(Expert):
         cache = self._cache
         if cache is not None and cache[0] is series and cache[1] is inputs.origins:
             return cache[2]
-        target_scale = torch.tensor(inputs.column_scale[:d_y], dtype=series.dtype)
+        target_scale = torch.tensor(
+            inputs.column_scale[:d_y], dtype=series.dtype, device=series.device
+        )
         z = series[:, :d_y]  # standardized returns
         realised = [rolling_mean_square(z, w) for w in RV_SPANS]  # (T, d_y) each
         fallback = realised[RV_SPANS.index(FALLBACK_SPAN)]
@@ -235,12 +237,12 @@ class Volatility(Expert):
     def model(self, inputs: ExpertInputs) -> dist.TorchDistribution:
         """Sample the output layer and return the predictive (see :meth:`Expert.model`)."""
         self.build(inputs)
-        dtype = inputs.series.dtype
+        dtype, device = inputs.series.dtype, inputs.series.device
         d_y, H = inputs.n_targets, self.hidden
         v = self.volatility_inputs(inputs)  # (N, d_y, d_v)
         assert self.layer is not None  # made by build
-        h = torch.tanh(self.layer(v))  # (N, d_y, H)
-        one = torch.ones((), dtype=dtype)
+        h = torch.tanh(self.layer(v.to(self.layer.weight.dtype))).to(dtype)  # (N, d_y, H)
+        one = torch.ones((), dtype=dtype, device=device)
         intercept = pyro.sample("intercept", dist.Normal(0 * one, one).expand([d_y]).to_event(1))
         sigma = pyro.sample("scale", dist.LogNormal(0 * one, one).expand([d_y]).to_event(1))
         gamma = pyro.sample(
@@ -254,5 +256,5 @@ class Volatility(Expert):
             sigma.log().unsqueeze(-2) + per_target_dot(v, gamma) + per_target_dot(h, u)
         )  # S + (N, d_y)
         loc = intercept.unsqueeze(-2).expand(log_scale.shape)
-        df = self.noise.sample_df(d_y, dtype=dtype)
+        df = self.noise.sample_df(d_y, dtype=dtype, device=device)
         return self.noise.predictive(loc, log_scale.exp(), df)

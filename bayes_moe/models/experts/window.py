@@ -271,9 +271,9 @@ class WindowExpert(Expert):
     def model(self, inputs: ExpertInputs) -> dist.TorchDistribution:
         """Sample the head (and trunk) weights; return the predictive (:meth:`Expert.model`)."""
         self.build(inputs)
-        dtype = inputs.series.dtype
+        dtype, device = inputs.series.dtype, inputs.series.device
         d_y, E = inputs.n_targets, self.embedding_dim
-        one = torch.ones((), dtype=dtype)
+        one = torch.ones((), dtype=dtype, device=device)
         if self.bayesian == "full":
             h = self._full_features(inputs, self._sample_trunk())  # S + (N, E)
         else:
@@ -291,5 +291,5 @@ class WindowExpert(Expert):
             inputs.origin_vol, dtype=dtype, available=inputs.scale_features
         )
         scale = scale * torch.einsum("...ne,...de->...nd", h, v).exp()
-        df = self.noise.sample_df(d_y, dtype=dtype)
+        df = self.noise.sample_df(d_y, dtype=dtype, device=device)
         return self.noise.predictive(loc, scale, df)

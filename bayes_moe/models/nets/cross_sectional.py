@@ -101,5 +101,7 @@ class CrossSectionalAttention(nn.Module):
         """Masked softmax over the assets ``j`` of each day: ``(N, A, A)``."""
         A = u.shape[-2]
         scores = self.query(u) @ self.key(u).transpose(-1, -2) / math.sqrt(u.shape[-1])
-        visible = present.unsqueeze(-2) | torch.eye(A, dtype=torch.bool)  # j in A_t, or j = i
+        visible = present.unsqueeze(-2) | torch.eye(
+            A, dtype=torch.bool, device=present.device
+        )  # j in A_t, or j = i
         return scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
