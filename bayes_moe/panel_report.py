@@ -17,7 +17,7 @@ from bayes_moe.inference.arviz import compact, loo, to_netcdf
 from bayes_moe.inference.panel_fit import PanelFit
 from bayes_moe.inference.posterior import DEFAULT_KEEP_DRAWS
 from bayes_moe.io import atomic_folder, atomic_path, write_csv, write_json
-from bayes_moe.report import _markdown_table, format_regime_summary, write_regime_tables
+from bayes_moe.report import _markdown_table, format_regime_summary, regime_now, write_regime_tables
 
 
 def write_panel_report(
@@ -73,7 +73,6 @@ def _write_files(fit: PanelFit, out: Path, num_samples, started, keep_draws) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pareto-k warnings are reported in the numbers
         psis = loo(idata)
-    current = regimes.current()
     metrics = {
         "data": {
             "assets": list(fit.assets),
@@ -84,12 +83,7 @@ def _write_files(fit: PanelFit, out: Path, num_samples, started, keep_draws) -> 
         },
         "model": fit.model.config(),
         "fit": fit.diagnostics.to_dict(),
-        "regime_now": {
-            "date": str(current["date"].date()),
-            "regime": current["regime"],
-            "filtered_probability": current["probability"],
-            "filtered_probability_sd": current["probability_sd"],
-        },
+        "regime_now": regime_now(regimes.current()),
         "forecast_regime_probabilities": forecast.regime_probs["mean"].tolist(),
         "forecast": table.reset_index()
         .assign(origin_date=lambda f: f["origin_date"].astype(str))

@@ -73,6 +73,16 @@ def format_regime_summary(table: pd.DataFrame, *, unit: str = "%/day") -> str:
     return "\n".join(lines)
 
 
+def regime_now(current: dict) -> dict:
+    """JSON fields of the most probable regime on the last day (`RegimePosterior.current`)."""
+    return {
+        "date": str(current["date"].date()),
+        "regime": current["regime"],
+        "filtered_probability": current["probability"],
+        "filtered_probability_sd": current["probability_sd"],
+    }
+
+
 def summary(fit, forecast, regimes) -> dict:
     """A JSON-serializable summary of the fit: data, diagnostics, regime now, forecast.
 
@@ -101,10 +111,7 @@ def summary(fit, forecast, regimes) -> dict:
         "model": fit.model.config(),
         "fit": fit.diagnostics.to_dict(),
         "regime_now": {
-            "date": str(current["date"].date()),
-            "regime": current["regime"],
-            "filtered_probability": current["probability"],
-            "filtered_probability_sd": current["probability_sd"],
+            **regime_now(current),
             "volatility": float(regimes.volatility["mean"].iloc[current["regime"]]),
             "next_day_probability": float(next_day["mean"].iloc[current["regime"]]),
             "next_day_probability_sd": float(next_day["sd"].iloc[current["regime"]]),

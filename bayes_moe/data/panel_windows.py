@@ -293,13 +293,6 @@ def prepare_panel(
     origins = np.arange(window - 1, T)
     n_observed = len(origins) - horizon
     observed_origins = origins[:n_observed]
-    sums, complete = _h_day_sums(z, present, observed_origins, horizon)
-    count = np.concatenate([np.zeros((1, A)), np.cumsum(present, axis=0)])
-    full_window = (count[observed_origins + 1] - count[observed_origins + 1 - window]) == window
-    scored = np.zeros((len(origins), A), dtype=bool)
-    scored[:n_observed] = complete & full_window
-    response = np.full((len(origins), A), np.nan)
-    response[scored] = sums[scored[:n_observed]]
     m_sums, _ = _h_day_sums(market[:, None], np.ones((T, 1), bool), observed_origins, horizon)
     market_response = np.full(len(origins), np.nan)
     market_response[:n_observed] = m_sums[:, 0]
@@ -333,13 +326,20 @@ def prepare_panel(
         column_loc=(preprocessor.market_loc,),
         column_scale=(preprocessor.market_scale,),
     )
+    inputs = PanelInputs(
+        assets=tuple(assets),
+        names=preprocessor.assets,
+        observed=torch.as_tensor(present),
+        market=market_inputs,
+    )
+    # An asset-day is scored when its h-day response and its whole window are data.
+    sums, complete = _h_day_sums(z, present, observed_origins, horizon)
+    scored = np.zeros((len(origins), A), dtype=bool)
+    scored[:n_observed] = complete & inputs.window_observed(window)[:n_observed].numpy()
+    response = np.full((len(origins), A), np.nan)
+    response[scored] = sums[scored[:n_observed]]
     return PanelData(
-        inputs=PanelInputs(
-            assets=tuple(assets),
-            names=preprocessor.assets,
-            observed=torch.as_tensor(present),
-            market=market_inputs,
-        ),
+        inputs=inputs,
         response=torch.as_tensor(response, dtype=dtype),
         scored=torch.as_tensor(scored),
         market_response=torch.as_tensor(market_response, dtype=dtype),

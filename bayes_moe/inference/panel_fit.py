@@ -173,8 +173,8 @@ def _evaluate_chunk(program: PanelProgram, draws: dict, data: PanelData) -> dict
         )
         on = scored[:, i, None]
         log_emit = log_emit + torch.where(on, emit, torch.zeros_like(emit))
-        var_sum = var_sum + torch.where(on, var[:, :n_obs] * pre.scale[i] ** 2, 0.0)
-        mean_sum = mean_sum + torch.where(on, h * pre.loc[i] + pre.scale[i] * mu[:, :n_obs], 0.0)
+        var_sum = var_sum + torch.where(on, var * pre.scale[i] ** 2, 0.0)  # (S, N_obs, K)
+        mean_sum = mean_sum + torch.where(on, h * pre.loc[i] + pre.scale[i] * mu, 0.0)
         log_p_assets.append(log_p)
     count = scored.sum(-1).clamp_min(1)[None, :, None]  # (1, N_obs, 1)
     pooled_var, pooled_mean = var_sum / count, mean_sum / count
