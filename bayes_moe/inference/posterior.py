@@ -65,6 +65,14 @@ from bayes_moe.models.moe import MoEProgram
 #: 200,000 days are fitted, evaluated and reported in under 8 GB
 #: (``benchmarks/memory_scale.py``).
 DEFAULT_MEMORY_BUDGET_MIB: float = 1024.0
+#: Largest working memory of one chunk of draws, MiB, whatever the budget: bigger chunks
+#: vectorise no better, and the system's first touch of their larger arrays (page
+#: faults) costs more than the loop over more chunks. On the S&P 500 (200 draws of the
+#: default mixture, 4,945 days, one thread) chunks of 24 draws (this cap) instead of 99
+#: (the default budget's) take the evaluation from 1.49-1.66 s to 1.30-1.33 s; with a
+#: thread per core (24 instead of 49 draws) the two are level within the machine's
+#: noise, 0.77-0.85 s against 0.80-0.84 s (``benchmarks/README.md``).
+CHUNK_CAP_MIB: float = 128.0
 #: Draws whose per-day values :func:`summarize_posterior` keeps unless told otherwise.
 DEFAULT_KEEP_DRAWS: int = 40
 #: Trailing origins whose predictive :func:`summarize_posterior` keeps for every draw:
@@ -330,8 +338,9 @@ def _for_each_chunk(
     ``T = evaluation_threads(num_threads) > 1`` up to ``T`` chunks are evaluated at
     once, each in its own thread with one torch intra-op thread (torch operations and
     the compiled kernels release the GIL; Pyro's effect handlers, which are global,
-    run under a lock); chunks are sized for ``memory_budget_mib / T`` and to give every
-    thread work. The result equals the one-thread evaluation to rounding.
+    run under a lock); chunks are sized for ``memory_budget_mib / T`` (at most
+    :data:`CHUNK_CAP_MIB`) and to give every thread work. The result equals the
+    one-thread evaluation to rounding.
     ``with_energy`` adds the energy of every origin to each chunk (``chunk["energy"]``,
     :class:`~bayes_moe.models.energy.EnergyParts`; always there with energy gating).
     """
@@ -342,7 +351,7 @@ def _for_each_chunk(
         program.gate.n_regimes,
         len(program.experts),
         data.response.shape[-1],
-        memory_budget_mib=memory_budget_mib / threads,
+        memory_budget_mib=min(memory_budget_mib / threads, CHUNK_CAP_MIB),
     )
     size = max(1, min(size, math.ceil(n_draws / threads)))
     starts = range(0, n_draws, size)

@@ -218,7 +218,10 @@ def sample_picked(
     stretch = (2.0 * half_df / chi2).sqrt()
     stretch = torch.where(joint.unsqueeze(-1), stretch[..., :1], stretch)
     stretch = torch.where(student.unsqueeze(-1), stretch, torch.ones_like(stretch))
-    return loc + (tril @ (z * stretch).unsqueeze(-1)).squeeze(-1)
+    noise = z * stretch
+    if tril.shape[-1] == 1:  # one target: a product (a batched 1 x 1 matmul is slow)
+        return loc + tril[..., 0] * noise
+    return loc + (tril @ noise.unsqueeze(-1)).squeeze(-1)
 
 
 def rescale(
