@@ -211,14 +211,23 @@ def test_place_moves_floating_tensors_and_keeps_the_rest(sp500):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_demo_configuration_fits_on_a_gpu(sp500):
-    """The demo's mixture (AR, VAR with NASDAQ, Kalman; 3 regimes, L = 64) on a GPU."""
+    """The demo's mixture (AR, VAR with NASDAQ, Kalman; 3 regimes, L = 64) on a GPU.
+
+    CUDA draws other random numbers than the CPU under the same seed, so the two fits
+    are compared as two runs of one optimisation: the same loss level at the end, the
+    same forecast spread; the draws come back to the CPU in float64. (Two CPU fits
+    under seeds 0 and 1, the second in float32, differ by 0.1% in the final loss and 9%
+    in the forecast sd.)
+    """
     frame = sp500.loc["2010-01-01":"2018-12-31"]
     model = bm.BayesianMoE(experts=["ar", "var", "kalman"], n_regimes=3, window=64)
-    common = dict(num_steps=30, num_draws=20, seed=0, progress=False, convergence_tol=None)
+    common = dict(num_steps=300, num_draws=50, seed=0, progress=False, convergence_tol=None)
     on_cpu = model.fit(frame, **common)
     on_gpu = model.fit(frame, **common, device="cuda")
-    np.testing.assert_allclose(on_gpu.diagnostics.losses, on_cpu.diagnostics.losses, rtol=1e-6)
-    assert all(d.device.type == "cpu" for d in on_gpu.draws.values())
-    assert on_gpu.forecast().mean() == pytest.approx(on_cpu.forecast().mean(), abs=1e-4)
+    assert on_gpu.diagnostics.device.startswith("cuda")
+    assert all(d.device.type == "cpu" and d.dtype == torch.float64 for d in on_gpu.draws.values())
+    end_cpu, end_gpu = (np.mean(f.diagnostics.losses[-30:]) for f in (on_cpu, on_gpu))
+    assert end_gpu == pytest.approx(end_cpu, rel=0.02)
+    assert on_gpu.forecast().std == pytest.approx(on_cpu.forecast().std, rel=0.25)
     regimes = on_gpu.regimes().filtered
     np.testing.assert_allclose(regimes.sum(axis=1), 1.0, atol=1e-9)
