@@ -279,15 +279,15 @@ def run_svi(
         losses: list[float] = []
         converged = False
         if saved is not None:
-            saved.restore(elbo, optimizer)
+            saved.restore(elbo, optimizer, device)
             losses, converged = list(saved.losses), saved.converged
         resumed_from = len(losses)
 
         def save_state():
             if options.checkpoint is not None:
-                SVIState.capture(len(losses), losses, converged, identity, elbo, optimizer).save(
-                    options.checkpoint
-                )
+                SVIState.capture(
+                    len(losses), losses, converged, identity, elbo, optimizer, device
+                ).save(options.checkpoint)
 
         start = time.perf_counter()
         with tqdm(

@@ -62,13 +62,22 @@ class SVIState:
     fingerprint: dict
     parameters: dict  # name -> tensor (parameters and buffers of the ELBO module)
     optimizer: dict  # torch optimizer state_dict
-    rng: dict  # pyro.util.get_rng_state()
+    rng: dict  # pyro.util.get_rng_state(), plus "cuda" for a fit on a GPU
 
     @classmethod
-    def capture(cls, step, losses, converged, fingerprint, elbo, optimizer) -> SVIState:
-        """The state of ``elbo`` and ``optimizer`` now (tensors copied)."""
+    def capture(
+        cls, step, losses, converged, fingerprint, elbo, optimizer, device=None
+    ) -> SVIState:
+        """The state of ``elbo`` and ``optimizer`` now (tensors copied).
+
+        On a CUDA ``device`` the state of its random-number generator is kept too (Pyro's
+        state holds the CPU's only): the guide draws its samples there.
+        """
         import pyro.util
 
+        rng = pyro.util.get_rng_state()
+        if device is not None and torch.device(device).type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
         tensors = {f"parameter/{k}": v for k, v in elbo.named_parameters()}
         tensors.update({f"buffer/{k}": v for k, v in elbo.named_buffers()})
         return cls(
@@ -78,11 +87,16 @@ class SVIState:
             fingerprint=fingerprint,
             parameters={k: v.detach().clone() for k, v in tensors.items()},
             optimizer=optimizer.state_dict(),
-            rng=pyro.util.get_rng_state(),
+            rng=rng,
         )
 
-    def restore(self, elbo, optimizer) -> None:
+    def restore(self, elbo, optimizer, device=None) -> None:
         """Put the parameters, optimizer state and random-number states back.
+
+        The parameters and the optimizer's state go to the devices of the fit's own.
+        A CUDA generator's state is put back when the checkpoint has one and the fit runs
+        on a CUDA ``device``; a fit resumed on another kind of device than it was
+        written on continues the same optimisation with other random numbers.
 
         Raises
         ------
@@ -111,6 +125,8 @@ class SVIState:
                 tensor.copy_(saved)
         optimizer.load_state_dict(self.optimizer)
         pyro.util.set_rng_state(self.rng)
+        if "cuda" in self.rng and device is not None and torch.device(device).type == "cuda":
+            torch.cuda.set_rng_state(self.rng["cuda"], device)
 
     def save(self, path) -> None:
         """Write atomically: tensors as safetensors, the rest as JSON metadata."""
@@ -126,6 +142,8 @@ class SVIState:
                 else:
                     scalars["state"][str(index)][key] = value
         tensors["rng/torch"] = self.rng["torch"]
+        if "cuda" in self.rng:
+            tensors["rng/cuda"] = self.rng["cuda"]
         version, mt_state, gauss = self.rng["random"]
         np_name, np_keys, np_pos, np_has_gauss, np_gauss = self.rng["numpy"]
         tensors["rng/numpy"] = torch.as_tensor(np.asarray(np_keys, dtype=np.int64))
@@ -192,6 +210,8 @@ class SVIState:
                     np_gauss,
                 ),
             }
+            if "rng/cuda" in tensors:
+                rng["cuda"] = tensors["rng/cuda"]
             parameters = {
                 k: v for k, v in tensors.items() if k.startswith(("parameter/", "buffer/"))
             }

@@ -208,3 +208,41 @@ def test_cli_fit_killed_leaves_the_old_report_and_resumes(frame, tmp_path):
     np.testing.assert_array_equal(resumed.diagnostics.losses, whole.diagnostics.losses)
     assert resumed.diagnostics.resumed_from_step >= 20  # read back from the checkpoint
     assert not state.exists()
+
+
+def test_a_float32_fit_resumes_exactly_and_is_not_resumed_in_float64(frame, tmp_path, monkeypatch):
+    options = {**OPTIONS, "dtype": "float32"}
+    path = tmp_path / "svi.safetensors"
+    model = bm.BayesianMoE(**MODEL)
+    reference = model.fit(frame, **options)
+    interrupt_after(monkeypatch, 37)
+    with pytest.raises(Killed):
+        model.fit(frame, checkpoint=path, checkpoint_every=10, **options)
+    monkeypatch.undo()
+    resumed = model.fit(frame, checkpoint=path, checkpoint_every=10, resume=True, **options)
+    assert resumed.diagnostics.resumed_from_step == 30
+    assert_same_fit(resumed, reference)
+    with pytest.raises(CheckpointError, match="'dtype' differs"):
+        model.fit(frame, checkpoint=path, resume=True, **OPTIONS)
+
+
+def test_a_cuda_generator_state_travels_with_the_checkpoint(tmp_path, monkeypatch):
+    """A fit on a GPU draws the guide's samples from the CUDA generator: it is saved too.
+
+    (No GPU here: torch.cuda's state functions are replaced by recorders.)
+    """
+    module = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.Adam(module.parameters())
+    cuda_state = torch.arange(16, dtype=torch.uint8)
+    restored = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": cuda_state.clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": restored.append(s))
+    args = (3, [1.0, 2.0, 3.0], False, {"model": "m"}, module, optimizer)
+    assert "cuda" not in SVIState.capture(*args, device="cpu").rng
+    SVIState.capture(*args, device="cuda:0").save(tmp_path / "svi.safetensors")
+    loaded = SVIState.load(tmp_path / "svi.safetensors")
+    assert torch.equal(loaded.rng["cuda"], cuda_state)
+    loaded.restore(module, optimizer, "cpu")  # resumed on the CPU: no CUDA generator
+    assert restored == []
+    loaded.restore(module, optimizer, "cuda:0")
+    assert len(restored) == 1 and torch.equal(restored[0], cuda_state)
