@@ -96,7 +96,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import arviz as az
 import numpy as np
@@ -107,6 +107,9 @@ from scipy import special
 from bayes_moe.data.windows import VOL_FEATURES
 from bayes_moe.inference.posterior import DEFAULT_KEEP_DRAWS
 from bayes_moe.kernels.hmm import stationary_distribution
+
+if TYPE_CHECKING:  # annotations only: the fit's class calls into this module
+    from bayes_moe.inference.results import MoEFit
 
 #: True under ArviZ 1.x (``DataTree`` containers, ``arviz_stats``, ``arviz_plots``).
 ARVIZ_1: bool = int(az.__version__.split(".")[0]) >= 1
@@ -164,12 +167,12 @@ def _relabelled_draws(fit, post) -> dict[str, np.ndarray]:
 
 
 def to_inference_data(
-    fit,
+    fit: MoEFit,
     *,
     keep_draws: int | None = DEFAULT_KEEP_DRAWS,
     log_likelihood: str = "all",
     energy: bool | None = None,
-):
+) -> Any:
     """Build the InferenceData of ``fit`` (groups in the module docstring).
 
     An ``arviz.InferenceData`` under ArviZ 0.x, an :class:`xarray.DataTree` under 1.x.

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -40,7 +42,10 @@ from bayes_moe.inference.checkpoint_checks import (
     parse_metadata,
 )
 from bayes_moe.io import atomic_path
-from bayes_moe.models.experts import expert_spec
+from bayes_moe.models.experts import Expert, expert_spec
+
+if TYPE_CHECKING:  # the fit's class imports this module's callers; annotations only
+    from bayes_moe.inference.results import MoEFit
 
 FORMAT = "bayes-moe-fit"
 #: Version 2 added regime volatility levels and input-output transitions to the gate
@@ -55,7 +60,7 @@ READABLE_VERSIONS = ("1", "2", "3")
 REQUIRED_FIELDS = ("model", "preprocessor", "horizon", "columns", "date_unit", "diagnostics")
 
 
-def save_fit(fit, path) -> None:
+def save_fit(fit: MoEFit, path: str | os.PathLike[str]) -> None:
     """Write ``fit`` to ``path`` atomically (see the module docstring)."""
     path = Path(path)
     frame = fit.data.frame.loc[:, list(fit.data.preprocessor.columns)]
@@ -68,14 +73,13 @@ def save_fit(fit, path) -> None:
     tensors["data/dates"] = torch.as_tensor(frame.index.asi8.astype(np.int64))
     tensors["diagnostics/losses"] = torch.as_tensor(fit.diagnostics.losses)
     tensors.update(_price_tensors(fit.price_history, frame.index.dtype))
+    built = [expert_spec(cast(Expert, e)) for e in fit.program.experts]  # a ModuleList
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         # The built experts' settings: what building fixed from the data (a volatility
         # expert's gap indicators) is rebuilt the same from any later data.
-        "model": json.dumps(
-            fit.model.config() | {"experts": [expert_spec(e) for e in fit.program.experts]}
-        ),
+        "model": json.dumps(fit.model.config() | {"experts": built}),
         "preprocessor": fit.data.preprocessor.to_json(),
         "horizon": str(fit.horizon),
         "columns": json.dumps(list(frame.columns)),
@@ -127,7 +131,7 @@ def read_checkpoint(path) -> tuple[dict, dict]:
     return metadata, tensors
 
 
-def load_fit(path):
+def load_fit(path: str | os.PathLike[str]) -> MoEFit:
     """Rebuild a :class:`~bayes_moe.inference.results.MoEFit` from a checkpoint.
 
     Every metadata field and tensor is checked first (module docstring); nothing is
