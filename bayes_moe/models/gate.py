@@ -389,7 +389,9 @@ class MarkovGate:
         steps = np.maximum(np.diff(np.log(q)), 0.05)
         return torch.as_tensor(steps, dtype=response.dtype, device=response.device)
 
-    def transition_prior(self, dtype: torch.dtype, device=None) -> dist.TorchDistribution:
+    def transition_prior(
+        self, dtype: torch.dtype, device: torch.device | str | None = None
+    ) -> dist.TorchDistribution:
         """Sticky Dirichlet prior on the rows of the transition matrix, event ``(K, K)``."""
         K = self.n_regimes
         conc = self.concentration + self.stickiness * torch.eye(K, dtype=dtype, device=device)

@@ -272,7 +272,7 @@ class MoEProgram(nn.Module):
             return comps.gate.log_weights
         weights = comps.gate.log_weights
         capacity = torch.tensor(self.capacity, dtype=weights.dtype, device=weights.device)
-        return tilt_weights(comps.gate.log_weights, energy.total, comps.tilt, capacity)
+        return tilt_weights(weights, energy.total, comps.tilt, capacity)
 
     def latent_shapes(self, inputs: ExpertInputs) -> dict[str, torch.Size]:
         """Shape of every latent sample site (``"<label>/<param>"``, ``"gate/<param>"``).

@@ -122,9 +122,8 @@ class VAR(Expert):
         """Minnesota prior standard deviations, shape ``(d_y, p, D)``."""
         lags = torch.arange(1, self.order + 1, dtype=dtype, device=device).view(1, -1, 1)
         own = torch.zeros(d_y, 1, n_series, dtype=dtype, device=device)
-        own[torch.arange(d_y, device=device), 0, torch.arange(d_y, device=device)] = (
-            1.0  # targets are the first series
-        )
+        target = torch.arange(d_y, device=device)
+        own[target, 0, target] = 1.0  # targets are the first series
         ratio = own + (1 - own) * self.cross_tightness
         return self.tightness * ratio / lags
 
