@@ -98,7 +98,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import arviz as az
 import numpy as np
 import torch
 import xarray as xr
@@ -111,8 +110,21 @@ from bayes_moe.kernels.hmm import stationary_distribution
 if TYPE_CHECKING:  # annotations only: the fit's class calls into this module
     from bayes_moe.inference.results import MoEFit
 
+try:
+    import arviz as az
+except FileNotFoundError:
+    # ArviZ 0.23 stamps the date of its once-a-day notice in the user's cache on import
+    # (write ``daily_warning.tmp``, rename it over ``daily_warning``). Processes that
+    # import it together on a new day (Dask workers unpickling a task) write the same
+    # temporary file, and every rename after the first finds it gone. The first rename
+    # has written today's stamp by then, so importing again skips the write.
+    import arviz as az
+
+#: The ArviZ version in use, recorded in the attributes of every InferenceData made here.
+ARVIZ_VERSION: str = az.__version__
+
 #: True under ArviZ 1.x (``DataTree`` containers, ``arviz_stats``, ``arviz_plots``).
-ARVIZ_1: bool = int(az.__version__.split(".")[0]) >= 1
+ARVIZ_1: bool = int(ARVIZ_VERSION.split(".")[0]) >= 1
 #: Fewest draws whose largest ratios ``arviz_stats`` smooths (a tail of ``S // 5 >= 5``).
 MIN_PSIS_DRAWS = 25
 
@@ -249,7 +261,7 @@ def to_inference_data(
         "model": json.dumps(fit.model.config()),
         "horizon": fit.horizon,
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(),
-        "arviz_version": az.__version__,
+        "arviz_version": ARVIZ_VERSION,
     }
     kept = post.kept_draws.numpy()
     log_lik = post.log_predictive_density.numpy() - np.log(scale).sum()  # (S, N_obs)

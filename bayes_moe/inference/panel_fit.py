@@ -24,7 +24,6 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import pyro
@@ -33,7 +32,13 @@ from tqdm.auto import tqdm
 
 from bayes_moe.data.panel import panel_frame
 from bayes_moe.data.panel_windows import PanelData, prepare_panel
-from bayes_moe.inference.arviz import _dataset, _site_dims, _variable_name, from_groups
+from bayes_moe.inference.arviz import (
+    ARVIZ_VERSION,
+    _dataset,
+    _site_dims,
+    _variable_name,
+    from_groups,
+)
 from bayes_moe.inference.posterior import (
     DEFAULT_KEEP_DRAWS,
     TAIL_ORIGINS,
@@ -525,7 +530,7 @@ class PanelFit:
             "horizon": self.horizon,
             "panel_assets": json.dumps(assets),
             "created_at": datetime.datetime.now(datetime.UTC).isoformat(),
-            "arviz_version": az.__version__,
+            "arviz_version": ARVIZ_VERSION,
         }
         regimes = self.regimes(keep_draws).to_dataset()
         drawn = ["filtered", "smoothed", "viterbi"]
