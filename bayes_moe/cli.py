@@ -13,6 +13,7 @@ Examples
     bayes-moe forecast --model runs/sp500/fit.safetensors
     bayes-moe regimes --model runs/sp500/fit.safetensors --out runs/sp500/regimes
     bayes-moe backtest --dataset sp500 --test-start 2015-01-02 --refit-every 250 --out bt
+    bayes-moe fit --dataset sp500 --horizon 1,5,20 --out runs/horizons
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from bayes_moe import data as bm_data
 from bayes_moe.data.errors import DataError
 from bayes_moe.inference.checkpoint import CheckpointError, load_fit
 from bayes_moe.inference.divergence import NonFiniteLossError
+from bayes_moe.inference.multi_horizon import check_horizons
 from bayes_moe.inference.posterior import DEFAULT_KEEP_DRAWS
 from bayes_moe.io import atomic_path, check_output_folder, write_csv, write_json
 from bayes_moe.models.energy import EnergyGate
@@ -175,7 +177,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--energy-gate (one more pass over the draws)",
     )
     group.add_argument("--window", type=int, default=64, help="context window L (days)")
-    group.add_argument("--horizon", type=int, default=1, help="forecast horizon h (days)")
+    group.add_argument(
+        "--horizon",
+        type=_horizons,
+        default=(1,),
+        metavar="H",
+        help="forecast horizon h (days), or several as a comma list (1,5,20): one fit per "
+        "horizon, the report of each in OUT/h<h>/ and a table of all in OUT/",
+    )
     group.add_argument("--num-steps", type=int, default=1500, help="maximum SVI steps")
     group.add_argument("--num-draws", type=int, default=200, help="posterior draws kept")
     group.add_argument("--seed", type=int, default=0)
@@ -197,6 +206,25 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default="float64",
         help="precision of the optimisation (the draws come back in float64)",
     )
+
+
+def _horizons(text: str) -> tuple[int, ...]:
+    """``--horizon``: one positive integer or a comma list of distinct ones, ascending."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+        return check_horizons(values)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number of days or a comma list of them (1,5,20), got {text!r}"
+            f" ({error})"
+        ) from error
+
+
+def _one_horizon(args, what: str) -> int:
+    """The horizon of a command that takes one (ValueError naming ``what`` otherwise)."""
+    if len(args.horizon) > 1:
+        raise ValueError(f"{what} takes one --horizon, got {','.join(map(str, args.horizon))}")
+    return args.horizon[0]
 
 
 def _fit_settings(args) -> dict:
@@ -288,63 +316,93 @@ def _print_summary(metrics: dict, elapsed: float, out: Path) -> None:
 def _fit_and_report(
     args, frame: pd.DataFrame, out: Path, price=None, covariates=None, vix=None
 ) -> dict:
+    """Fit at each ``--horizon`` and write the report (several: one per horizon and a table).
+
+    Returns the metrics of the report (several horizons: :func:`write_horizons_report`'s
+    dictionary).
+    """
+    from bayes_moe.horizon_report import horizon_folder, write_horizons_report
+    from bayes_moe.inference.svi import fit_svi
     from bayes_moe.report import write_report
 
     start = time.perf_counter()
     model = _build_model(args)
-    # validates the columns the experts read and their values, before fitting
-    data = model.prepare(
-        frame,
-        args.target,
-        covariates=covariates,
-        horizon=args.horizon,
-        allow_outliers=getattr(args, "allow_outliers", False),  # demo: embedded data
-    )
+    several = len(args.horizon) > 1
+    # validates the columns the experts read and their values at every horizon, before fitting
+    prepared = {
+        h: model.prepare(
+            frame,
+            args.target,
+            covariates=covariates,
+            horizon=h,
+            allow_outliers=getattr(args, "allow_outliers", False),  # demo: embedded data
+        )
+        for h in args.horizon
+    }
     check_output_folder(out)  # before fitting: the report replaces it whole at the end
+    data = prepared[args.horizon[0]]
     print(
         f"fitting {model.labels} with {model.n_regimes} regimes on {data.n_observed} days "
         f"({data.dates[0].date()} .. {data.dates[-1].date()}), reading columns "
-        f"{list(data.inputs.columns)}",
+        f"{list(data.inputs.columns)}" + (f", horizons {list(args.horizon)}" if several else ""),
         flush=True,
     )
-    from bayes_moe.inference.svi import fit_svi
-
-    state = svi_state_path(out) if hasattr(args, "checkpoint_every") else None
-    if state is not None and args.resume and state.exists():
-        print(f"resuming from {state}", flush=True)
-    fit = fit_svi(
-        model,
-        data,
-        **_fit_settings(args),
-        checkpoint=state,
-        checkpoint_every=getattr(args, "checkpoint_every", 100),
-        resume=getattr(args, "resume", False),
-    )
+    states, fits = {}, {}
+    for h, data in prepared.items():
+        states[h] = state = (
+            svi_state_path(out, h if several else None)
+            if hasattr(args, "checkpoint_every")
+            else None
+        )
+        if several:
+            print(f"horizon {h}:", flush=True)
+        if state is not None and args.resume and state.exists():
+            print(f"resuming from {state}", flush=True)
+        fits[h] = fit_svi(
+            model,
+            data,
+            **_fit_settings(args),
+            checkpoint=state,
+            checkpoint_every=getattr(args, "checkpoint_every", 100),
+            resume=getattr(args, "resume", False),
+        )
     print("evaluating the posterior and writing the report ...", flush=True)
-    metrics = write_report(
-        fit,
-        out,
-        price=price,
-        started=start,
-        keep_draws=args.keep_draws,
-        energy=args.energy or args.energy_gate,
-        vix=vix,
-    )
-    if state is not None:
-        state.unlink(missing_ok=True)  # the report's fit.safetensors has it all now
-    _print_summary(metrics, metrics["elapsed_s"], out)
-    return metrics
+    options = {
+        "price": price,
+        "started": start,
+        "keep_draws": args.keep_draws,
+        "energy": args.energy or args.energy_gate,
+        "vix": vix,
+    }
+    if several:
+        doc = write_horizons_report(fits, out, **options)
+        reports = {h: (metrics, out / horizon_folder(h)) for h, metrics in doc["horizons"].items()}
+    else:
+        metrics = doc = write_report(fits[args.horizon[0]], out, **options)
+        reports = {args.horizon[0]: (metrics, out)}
+    for state in states.values():
+        if state is not None:
+            state.unlink(missing_ok=True)  # the report's fit.safetensors has it all now
+    for metrics, folder in reports.values():
+        _print_summary(metrics, metrics["elapsed_s"], folder)
+    if several:
+        table = doc["forecasts"][["origin_date", "mean", "std", "q0.05", "q0.95"]]
+        print(f"forecasts of the h-day return (%), one fit per horizon:\n{table.to_string()}")
+        print(f"report written to {out}/")
+    return doc
 
 
-def svi_state_path(out: Path) -> Path:
+def svi_state_path(out: Path, horizon: int | None = None) -> Path:
     """Where ``bayes-moe fit --out OUT`` keeps its SVI state: ``OUT.svi.safetensors``.
 
     Beside the report folder, not in it: the report folder is replaced whole when the
     report is written (:func:`~bayes_moe.io.atomic_folder`), and a killed fit must
-    leave the previous report as it was.
+    leave the previous report as it was. With several horizons, one file per horizon:
+    ``OUT.svi.h<h>.safetensors``.
     """
     out = Path(os.path.abspath(out))
-    return out.with_name(f"{out.name}.svi.safetensors")
+    tag = "" if horizon is None else f".h{horizon}"
+    return out.with_name(f"{out.name}.svi{tag}.safetensors")
 
 
 def cmd_demo(args) -> int:
@@ -386,7 +444,8 @@ def _fit_panel(args) -> int:
         args.data, asset_col=args.asset_col, value_col=args.value_col, date_col=args.date_col
     )
     model = _build_model(args)
-    data = model.prepare_panel(wide, horizon=args.horizon)  # every check, before fitting
+    # every check, before fitting
+    data = model.prepare_panel(wide, horizon=_one_horizon(args, "a panel fit"))
     out = Path(args.out)
     check_output_folder(out)
     print(
@@ -475,11 +534,14 @@ def cmd_backtest(args) -> int:
     problem named). During the backtest a refit or a model that raises is recorded and
     the others go on; the report lists the failures, and the exit status is then 1.
     With ``--workers N`` or ``--scheduler ADDRESS`` the refit blocks run as Dask tasks
-    (one torch thread each); the results equal the serial run's.
+    (one torch thread each); the results equal the serial run's. With several
+    ``--horizon`` values, every horizon is checked first, then backtested in turn (the
+    mixture refitted for each), and the report has one study per horizon in
+    ``OUT/h<h>/`` and the scores of all of them in ``OUT/report.md``.
     """
-    from bayes_moe.evaluation.backtest import origin_rows
     from bayes_moe.evaluation.baselines import BASELINES
     from bayes_moe.evaluation.moe_forecaster import MoEForecaster
+    from bayes_moe.horizon_report import write_horizons_backtest_report
     from bayes_moe.report import write_backtest_report
 
     _check_dask_arguments(args)
@@ -489,40 +551,80 @@ def cmd_backtest(args) -> int:
     frame, covariates = _choose_columns(args, frame)
     names = _baseline_names(args, frame)  # unknown baselines or missing inputs: refused
     model = _build_model(args)
+    protocols = {h: _backtest_protocol(args, frame, covariates, model, h) for h in args.horizon}
+    out = check_output_folder(Path(args.out))
+    results, failed = {}, {}
+    with _dask_client(args) as client:
+        for h in args.horizon:
+            forecasters: dict[str, Callable] = {
+                "bayes_moe": MoEForecaster(
+                    model,
+                    target=args.target,
+                    covariates=covariates,
+                    **_fit_settings(args),
+                    horizon=h,
+                    allow_outliers=args.allow_outliers,
+                )
+            }
+            forecasters.update({name: BASELINES[name]() for name in names})
+            results[h], failed[h] = _run_backtests(frame, forecasters, args, h, client)
+    if len(args.horizon) == 1:
+        (h,) = args.horizon
+        doc = write_backtest_report(results[h], out, protocol=protocols[h], failures=failed[h])
+        tables = {h: doc["models"]}
+        n_failed, where = len(doc["failures"]), f"{args.out}/report.md"
+    else:
+        doc = write_horizons_backtest_report(results, out, protocols=protocols, failures=failed)
+        tables = {h: each["models"] for h, each in doc["horizons"].items()}
+        n_failed = sum(len(each["failures"]) for each in doc["horizons"].values())
+        where = f"the reports in {args.out}/h<h>/"
+    for h, models in tables.items():
+        if not models:
+            continue
+        if len(tables) > 1:
+            print(f"horizon {h} (log score per {h}-day target):")
+        table = pd.DataFrame(models).T[["log_score", "crps", "coverage_90", "n_days"]]
+        table["n_days"] = table["n_days"].astype(int)
+        print(table.sort_values("log_score", ascending=False).to_string(float_format="%.4f"))
+    print(f"report written to {args.out}/")
+    if n_failed:
+        print(
+            f"bayes-moe backtest: {n_failed} part(s) failed; the others are "
+            f"reported (see 'Failures' in {where})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _backtest_protocol(args, frame: pd.DataFrame, covariates, model, horizon: int) -> dict:
+    """Check the backtest at ``horizon`` before any fit; return its protocol record.
+
+    The data and the smallest training sample are prepared as the mixture will see them
+    (columns the experts read, values, enough rows), and the test period is checked.
+    """
+    from bayes_moe.evaluation.backtest import origin_rows
+
     # validates the columns the experts read (vix, with gaps, is read by har_vix alone)
     data = model.prepare(
         frame,
         args.target,
         covariates=covariates,
-        horizon=args.horizon,
+        horizon=horizon,
         allow_outliers=args.allow_outliers,
     )
     origins, realized = origin_rows(
-        frame, test_start=args.test_start, test_end=args.test_end, horizon=args.horizon
+        frame, test_start=args.test_start, test_end=args.test_end, horizon=horizon
     )
     first_train = frame.iloc[: origins[0] + 1]  # the smallest training sample
     model.prepare(
         first_train,
         args.target,
         covariates=covariates,
-        horizon=args.horizon,
+        horizon=horizon,
         allow_outliers=args.allow_outliers,
     )
-    out = check_output_folder(Path(args.out))
-    forecasters: dict[str, Callable] = {
-        "bayes_moe": MoEForecaster(
-            model,
-            target=args.target,
-            covariates=covariates,
-            **_fit_settings(args),
-            horizon=args.horizon,
-            allow_outliers=args.allow_outliers,
-        )
-    }
-    forecasters.update({name: BASELINES[name]() for name in names})
-    with _dask_client(args) as client:
-        results, failed = _run_backtests(frame, forecasters, args, client)
-    protocol = {
+    return {
         "data": str(args.data) if args.data else args.dataset,
         "target": args.target,
         "test_start": str(frame.index[realized[0]].date()),
@@ -530,26 +632,12 @@ def cmd_backtest(args) -> int:
         "n_test_days": len(realized),
         "refit_every": args.refit_every,
         "window": "expanding",
-        "horizon": args.horizon,
+        "horizon": horizon,
         "experts": model.labels,
         "columns": list(data.inputs.columns),
         "n_regimes": model.n_regimes,
         "dask": _dask_protocol(args),
     }
-    doc = write_backtest_report(results, out, protocol=protocol, failures=failed)
-    if doc["models"]:
-        table = pd.DataFrame(doc["models"]).T[["log_score", "crps", "coverage_90", "n_days"]]
-        table["n_days"] = table["n_days"].astype(int)
-        print(table.sort_values("log_score", ascending=False).to_string(float_format="%.4f"))
-    print(f"report written to {args.out}/")
-    if doc["failures"]:
-        print(
-            f"bayes-moe backtest: {len(doc['failures'])} part(s) failed; the others are "
-            f"reported (see 'Failures' in {args.out}/report.md)",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
 
 
 def _baseline_names(args, frame: pd.DataFrame) -> list[str]:
@@ -603,8 +691,10 @@ def _dask_protocol(args) -> dict | None:
     return None
 
 
-def _run_backtests(frame: pd.DataFrame, forecasters: dict, args, client=None) -> tuple[dict, list]:
-    """Backtest each forecaster in turn; a failure is recorded and the others go on.
+def _run_backtests(
+    frame: pd.DataFrame, forecasters: dict, args, horizon: int, client=None
+) -> tuple[dict, list]:
+    """Backtest each forecaster at ``horizon`` in turn; a failure is recorded, the others go on.
 
     Returns the results of the forecasters that produced any forecast and the
     :class:`~bayes_moe.evaluation.backtest.BacktestFailure` records of those that did not
@@ -614,7 +704,9 @@ def _run_backtests(frame: pd.DataFrame, forecasters: dict, args, client=None) ->
 
     results, failed = {}, []
     for name, forecaster in forecasters.items():
-        print(f"backtesting {name} ...", flush=True)
+        print(
+            f"backtesting {name}" + (f" at h={horizon}" if horizon > 1 else "") + " ...", flush=True
+        )
         try:
             results[name] = backtest(
                 frame,
@@ -622,7 +714,7 @@ def _run_backtests(frame: pd.DataFrame, forecasters: dict, args, client=None) ->
                 test_start=args.test_start,
                 test_end=args.test_end,
                 refit_every=args.refit_every,
-                horizon=args.horizon,
+                horizon=horizon,
                 target=args.target,
                 name=name,
                 on_error="record",

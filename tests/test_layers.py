@@ -27,6 +27,7 @@ RANK = {
     "plotting": 4,
     "report": 4,
     "panel_report": 4,
+    "horizon_report": 4,
     "cli": 4,
     "__init__": 4,
 }
