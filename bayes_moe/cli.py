@@ -322,12 +322,17 @@ def _fit_and_report(
     dictionary).
     """
     from bayes_moe.horizon_report import horizon_folder, write_horizons_report
-    from bayes_moe.inference.svi import fit_svi
+    from bayes_moe.inference.multi_horizon import fit_horizons, horizon_options
+    from bayes_moe.inference.svi import SVIOptions, fit_svi
     from bayes_moe.report import write_report
 
     start = time.perf_counter()
     model = _build_model(args)
     several = len(args.horizon) > 1
+    if getattr(args, "workers", None) is not None or getattr(args, "scheduler", None):
+        if not several:
+            raise ValueError("--workers and --scheduler fit several --horizon values at once")
+        _check_dask_arguments(args)
     # validates the columns the experts read and their values at every horizon, before fitting
     prepared = {
         h: model.prepare(
@@ -347,25 +352,25 @@ def _fit_and_report(
         f"{list(data.inputs.columns)}" + (f", horizons {list(args.horizon)}" if several else ""),
         flush=True,
     )
-    states, fits = {}, {}
-    for h, data in prepared.items():
-        states[h] = state = (
-            svi_state_path(out, h if several else None)
-            if hasattr(args, "checkpoint_every")
-            else None
-        )
-        if several:
-            print(f"horizon {h}:", flush=True)
-        if state is not None and args.resume and state.exists():
-            print(f"resuming from {state}", flush=True)
-        fits[h] = fit_svi(
-            model,
-            data,
+    settings = SVIOptions.merge(
+        None,
+        {
             **_fit_settings(args),
-            checkpoint=state,
-            checkpoint_every=getattr(args, "checkpoint_every", 100),
-            resume=getattr(args, "resume", False),
-        )
+            "checkpoint": svi_state_path(out) if hasattr(args, "checkpoint_every") else None,
+            "checkpoint_every": getattr(args, "checkpoint_every", 100),
+            "resume": getattr(args, "resume", False),
+        },
+    )
+    # several horizons: OUT.svi.h<h>.safetensors, the path svi_state_path(out, h) gives
+    states = {h: horizon_options(settings, h) if several else settings for h in prepared}
+    for each in states.values():
+        if each.resume and each.checkpoint is not None and Path(each.checkpoint).exists():
+            print(f"resuming from {each.checkpoint}", flush=True)
+    if several:
+        with _dask_client(args) as client:
+            fits = fit_horizons(model, prepared, settings, client=client).fits
+    else:
+        fits = {h: fit_svi(model, data, settings) for h, data in prepared.items()}
     print("evaluating the posterior and writing the report ...", flush=True)
     options = {
         "price": price,
@@ -380,9 +385,9 @@ def _fit_and_report(
     else:
         metrics = doc = write_report(fits[args.horizon[0]], out, **options)
         reports = {args.horizon[0]: (metrics, out)}
-    for state in states.values():
-        if state is not None:
-            state.unlink(missing_ok=True)  # the report's fit.safetensors has it all now
+    for each in states.values():
+        if each.checkpoint is not None:  # the report's fit.safetensors has it all now
+            Path(each.checkpoint).unlink(missing_ok=True)
     for metrics, folder in reports.values():
         _print_summary(metrics, metrics["elapsed_s"], folder)
     if several:
@@ -653,6 +658,20 @@ def _baseline_names(args, frame: pd.DataFrame) -> list[str]:
     return names
 
 
+def _add_dask_arguments(parser: argparse.ArgumentParser, work: str) -> None:
+    """``--workers N`` (a local Dask cluster) or ``--scheduler ADDRESS``, running ``work``."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=int,
+        help=f"run {work} as Dask tasks on a local cluster of this many single-threaded "
+        "worker processes (needs the dask extra)",
+    )
+    where.add_argument(
+        "--scheduler", help=f"run {work} on the Dask cluster whose scheduler is at ADDRESS"
+    )
+
+
 def _check_dask_arguments(args) -> None:
     """``--workers`` is positive, and dask.distributed is there if either flag is given."""
     from bayes_moe.evaluation import fanout
@@ -671,12 +690,13 @@ def _dask_client(args):
     """The Dask client ``--workers`` / ``--scheduler`` ask for (None: run here)."""
     from bayes_moe.evaluation import fanout
 
-    if args.workers is not None:
-        print(f"starting a local Dask cluster of {args.workers} workers ...", flush=True)
-        with fanout.local_cluster(args.workers) as client:
+    workers, scheduler = getattr(args, "workers", None), getattr(args, "scheduler", None)
+    if workers is not None:
+        print(f"starting a local Dask cluster of {workers} workers ...", flush=True)
+        with fanout.local_cluster(workers) as client:
             yield client
-    elif args.scheduler is not None:
-        with fanout.connect(args.scheduler) as client:
+    elif scheduler is not None:
+        with fanout.connect(scheduler) as client:
             yield client
     else:
         yield None
@@ -781,6 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue a killed fit from OUT.svi.safetensors (same data and options)",
     )
+    _add_dask_arguments(fit, "the fits of several --horizon values at once")
     fit.set_defaults(func=cmd_fit)
 
     forecast = sub.add_parser("forecast", help="forecast from a fitted checkpoint")
@@ -806,16 +827,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--with-vix", action="store_true", help="--dataset sp500: add VIX (2014-) for har_vix"
     )
     bt.add_argument("--out", required=True, help="report folder")
-    where = bt.add_mutually_exclusive_group()
-    where.add_argument(
-        "--workers",
-        type=int,
-        help="run the refits as Dask tasks on a local cluster of this many single-threaded "
-        "worker processes (needs the dask extra)",
-    )
-    where.add_argument(
-        "--scheduler", help="run the refits on the Dask cluster whose scheduler is at ADDRESS"
-    )
+    _add_dask_arguments(bt, "the refits")
     bt.set_defaults(func=cmd_backtest)
 
     regimes = sub.add_parser("regimes", help="regime posteriors from a fitted checkpoint")

@@ -20,7 +20,14 @@ for sparse inference a sweep of thresholds (:func:`sparse_sweep`).
 Writes ``results/energy_ablation.json``, ``results/energy_ablation.md`` and the
 calibration report of the first seed in ``results/energy_ablation/``.
 
+``--fixed-betas 1,2`` adds energy gates with beta fixed by the user (``energy_beta1``,
+...; tau still fitted), each with its own sparse sweep: a positive beta is the design's
+"wake the heavy experts when the market is uncertain", where the fitted beta follows
+the data's sign. ``--validation`` scores protocol P1's validation years 2011-2014
+instead of the last days (choose configurations there, then run the test period).
+
     python benchmarks/energy_ablation.py                 # experts ar,tcn,nystromformer,hyena
+    python benchmarks/energy_ablation.py --validation --seeds 0 --fixed-betas 1,2,4
     python benchmarks/energy_ablation.py --quick         # smoke run: 60 test days
 """
 
@@ -33,10 +40,11 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from _options import RESULTS_DIR, add_mixture_options, mixture_protocol
 from _parallel import run_tasks
-from p1_sp500 import load_frame, print_scores  # benchmarks/ is on sys.path
+from p1_sp500 import VALIDATION, load_frame, print_scores  # benchmarks/ is on sys.path
 
 import bayes_moe as bm
 from bayes_moe.evaluation.backtest import backtest
@@ -47,13 +55,27 @@ from bayes_moe.io import atomic_path, write_json
 from bayes_moe.models.energy import EnergyGate
 from bayes_moe.report import write_backtest_report
 
-#: name -> (energy gate, expert dropout p)
+#: name -> (energy gate, expert dropout p); ``--fixed-betas`` adds ``energy_beta<v>``
 CONFIGS = {
     "plain": (False, 0.0),
     "energy": (True, 0.0),
     "dropout_0.1": (False, 0.1),
     "dropout_0.3": (False, 0.3),
 }
+FIXED_BETA = "energy_beta"
+
+
+def energy_gate(name: str) -> EnergyGate | None:
+    """The energy gate of configuration ``name`` (``energy_beta2``: beta fixed at 2)."""
+    if name.startswith(FIXED_BETA):
+        return EnergyGate(beta=float(name.removeprefix(FIXED_BETA)))
+    return EnergyGate() if CONFIGS[name][0] else None
+
+
+def is_energy(name: str) -> bool:
+    return name == "energy" or name.startswith(FIXED_BETA)
+
+
 METRICS = ("log_score", "crps", "coverage_90", "coverage_95")
 
 
@@ -72,11 +94,24 @@ def parse_args(argv=None):
         help="thresholds replayed on the energy fits (the first, 0, is the dense reference)",
     )
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma list of configs")
+    parser.add_argument(
+        "--fixed-betas",
+        default="",
+        help="comma list of beta values: an energy gate with beta fixed at each (tau fitted)",
+    )
+    parser.add_argument(
+        "--validation",
+        action="store_true",
+        help=f"score the validation years {VALIDATION[0]}..{VALIDATION[1]} instead of the last "
+        "--test-days days",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="fits run at once")
     parser.add_argument("--quick", action="store_true", help="smoke run: 60 test days")
     parser.add_argument("--out", default=None, help="default benchmarks/results/energy_ablation")
     args = parser.parse_args(argv)
-    unknown = set(args.configs.split(",")) - set(CONFIGS)
+    betas = [float(v) for v in args.fixed_betas.split(",") if v.strip()]
+    args.configs += "".join(f",{FIXED_BETA}{beta:g}" for beta in betas)
+    unknown = {c for c in args.configs.split(",") if not c.startswith(FIXED_BETA)} - set(CONFIGS)
     if unknown:
         parser.error(f"unknown configs {sorted(unknown)}; choose from {list(CONFIGS)}")
     if "plain" not in args.configs.split(","):
@@ -104,7 +139,7 @@ def energy_posterior(fits) -> list[dict]:
     return rows
 
 
-def sparse_sweep(fits, frame, test_start, args) -> list[dict]:
+def sparse_sweep(fits, frame, test_start, test_end, args) -> list[dict]:
     """Sparse inference at several thresholds on the energy fits, no refitting.
 
     The fits of the energy-gated backtest are replayed
@@ -123,11 +158,15 @@ def sparse_sweep(fits, frame, test_start, args) -> list[dict]:
             frame,
             FittedForecaster(fits),
             test_start=test_start,
+            test_end=test_end,
             refit_every=args.refit_every,
             name=f"sparse_{threshold}",
             progress=False,
         )
-        table = fits[-1].update(frame).energy().loc[test_start:].iloc[:-1]
+        # the scored days are realised days; each one's origin is the trading day before
+        origins = frame.index[frame.index.get_indexer(result.table.index) - 1]
+        table = fits[-1].update(frame).energy().reindex(origins)
+        assert table["energy"].notna().all(), "an origin of the test period has no energy"
         calm = table["energy"] <= table["energy"].median()
         skipped = 1.0 - table["experts_evaluated"] / len(fits[-1].program.labels)
         summary = result.summary()
@@ -156,15 +195,16 @@ def sparse_sweep(fits, frame, test_start, args) -> list[dict]:
 def run_config(task: str, name: str, seed: int, args, cache_dir: str):
     """Backtest configuration ``name`` with ``seed``: ``(task, (result, extra) or None, error)``."""
     torch.set_num_threads(1)
-    energy, dropout = CONFIGS[name]
+    dropout = 0.0 if name.startswith(FIXED_BETA) else CONFIGS[name][1]
+    energy = is_energy(name)
     frame, covariates = load_frame()
-    test_start = frame.index[-args.test_days]
+    test_start, test_end = test_period(frame, args)
     model = bm.BayesianMoE(
         experts=args.experts.split(","),
         n_regimes=args.regimes,
         window=args.window,
         expert_dropout=dropout,
-        energy_gate=EnergyGate() if energy else None,
+        energy_gate=energy_gate(name),
     )
     forecaster = MoEForecaster(
         model,
@@ -181,6 +221,7 @@ def run_config(task: str, name: str, seed: int, args, cache_dir: str):
             frame,
             forecaster,
             test_start=test_start,
+            test_end=test_end,
             refit_every=args.refit_every,
             name=name,
             progress=args.jobs == 1,
@@ -189,11 +230,18 @@ def run_config(task: str, name: str, seed: int, args, cache_dir: str):
         extra = {}
         if energy:
             extra["refits"] = energy_posterior(result.fits)
-            extra["sparse_sweep"] = sparse_sweep(result.fits, frame, test_start, args)
+            extra["sparse_sweep"] = sparse_sweep(result.fits, frame, test_start, test_end, args)
     except Exception as err:  # reported; the other configurations go on
         return task, None, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
     print_scores(task, result)
     return task, (result, extra), None
+
+
+def test_period(frame, args) -> tuple:
+    """``(test_start, test_end)``: the validation years, or the last ``--test-days`` days."""
+    if args.validation:
+        return tuple(map(pd.Timestamp, VALIDATION))
+    return frame.index[-args.test_days], None
 
 
 def config_rows(names, seeds, results, failures, args) -> dict:
@@ -218,20 +266,26 @@ def config_rows(names, seeds, results, failures, args) -> dict:
             run.update(extra)
             runs[seed] = run
         configs[name] = {"seeds": runs, **seed_means(runs)}
-    sparse = {}
-    for seed, run in configs.get("energy", {}).get("seeds", {}).items():
-        for row in run.get("sparse_sweep", []):
-            if row["threshold"] == args.threshold:
-                sparse[seed] = row
-    if sparse:
-        configs["energy_sparse"] = {
-            "threshold": args.threshold,
-            "seeds": sparse,
-            **seed_means(sparse, keys=("log_score", "crps", "coverage_90", "log_score_change")),
-            "skipped_share_all_days": mean_of(sparse, "skipped_share_all_days"),
-            "skipped_share_calm_days": mean_of(sparse, "skipped_share_calm_days"),
-            "forecast_time_ratio": mean_of(sparse, "forecast_time_ratio"),
-        }
+    for name in [n for n in names if is_energy(n)]:
+        sparse = {}
+        for seed, run in configs[name]["seeds"].items():
+            for row in run.get("sparse_sweep", []):
+                if row["threshold"] == args.threshold:
+                    sparse[seed] = {**row, "diff_vs_plain": run.get("diff_vs_plain", np.nan)}
+                    sparse[seed]["diff_vs_plain"] += row["log_score_change"]
+        if sparse:
+            configs[f"{name}_sparse"] = {
+                "threshold": args.threshold,
+                "sparse_of": name,
+                "seeds": sparse,
+                **seed_means(
+                    sparse,
+                    keys=("log_score", "crps", "coverage_90", "log_score_change", "diff_vs_plain"),
+                ),
+                "skipped_share_all_days": mean_of(sparse, "skipped_share_all_days"),
+                "skipped_share_calm_days": mean_of(sparse, "skipped_share_calm_days"),
+                "forecast_time_ratio": mean_of(sparse, "forecast_time_ratio"),
+            }
     return configs
 
 
@@ -260,12 +314,14 @@ def markdown(doc: dict) -> str:
         "|---|---:|---:|---|---:|---:|---:|",
     ]
     for name, row in doc["configs"].items():
-        if name == "energy_sparse":
+        if "sparse_of" in row:
             change = row.get("log_score_change", float("nan"))
             lines.append(
-                f"| energy + sparse ({row['threshold']:g}) | {row['log_score']:.4f} | "
-                f"{change:+.4f} vs energy | | {row['crps']:.4f} | {row['coverage_90']:.3f} | "
-                f"forecasting x{row['forecast_time_ratio']:.2f} |"
+                f"| {row['sparse_of']} + sparse ({row['threshold']:g}) | {row['log_score']:.4f} "
+                f"| {change:+.4f} vs dense, {row.get('diff_vs_plain', float('nan')):+.4f} vs "
+                f"plain | | {row['crps']:.4f} | {row['coverage_90']:.3f} | "
+                f"forecasting x{row['forecast_time_ratio']:.2f}; skipped on calm days "
+                f"{100 * row['skipped_share_calm_days']:.1f}% |"
             )
             continue
         if "log_score" not in row:
@@ -285,13 +341,17 @@ def markdown(doc: dict) -> str:
             f"| {name} | {row['log_score']:.4f} | {diff} | {ts} | {row['crps']:.4f} | "
             f"{row['coverage_90']:.3f} | {row['elapsed_s']:.0f} |"
         )
-    for seed, run in doc["configs"].get("energy", {}).get("seeds", {}).items():
-        sweep = run.get("sparse_sweep")
-        if not sweep:
-            continue
+    sweeps = [
+        (name, seed, run["sparse_sweep"])
+        for name, row in doc["configs"].items()
+        if is_energy(name)
+        for seed, run in row.get("seeds", {}).items()
+        if run.get("sparse_sweep")
+    ]
+    for name, seed, sweep in sweeps:
         lines += [
             "",
-            f"Sparse inference on the energy fits of seed {seed}, replayed (no refit) at "
+            f"Sparse inference on the {name} fits of seed {seed}, replayed (no refit) at "
             "each threshold; skipped: share of expert evaluations not run over the test "
             "origins, calm = energy at or below its median:",
             "",
@@ -312,7 +372,8 @@ def markdown(doc: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    stem = "energy_ablation_quick" if args.quick else "energy_ablation"
+    stem = "energy_ablation" + ("_validation" if args.validation else "")
+    stem += "_quick" if args.quick else ""
     out = args.out or str(RESULTS_DIR / stem)
     names = args.configs.split(",")
     started = time.perf_counter()
@@ -324,7 +385,8 @@ def main(argv=None) -> int:
         ]
         results, failures = run_tasks(run_config, tasks, jobs=args.jobs, desc="fits")
     protocol = {
-        "name": "energy ablation (P1 data, last days)",
+        "name": "energy ablation (P1 data, "
+        + ("validation years 2011-2014)" if args.validation else "last days)"),
         **mixture_protocol(args, test_days=args.test_days, refit_every=args.refit_every),
         "seeds": args.seeds,
         "sparse_threshold": args.threshold,

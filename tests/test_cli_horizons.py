@@ -124,3 +124,27 @@ def test_backtest_at_several_horizons_equals_one_backtest_per_horizon(return_fil
         single["models"]["bayes_moe"]["log_score"], rel=1e-12
     )
     assert "at least h - 1" in (tmp_path / "both" / "report.md").read_text()
+
+
+def test_fit_workers_fit_the_horizons_at_once_with_the_serial_results(
+    horizons_report, return_file, tmp_path
+):
+    pytest.importorskip(
+        "distributed", reason="the dask extra is not installed (pip install 'bayes-moe[dask]')"
+    )
+    out = tmp_path / "run"
+    args = ["fit", "--data", str(return_file), "--return-col", "ret", "--experts", "ar"]
+    assert main([*args, "--horizon", "1,5", "--workers", "2", "--out", str(out), *TINY]) == 0
+    for h in (1, 5):
+        parallel = json.loads((out / f"h{h}" / "forecast.json").read_text())
+        serial = json.loads((horizons_report / f"h{h}" / "forecast.json").read_text())
+        assert parallel["mean"] == pytest.approx(serial["mean"], rel=1e-12)
+        assert parallel["std"] == pytest.approx(serial["std"], rel=1e-12)
+        assert not svi_state_path(out, h).exists()
+
+
+def test_fit_workers_need_several_horizons(return_file, tmp_path, capsys):
+    args = ["fit", "--data", str(return_file), "--return-col", "ret", "--experts", "ar"]
+    assert main([*args, "--workers", "2", "--out", str(tmp_path / "run"), *TINY]) == 2
+    assert "several --horizon values" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

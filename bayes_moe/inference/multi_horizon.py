@@ -8,7 +8,9 @@ likelihood of :meth:`MoEProgram.forward` and the gate's horizon prior, which fav
 the short-horizon experts at ``h = 1`` and the long-horizon ones at ``h = 20``
 (:func:`~bayes_moe.models.gate.horizon_preference`). Every horizon's data are
 prepared and validated before any fitting starts; the fits then run one after the
-other (each uses the machine's threads), each with the same options and seed.
+other, each with the same options and seed, or at once as tasks on a Dask cluster
+(``fit(..., client=client)``, :func:`fit_horizons`) with results equal to the serial
+run's.
 
 :class:`MultiHorizonFit` holds the fits, keyed by horizon: ``forecast(horizon=[1, 5,
 20])`` returns the three forecast distributions, ``to_frame()`` one table of them.
@@ -20,14 +22,21 @@ overlap (:func:`~bayes_moe.evaluation.scoring.newey_west_lag`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import pandas as pd
 
 from bayes_moe.inference.predictive import Forecast
 from bayes_moe.inference.results import MoEFit
+from bayes_moe.inference.svi import fit_svi
+from bayes_moe.inference.svi_options import SVIOptions
 from bayes_moe.io import atomic_folder
+
+if TYPE_CHECKING:
+    from bayes_moe.data.windows import ModelData
+    from bayes_moe.models.moe import BayesianMoE
 
 
 def check_horizons(horizon) -> tuple[int, ...]:
@@ -41,6 +50,43 @@ def check_horizons(horizon) -> tuple[int, ...]:
     if len(set(values)) != len(values):
         raise ValueError(f"horizons must be distinct, got {values}")
     return tuple(sorted(values))
+
+
+def horizon_options(options: SVIOptions, horizon: int) -> SVIOptions:
+    """The options of one horizon's fit: its own checkpoint, ``svi.h5.safetensors``."""
+    if options.checkpoint is None:
+        return options
+    path = Path(options.checkpoint)
+    return replace(options, checkpoint=path.with_name(f"{path.stem}.h{horizon}{path.suffix}"))
+
+
+def fit_horizons(
+    model: BayesianMoE,
+    prepared: Mapping[int, ModelData],
+    options: SVIOptions,
+    *,
+    client=None,
+) -> MultiHorizonFit:
+    """Fit ``model`` to every horizon's prepared data (``{h: model.prepare(..., horizon=h)}``).
+
+    Without ``client`` the fits run here, one after the other. With a
+    :class:`distributed.Client` each horizon's fit is a task on its cluster and they run
+    at once; each fit sets its own torch threads (``options.num_threads``, default one)
+    and seeds itself from ``options.seed``, so the fits equal the serial ones. Checkpoint
+    paths (:func:`horizon_options`) must then be reachable from the workers (a local
+    cluster shares this machine's files).
+    """
+    each = {h: horizon_options(options, h) for h in prepared}
+    if client is None:
+        return MultiHorizonFit({h: fit_svi(model, data, each[h]) for h, data in prepared.items()})
+    futures = {
+        h: client.submit(fit_svi, model, data, each[h], key=f"fit-h{h}-{id(prepared)}", pure=False)
+        for h, data in prepared.items()
+    }
+    try:
+        return MultiHorizonFit({h: future.result() for h, future in futures.items()})
+    finally:
+        client.cancel(list(futures.values()))
 
 
 class MultiHorizonFit:

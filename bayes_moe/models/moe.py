@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
@@ -693,6 +692,7 @@ class BayesianMoE:
         panel: bool = False,
         asset_col: str | None = None,
         options: SVIOptions | None = None,
+        client=None,
         **svi_options,
     ) -> MoEFit | MultiHorizonFit | PanelFit:
         """Fit by SVI; see :func:`bayes_moe.inference.svi.fit_svi` for the options.
@@ -710,7 +710,8 @@ class BayesianMoE:
             Forecast horizon ``h`` in rows (days); the response is the ``h``-day sum.
             Several (``[1, 5, 20]``): one fit per horizon, every horizon's data
             validated before the first fit starts
-            (:mod:`bayes_moe.inference.multi_horizon`).
+            (:mod:`bayes_moe.inference.multi_horizon`), one after the other or, with
+            ``client``, at once.
         allow_outliers : bool, default False
             Accept implausible target values (see :meth:`prepare`); without it a value
             like a 1e6 % return stops the fit before it starts, naming its date.
@@ -725,6 +726,10 @@ class BayesianMoE:
         options : SVIOptions, optional
             The SVI settings as one value
             (:class:`~bayes_moe.inference.svi_options.SVIOptions`, which documents them).
+        client : distributed.Client, optional
+            With several horizons: fit them as tasks on this Dask cluster, all at once
+            (:func:`~bayes_moe.inference.multi_horizon.fit_horizons`); the fits equal
+            the serial ones with the same options. Ignored for one horizon.
         **svi_options
             Fields of :class:`SVIOptions` replacing those of ``options``: ``num_steps``,
             ``seed``, ``num_draws``...; ``checkpoint="svi.safetensors"``,
@@ -744,7 +749,7 @@ class BayesianMoE:
         NonFiniteLossError
             If the optimisation diverges (:func:`~bayes_moe.inference.svi.fit_svi`).
         """
-        from bayes_moe.inference.multi_horizon import MultiHorizonFit, check_horizons
+        from bayes_moe.inference.multi_horizon import check_horizons, fit_horizons
         from bayes_moe.inference.svi import SVIOptions, fit_svi
 
         settings = SVIOptions.merge(options, svi_options)  # unknown names: before any work
@@ -765,13 +770,4 @@ class BayesianMoE:
         }
         if isinstance(horizon, int):
             return fit_svi(self, prepared[horizon], settings)
-        fits = {}
-        for h, data in prepared.items():
-            each = settings
-            if settings.checkpoint is not None:  # one file per horizon: svi.h5.safetensors
-                path = Path(settings.checkpoint)
-                each = replace(
-                    settings, checkpoint=path.with_name(f"{path.stem}.h{h}{path.suffix}")
-                )
-            fits[h] = fit_svi(self, data, each)
-        return MultiHorizonFit(fits)
+        return fit_horizons(self, prepared, settings, client=client)

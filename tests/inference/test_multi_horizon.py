@@ -84,3 +84,27 @@ def test_checkpoint_folder_round_trips(multi, tmp_path):
     assert loaded.horizons == (1, 5)
     a, b = multi.to_frame(num_samples=300), loaded.to_frame(num_samples=300)
     pd.testing.assert_frame_equal(a, b, rtol=1e-10)
+
+
+def test_horizons_fitted_at_once_on_a_dask_cluster_equal_the_serial_fits(frame, multi, tmp_path):
+    pytest.importorskip(
+        "distributed", reason="the dask extra is not installed (pip install 'bayes-moe[dask]')"
+    )
+    from bayes_moe.evaluation.fanout import local_cluster
+
+    checkpoint = tmp_path / "svi.safetensors"
+    with local_cluster(2) as client:
+        parallel = _model().fit(frame, horizon=[1, 5], client=client, checkpoint=checkpoint, **FIT)
+        # both horizons ran as tasks on the workers, not here
+        assert {key.split("-")[1] for key in client.run_on_scheduler(_task_keys)} >= {"h1", "h5"}
+    for h in (1, 5):
+        for site, value in multi[h].draws.items():
+            torch.testing.assert_close(parallel[h].draws[site], value, rtol=1e-12, atol=1e-12)
+        assert (tmp_path / f"svi.h{h}.safetensors").exists()  # each horizon its own state
+
+
+def _task_keys(dask_scheduler):
+    """The keys of every task the scheduler has run (recorded in its transition log)."""
+    return {
+        str(entry[0]) for entry in dask_scheduler.transition_log if str(entry[0]).startswith("fit-")
+    }
