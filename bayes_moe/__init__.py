@@ -15,6 +15,7 @@ from bayes_moe.evaluation.comparison import compare
 from bayes_moe.inference.checkpoint import CheckpointError
 from bayes_moe.inference.divergence import NonFiniteLossError
 from bayes_moe.inference.multi_horizon import MultiHorizonFit
+from bayes_moe.inference.panel_fit import PanelFit
 from bayes_moe.inference.pretrain_cache import PretrainCache
 from bayes_moe.inference.results import MoEFit
 from bayes_moe.inference.svi import fit_svi
@@ -27,6 +28,7 @@ from bayes_moe.models.moe import BayesianMoE
 from bayes_moe.models.ms_garch import ms_garch
 
 load_fit = MoEFit.load
+load_panel_fit = PanelFit.load
 
 __all__ = [
     "BayesianMoE",
@@ -36,6 +38,7 @@ __all__ = [
     "MoEFit",
     "MultiHorizonFit",
     "NonFiniteLossError",
+    "PanelFit",
     "PretrainCache",
     "SVIOptions",
     "compare",
@@ -44,6 +47,7 @@ __all__ = [
     "fit_svi",
     "list_experts",
     "load_fit",
+    "load_panel_fit",
     "make_expert",
     "ms_garch",
     "register_expert",

@@ -32,9 +32,10 @@ import pandas as pd
 
 from bayes_moe import data as bm_data
 from bayes_moe.data.errors import DataError
-from bayes_moe.inference.checkpoint import CheckpointError, load_fit
+from bayes_moe.inference.checkpoint import CheckpointError, checkpoint_kind, load_fit
 from bayes_moe.inference.divergence import NonFiniteLossError
 from bayes_moe.inference.multi_horizon import check_horizons
+from bayes_moe.inference.panel_checkpoint import PANEL_FORMAT, load_panel_fit
 from bayes_moe.inference.posterior import DEFAULT_KEEP_DRAWS
 from bayes_moe.io import atomic_path, check_output_folder, write_csv, write_json
 from bayes_moe.models.energy import EnergyGate
@@ -475,7 +476,22 @@ def _fit_panel(args) -> int:
     return 0
 
 
-def _fit_from_checkpoint(args):
+def _fit_from_checkpoint(args, *, panel: bool = True):
+    """The fit in ``--model``, conditioned on ``--data`` when given.
+
+    A panel fit's checkpoint is read too (``panel``): ``--data`` is then a wide panel of
+    the same assets, whose days after the fit's are filtered with the fitted draws.
+    """
+    if checkpoint_kind(args.model) == PANEL_FORMAT:
+        if not panel:
+            raise ValueError(
+                f"{args.model} is a panel fit: its regimes are in its report "
+                "(regimes_*.csv, regimes.png) and in Python, bm.load_panel_fit(path).regimes()"
+            )
+        panel_fit = load_panel_fit(args.model)
+        if args.data is None:
+            return panel_fit
+        return panel_fit.apply(bm_data.read_panel(args.data, date_col=args.date_col))
     fit = load_fit(args.model)
     frame = _load_frame(args)
     if frame is None:
@@ -484,7 +500,7 @@ def _fit_from_checkpoint(args):
 
 
 def cmd_forecast(args) -> int:
-    """Forecast from a checkpoint (optionally conditioned on newer data)."""
+    """Forecast from a checkpoint (optionally conditioned on newer data); a panel's too."""
     fit = _fit_from_checkpoint(args)
     forecast = fit.forecast(num_samples=args.num_samples, seed=args.seed)
     table = forecast.to_frame(qs=tuple(args.quantiles))
@@ -505,7 +521,7 @@ def cmd_regimes(args) -> int:
     from bayes_moe.inference.arviz import compact_dataset
     from bayes_moe.report import format_regime_summary, write_regime_tables
 
-    fit = _fit_from_checkpoint(args)
+    fit = _fit_from_checkpoint(args, panel=False)
     regimes = fit.regimes(args.keep_draws)
     out = Path(args.out)
     write_regime_tables(regimes, out)

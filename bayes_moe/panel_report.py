@@ -37,7 +37,8 @@ def write_panel_report(
     market's cumulative return with the filtered and smoothed regime probabilities),
     ``expert_weights.png``, ``elbo.png``, ``embeddings.csv`` (with a cross-sectional
     expert), ``inference_data.nc`` (with the ``asset`` dimension), ``metrics.json`` and
-    ``manifest.json``. A panel fit has no checkpoint file yet (``fit.safetensors``).
+    ``fit.safetensors`` (the checkpoint: ``bm.load_panel_fit``,
+    ``bayes-moe forecast --model``) and ``manifest.json``.
     """
     with atomic_folder(out) as folder:
         return _write_files(fit, folder, num_samples, started, keep_draws)
@@ -97,6 +98,7 @@ def _write_files(fit: PanelFit, out: Path, num_samples, started, keep_draws) -> 
     }
     with atomic_path(out / "inference_data.nc") as tmp:
         to_netcdf(compact(idata), tmp)
+    fit.save(out / "fit.safetensors")
     write_csv(table, out / "forecast.csv")
     write_csv(per_asset, out / "in_sample.csv")
     write_regime_tables(regimes, out)

@@ -73,3 +73,28 @@ def test_duplicate_asset_date_fails_before_fitting_and_writes_nothing(long_csv, 
     row = long.iloc[5]
     assert "duplicate" in err and repr(row["ticker"]) in err and row["date"] in err
     assert not out.exists()
+
+
+def test_forecast_command_reads_the_panel_checkpoint_of_the_report(long_csv, tmp_path, capsys):
+    out = tmp_path / "report"
+    args = ["fit", "--data", str(long_csv), "--asset-col", "ticker", *TINY, "--out", str(out)]
+    assert main(args) == 0
+    written = pd.read_csv(out / "forecast.csv", index_col="asset")
+    assert (
+        main(
+            ["forecast", "--model", str(out / "fit.safetensors"), "--out", str(tmp_path / "fc.csv")]
+        )
+        == 0
+    )
+    again = pd.read_csv(tmp_path / "fc.csv", index_col="asset")
+    pd.testing.assert_frame_equal(again, written)
+    # the same days as a wide file: filtering them with the fitted draws changes nothing
+    wide = pd.read_csv(long_csv).pivot(index="date", columns="ticker", values="r")
+    wide.reset_index().to_csv(tmp_path / "wide.csv", index=False)
+    model = ["--model", str(out / "fit.safetensors")]
+    fc = str(tmp_path / "fc_data.csv")
+    assert main(["forecast", *model, "--data", str(tmp_path / "wide.csv"), "--out", fc]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(fc, index_col="asset"), written)
+    capsys.readouterr()
+    assert main(["regimes", *model, "--out", str(tmp_path / "regimes")]) == 2
+    assert "is a panel fit" in capsys.readouterr().err

@@ -58,6 +58,8 @@ READABLE_VERSIONS = ("1", "2", "3")
 #: Metadata fields every readable checkpoint has (``first_date`` and ``last_date`` were
 #: added within version 2 and are checked when present).
 REQUIRED_FIELDS = ("model", "preprocessor", "horizon", "columns", "date_unit", "diagnostics")
+#: The loader of each kind of checkpoint, named in the error for a file of another kind.
+LOADERS = {FORMAT: "bm.load_fit", "bayes-moe-panel-fit": "bm.load_panel_fit"}
 
 
 def save_fit(fit: MoEFit, path: str | os.PathLike[str]) -> None:
@@ -94,11 +96,20 @@ def save_fit(fit: MoEFit, path: str | os.PathLike[str]) -> None:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def read_checkpoint(path) -> tuple[dict, dict]:
+def read_checkpoint(
+    path,
+    *,
+    kind: str = FORMAT,
+    versions: tuple[str, ...] = READABLE_VERSIONS,
+    required: tuple[str, ...] = REQUIRED_FIELDS,
+) -> tuple[dict, dict]:
     """Read ``path`` and check that it is a readable checkpoint: ``(metadata, tensors)``.
 
-    Checks the format, its version and that every required field and data tensor is
-    there; :func:`load_fit` checks their contents. CheckpointError otherwise.
+    Checks the format (``kind``: a single-series fit, or a panel fit's
+    :data:`~bayes_moe.inference.panel_checkpoint.PANEL_FORMAT`), its version and that
+    every ``required`` field and data tensor is there; :func:`load_fit` checks their
+    contents. CheckpointError otherwise, naming the loader of a checkpoint of the
+    other kind.
     """
     path = Path(path)
     if not path.is_file():
@@ -111,24 +122,44 @@ def read_checkpoint(path) -> tuple[dict, dict]:
         raise CheckpointError(
             f"{path} is not a bayes-moe checkpoint (not a readable safetensors file: {err})"
         ) from None
-    if metadata.get("format") != FORMAT:
+    found = metadata.get("format")
+    if found != kind:
+        loader = LOADERS.get(str(found))
+        hint = f": read it with {loader}" if loader else ""
         raise CheckpointError(
-            f"{path} is a safetensors file but not a bayes-moe checkpoint "
-            f"(format {metadata.get('format')!r}, expected {FORMAT!r})"
+            f"{path} is a safetensors file but not a bayes-moe checkpoint of this kind "
+            f"(format {found!r}, expected {kind!r}){hint}"
         )
     version = metadata.get("format_version", "?")
-    if version not in READABLE_VERSIONS:
+    if version not in versions:
         raise CheckpointError(
             f"{path} has checkpoint format version {version}; this bayes_moe reads versions "
-            f"{', '.join(READABLE_VERSIONS)}"
+            f"{', '.join(versions)}"
         )
-    missing = [k for k in REQUIRED_FIELDS if k not in metadata]
+    missing = [k for k in required if k not in metadata]
     missing += [k for k in ("data/values", "data/dates", "diagnostics/losses") if k not in tensors]
     if missing or not any(k.startswith("draws/") for k in tensors):
         raise CheckpointError(
             f"{path} is a malformed bayes-moe checkpoint: missing {missing or 'draws'}"
         )
     return metadata, tensors
+
+
+def checkpoint_kind(path) -> str:
+    """The ``format`` of the checkpoint at ``path`` (a single series' fit or a panel's).
+
+    CheckpointError for a missing file or one that is not a readable safetensors file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return str((handle.metadata() or {}).get("format"))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{path} is not a bayes-moe checkpoint (not a readable safetensors file: {err})"
+        ) from None
 
 
 def load_fit(path: str | os.PathLike[str]) -> MoEFit:
@@ -154,20 +185,7 @@ def load_fit(path: str | os.PathLike[str]) -> MoEFit:
         program.load_state_dict(check_module_tensors(program.state_dict(), tensors))
         draws = check_draw_tensors(program.latent_sites(data.inputs), tensors)
         prices = check_price_tensors(metadata, tensors, spec, dates)
-    diag = spec.diagnostics
-    diagnostics = SVIDiagnostics(
-        losses=tensors["diagnostics/losses"].numpy(),
-        n_observations=diag["n_observations"],
-        converged=diag["converged"],
-        elapsed_s=diag["elapsed_s"],
-        guide=diag["guide"],
-        seed=diag["seed"],
-        strategy=diag.get("strategy", "joint"),
-        pretrain_s=diag.get("pretrain_s", 0.0),
-        resumed_from_step=diag.get("resumed_from_step", 0),
-        device=diag.get("device", "cpu"),
-        dtype=diag.get("dtype", "float64"),
-    )
+    diagnostics = SVIDiagnostics.from_dict(spec.diagnostics, tensors["diagnostics/losses"].numpy())
     return MoEFit(
         model=spec.model,
         program=program,

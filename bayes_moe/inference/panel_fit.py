@@ -345,6 +345,19 @@ class PanelFit:
         """Every draw evaluated once (:func:`evaluate_panel`)."""
         return evaluate_panel(self.program, self.draws, self.data)
 
+    def save(self, path) -> None:
+        """Write a checkpoint: safetensors + JSON (:mod:`~bayes_moe.inference.panel_checkpoint`)."""
+        from bayes_moe.inference.panel_checkpoint import save_panel_fit
+
+        save_panel_fit(self, path)
+
+    @classmethod
+    def load(cls, path) -> PanelFit:
+        """Read a checkpoint written by :meth:`save` (also ``bm.load_panel_fit``)."""
+        from bayes_moe.inference.panel_checkpoint import load_panel_fit
+
+        return load_panel_fit(path)
+
     def apply(self, frame: pd.DataFrame) -> PanelFit:
         """The fitted draws on another panel of the same assets (e.g. with newer days).
 

@@ -17,6 +17,7 @@ thinned draws and the predictive of every draw at the last
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -96,6 +97,23 @@ class SVIDiagnostics:
     def final_loss(self) -> float:
         """Mean negative ELBO over the last 50 steps."""
         return float(np.mean(self.losses[-50:]))
+
+    @classmethod
+    def from_dict(cls, summary: Mapping, losses: np.ndarray) -> SVIDiagnostics:
+        """Inverse of :meth:`to_dict` with the loss trace (fields added later defaulted)."""
+        return cls(
+            losses=losses,
+            n_observations=summary["n_observations"],
+            converged=summary["converged"],
+            elapsed_s=summary["elapsed_s"],
+            guide=summary["guide"],
+            seed=summary["seed"],
+            strategy=summary.get("strategy", "joint"),
+            pretrain_s=summary.get("pretrain_s", 0.0),
+            resumed_from_step=summary.get("resumed_from_step", 0),
+            device=summary.get("device", "cpu"),
+            dtype=summary.get("dtype", "float64"),
+        )
 
     def to_dict(self) -> dict:
         """JSON-serializable summary (without the loss trace)."""

@@ -48,6 +48,7 @@ from bayes_moe.models.experts import Expert, expert_list, expert_spec
 from bayes_moe.models.gate import GateOutput, MarkovGate
 
 if TYPE_CHECKING:
+    from bayes_moe.data.panel_windows import PanelInputs
     from bayes_moe.inference.multi_horizon import MultiHorizonFit
     from bayes_moe.inference.panel_fit import PanelFit
     from bayes_moe.inference.results import MoEFit
@@ -294,8 +295,8 @@ class MoEProgram(nn.Module):
         """
         return {name: site.shape for name, site in self.latent_sites(inputs).items()}
 
-    def latent_sites(self, inputs: ExpertInputs) -> dict[str, LatentSite]:
-        """Shape, dtype and prior support of every latent sample site.
+    def latent_sites(self, inputs: ExpertInputs | PanelInputs) -> dict[str, LatentSite]:
+        """Shape, dtype and prior support of every latent sample site (a panel's too).
 
         Sites and order as :meth:`latent_shapes`, from the same prior trace; the
         checkpoint reader checks stored draws against them.
