@@ -63,9 +63,7 @@ def test_no_svi_state_is_left_beside_the_report(horizons_report):
     ("horizon", "message"),
     [("0,5", "positive"), ("5,5", "distinct"), ("1,x", "comma list")],
 )
-def test_bad_horizon_lists_are_refused_before_work(
-    return_file, tmp_path, capsys, horizon, message
-):
+def test_bad_horizon_lists_are_refused_before_work(return_file, tmp_path, capsys, horizon, message):
     args = ["fit", "--data", str(return_file), "--return-col", "ret", "--experts", "ar"]
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--horizon", horizon, "--out", str(tmp_path / "run"), *TINY])

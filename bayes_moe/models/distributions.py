@@ -284,29 +284,67 @@ def regime_log_prob(
         if choose_method("auto", value, log_scale, loc, scale, *df) == "sequential":
             nu = df[0] if df else None
             return regime_location_scale_log_prob(value, loc, scale, nu, log_scale)
-        # Normal / Student-t margins: the normalising constant depends on the
-        # parameters only, so it is computed once for all K regimes.
-        shrink = (-log_scale).exp().movedim(-1, 0)[..., None, None]  # (K,) + S + (1, 1)
-        z = shrink * ((value - loc) / scale)  # (K,) + S + (N, d_y)
-        if df:
-            (nu,) = df
-            log_norm = (
-                scale.log()
-                + 0.5 * (nu * math.pi).log()
-                + torch.lgamma(0.5 * nu)
-                - torch.lgamma(0.5 * (nu + 1.0))
-            )
-            log_kernel = -0.5 * (nu + 1.0) * torch.log1p(z.square() / nu)
-        else:
-            log_norm = scale.log() + 0.5 * math.log(2.0 * math.pi)
-            log_kernel = -0.5 * z.square()
-        log_p = (log_kernel - log_norm).sum(-1).movedim(0, -1)  # S + (N, K)
+        log_p = _margin_terms(value, loc, scale, df, log_scale).sum(-1).movedim(0, -1)
     else:
         loc = location(d)  # S + (N, d_y)
         shrink = (-log_scale).exp().movedim(-1, 0)[..., None, None]  # (K,) + S + (1, 1)
         standardized = loc + shrink * (value - loc)  # (K,) + S + (N, d_y)
         log_p = d.log_prob(standardized).movedim(0, -1)  # S + (N, K)
     return log_p - value.shape[-1] * log_scale.unsqueeze(-2)
+
+
+def _margin_terms(value, loc, scale, df: list, log_scale) -> torch.Tensor:
+    r""":math:`\log f_\nu(e^{-\lambda_k}(y_j - \mu_j)/s_j) - \log s_j`: ``(K,) + S + (N, d_y)``.
+
+    Normal / Student-t margins (``df`` empty or ``[nu]``): the normalising constant
+    depends on the parameters only, so it is computed once for all ``K`` regimes.
+    """
+    shrink = (-log_scale).exp().movedim(-1, 0)[..., None, None]  # (K,) + S + (1, 1)
+    z = shrink * ((value - loc) / scale)  # (K,) + S + (N, d_y)
+    if df:
+        (nu,) = df
+        log_norm = (
+            scale.log()
+            + 0.5 * (nu * math.pi).log()
+            + torch.lgamma(0.5 * nu)
+            - torch.lgamma(0.5 * (nu + 1.0))
+        )
+        log_kernel = -0.5 * (nu + 1.0) * torch.log1p(z.square() / nu)
+    else:
+        log_norm = scale.log() + 0.5 * math.log(2.0 * math.pi)
+        log_kernel = -0.5 * z.square()
+    return log_kernel - log_norm
+
+
+def regime_log_prob_margins(
+    d: torch.distributions.Distribution, value: torch.Tensor, log_scale: torch.Tensor
+) -> torch.Tensor:
+    r"""Each target's term of :func:`regime_log_prob` for independent margins.
+
+    .. math::
+
+        \log p_k(y_j) = \log f_\nu\big(e^{-\lambda_k} (y_j - \mu_j) / s_j\big)
+        - \log s_j - \lambda_k,
+
+    whose sum over ``j`` is :func:`regime_log_prob` (here with a gradient: the torch
+    route).
+
+    Parameters
+    ----------
+    d : Distribution
+        ``Independent`` Normal or Student-t, batch ``S + (N,)``, event ``(d_y,)``.
+    value : Tensor ``(N, d_y)``
+    log_scale : Tensor ``S + (K,)``
+
+    Returns
+    -------
+    Tensor ``S + (N, K, d_y)``
+    """
+    if not isinstance(d, dist.Independent):
+        raise TypeError(f"independent margins needed, got {type(d).__name__}")
+    *df, loc, scale = decompose(d)[1]
+    terms = _margin_terms(value, loc, scale, df, log_scale).movedim(0, -2)  # S + (N, K, d_y)
+    return terms - log_scale[..., None, :, None]
 
 
 def first_marginal(

@@ -22,6 +22,7 @@ from bayes_moe.models.distributions import (
     location,
     mean_and_variance,
     regime_log_prob,
+    regime_log_prob_margins,
     rescale,
     sample_picked,
     sample_rows,
@@ -198,6 +199,29 @@ def test_rescaled_student_t_matches_scipy():
     np.testing.assert_allclose(
         got[:, 1].numpy(), stats.t(5.0, 0.3, 1.7 * np.exp(lam)).logpdf(y), rtol=1e-12
     )
+
+
+def test_regime_log_prob_margins_are_the_per_target_terms():
+    # Oracle: scipy per margin, and their sum is regime_log_prob (torch and compiled routes).
+    df = torch.tensor([4.0, 9.0], dtype=DT)
+    loc = torch.tensor([[0.1, -0.4], [0.3, 0.2], [-0.5, 0.0]], dtype=DT)  # (N, D) = (3, 2)
+    scale = torch.tensor([[1.0, 2.0], [0.5, 1.5], [1.2, 0.7]], dtype=DT)
+    y = torch.tensor([[1.5, -2.0], [0.0, 0.4], [-3.0, 1.1]], dtype=DT)
+    levels = torch.tensor([0.0, 0.45, 1.2], dtype=DT)
+    for d, ref in (
+        (dist.StudentT(df, loc, scale).to_event(1), lambda k: stats.t(df.numpy(), loc, scale * k)),
+        (dist.Normal(loc, scale).to_event(1), lambda k: stats.norm(loc, scale * k)),
+    ):
+        margins = regime_log_prob_margins(d, y, levels)
+        assert margins.shape == (3, 3, 2)
+        for k, lam in enumerate(levels.tolist()):
+            expected = ref(np.exp(lam)).logpdf(y.numpy())
+            np.testing.assert_allclose(margins[:, k].numpy(), expected, rtol=1e-12)
+        torch.testing.assert_close(
+            margins.sum(-1), regime_log_prob(d, y, levels), rtol=1e-13, atol=0
+        )
+    with pytest.raises(TypeError, match="independent margins"):
+        regime_log_prob_margins(dist.MultivariateNormal(loc, torch.eye(2, dtype=DT)), y, levels)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

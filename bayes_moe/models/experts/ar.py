@@ -44,6 +44,7 @@ class AR(Expert):
     name = "ar"
     group = "short"
     capacity = 0
+    targets_independent = True
     param_dims = {
         "intercept": ("target",),
         "coef": ("target", "lag"),

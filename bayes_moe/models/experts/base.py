@@ -57,6 +57,12 @@ class Expert(nn.Module, ABC):
     param_dims : dict of str to tuple of str
         Optional dimension names of each parameter site (for ArviZ), e.g.
         ``{"coef": ("target", "lag")}``.
+    targets_independent : bool
+        True when target ``j``'s predictive reads only target ``j``'s column and
+        summaries and the ``j``-th entry of each per-target parameter (event shape
+        ``(d_y, ...)``): then a panel evaluates every asset in one call, the assets as
+        targets of one input, with the parameters shared
+        (:func:`~bayes_moe.models.panel.shared_over_assets`). Default False.
 
     Notes
     -----
@@ -69,6 +75,7 @@ class Expert(nn.Module, ABC):
     group: ClassVar[str]
     capacity: ClassVar[int]
     param_dims: ClassVar[dict[str, tuple[str, ...]]] = {}
+    targets_independent: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

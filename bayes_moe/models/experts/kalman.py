@@ -120,6 +120,7 @@ class Kalman(Expert):
     name = "kalman"
     group = "linear"
     capacity = 0
+    targets_independent = True
     param_dims = {
         "pacf": ("target", "state"),
         "state_scale": ("target",),
