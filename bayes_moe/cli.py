@@ -258,6 +258,7 @@ def _build_model(args) -> BayesianMoE:
         window=args.window,
         gate=gate,
         energy_gate=energy_gate,
+        asset_levels=getattr(args, "asset_levels", False),
     )
 
 
@@ -798,6 +799,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--asset-col",
         metavar="COLUMN",
         help="--data is a long panel with this asset column (implies --panel)",
+    )
+    panel.add_argument(
+        "--asset-levels",
+        action="store_true",
+        help="each asset loads on the market regimes' volatility levels with its own "
+        "factor (fitted; default: every asset has the market's levels)",
     )
     panel.add_argument(
         "--value-col",

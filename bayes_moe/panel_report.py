@@ -32,7 +32,8 @@ def write_panel_report(
 
     Files: ``report.md`` (the per-asset forecast table, the market regimes),
     ``forecast.csv`` (one row per asset), ``in_sample.csv`` (per asset: mean one-step
-    log score in sample, scored days), ``regime_summary.csv``, ``regimes_filtered.csv``,
+    log score in sample, scored days; with ``asset_levels`` the posterior mean and sd of
+    each asset's loading on the regime levels), ``regime_summary.csv``, ``regimes_filtered.csv``,
     ``regimes_smoothed.csv``, ``regimes_viterbi.csv``, ``regimes.png`` (the equal-weight
     market's cumulative return with the filtered and smoothed regime probabilities),
     ``expert_weights.png``, ``elbo.png``, ``embeddings.csv`` (with a cross-sectional
@@ -70,6 +71,10 @@ def _write_files(fit: PanelFit, out: Path, num_samples, started, keep_draws) -> 
         {"mean_log_score": in_sample.mean(), "scored_days": in_sample.notna().sum()}
     )
     per_asset.index.name = "asset"
+    if "gate/asset_level_loading" in fit.draws:  # asset_levels: each asset's loading
+        loading = fit.draws["gate/asset_level_loading"]
+        per_asset["level_loading"] = loading.mean(0).numpy()
+        per_asset["level_loading_sd"] = loading.std(0, correction=0).numpy()
     idata = fit.to_inference_data(keep_draws=keep_draws)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pareto-k warnings are reported in the numbers

@@ -135,6 +135,7 @@ GATE_DIMS = {
     "coef": ("expert", "gate_feature"),
     "level_step": ("regime_step",),
     "transition_coef": ("regime_step", "transition_feature"),
+    "asset_level_loading": ("asset",),  # a panel's per-asset levels
 }
 
 

@@ -111,6 +111,10 @@ class PanelEvaluation:
     transition : Tensor ``(S, K, K)``
         Relabelled (baseline) transition matrices.
     log_regime_scale : Tensor ``(S, K)``
+        The market's volatility levels :math:`\lambda_k`.
+    log_asset_scale : Tensor ``(S, K, A)``
+        Each asset's levels :math:`\rho_i \lambda_k` (the market's without
+        ``asset_levels``).
     regime_expert_weights : Tensor ``(S, K, M)``
         Gate weights of each regime averaged over observed origins.
     regime_volatility, regime_mean : Tensor ``(S, K)``
@@ -134,6 +138,7 @@ class PanelEvaluation:
     viterbi: torch.Tensor
     transition: torch.Tensor
     log_regime_scale: torch.Tensor
+    log_asset_scale: torch.Tensor
     regime_expert_weights: torch.Tensor
     regime_volatility: torch.Tensor
     regime_mean: torch.Tensor
@@ -156,6 +161,7 @@ def _evaluate_chunk(program: PanelProgram, draws: dict, data: PanelData) -> dict
     N = inputs.n_origins
     log_w = gate.log_weights.expand(S, *gate.log_weights.shape[-3:])
     log_scale = gate.log_scale.expand(S, K)
+    asset_log_scale = comps.asset_log_scale.expand(S, K, inputs.n_assets)
     log_init = gate.log_init.expand(S, K)
     log_trans = gate.log_trans.expand(S, K, K)
     step_trans = gate.hmm_trans.expand(S, N, K, K) if gate.time_varying else log_trans[:, None]
@@ -170,11 +176,12 @@ def _evaluate_chunk(program: PanelProgram, draws: dict, data: PanelData) -> dict
         moments = [mean_and_variance(d) for d in experts]
         means = torch.stack([m[..., 0] for m, _ in moments], dim=-1)
         variances = torch.stack([v[..., 0] for _, v in moments], dim=-1)
+        levels = asset_log_scale[..., i]  # (S, K)
         log_p = torch.stack(
-            [regime_log_prob(d, response[:, i : i + 1], log_scale) for d in experts], dim=-1
+            [regime_log_prob(d, response[:, i : i + 1], levels) for d in experts], dim=-1
         )[:, :n_obs]  # (S, N_obs, K, M)
         mu, var, emit = regime_mixture(
-            log_w[:, :n_obs], log_p, means[:, :n_obs], variances[:, :n_obs], log_scale, n_obs
+            log_w[:, :n_obs], log_p, means[:, :n_obs], variances[:, :n_obs], levels, n_obs
         )
         on = scored[:, i, None]
         log_emit = log_emit + torch.where(on, emit, torch.zeros_like(emit))
@@ -195,6 +202,7 @@ def _evaluate_chunk(program: PanelProgram, draws: dict, data: PanelData) -> dict
     log_trans = relabel_matrices(log_trans, order)
     step_trans = relabel_matrices(step_trans, order)
     log_scale = torch.take_along_dim(log_scale, order, dim=1)
+    asset_log_scale = torch.take_along_dim(asset_log_scale, order[:, :, None], dim=1)
     log_emit = torch.take_along_dim(log_emit, order[:, None, :], dim=2)
     pooled_var = torch.take_along_dim(pooled_var, order[:, None, :], dim=2)
     pooled_mean = torch.take_along_dim(pooled_mean, order[:, None, :], dim=2)
@@ -222,6 +230,7 @@ def _evaluate_chunk(program: PanelProgram, draws: dict, data: PanelData) -> dict
         "viterbi": path,
         "transition": log_trans.exp(),
         "log_regime_scale": log_scale,
+        "log_asset_scale": asset_log_scale,
         "regime_expert_weights": log_w[:, :n_obs].exp().mean(dim=1),
         "regime_volatility": occupancy_average(occupancy, pooled_var).sqrt(),
         "regime_mean": occupancy_average(occupancy, pooled_mean),
@@ -397,7 +406,7 @@ class PanelFit:
         pick = (slice(None), idx)
         return PredictiveMixture(
             ev.tail_log_weights[pick],
-            ev.log_regime_scale,
+            ev.log_asset_scale[..., i],
             [index_batch(d, pick) for d in ev.tail_experts[i]],
             loc=np.array([h * pre.loc[i]]),
             scale=np.array([pre.scale[i]]),
@@ -516,6 +525,9 @@ class PanelFit:
             dims[name] = ["regime"]
         posterior["regime_expert_weight"] = ev.regime_expert_weights.numpy()[None]
         dims["regime_expert_weight"] = ["regime", "expert"]
+        if self.model.asset_levels:  # each asset's own levels exp(rho_i lambda_k)
+            posterior["asset_volatility_level"] = ev.log_asset_scale.exp().numpy()[None]
+            dims["asset_volatility_level"] = ["regime", "asset"]
         y = np.stack(
             [
                 self.data.unstandardize(self.data.observed_response[:, i].numpy(), i)

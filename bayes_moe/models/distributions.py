@@ -284,7 +284,8 @@ def regime_log_prob(
         if choose_method("auto", value, log_scale, loc, scale, *df) == "sequential":
             nu = df[0] if df else None
             return regime_location_scale_log_prob(value, loc, scale, nu, log_scale)
-        log_p = _margin_terms(value, loc, scale, df, log_scale).sum(-1).movedim(0, -1)
+        shrink = (-log_scale).exp().movedim(-1, 0)[..., None, None]  # (K,) + S + (1, 1)
+        log_p = _margin_terms(value, loc, scale, df, shrink).sum(-1).movedim(0, -1)
     else:
         loc = location(d)  # S + (N, d_y)
         shrink = (-log_scale).exp().movedim(-1, 0)[..., None, None]  # (K,) + S + (1, 1)
@@ -293,13 +294,14 @@ def regime_log_prob(
     return log_p - value.shape[-1] * log_scale.unsqueeze(-2)
 
 
-def _margin_terms(value, loc, scale, df: list, log_scale) -> torch.Tensor:
+def _margin_terms(value, loc, scale, df: list, shrink) -> torch.Tensor:
     r""":math:`\log f_\nu(e^{-\lambda_k}(y_j - \mu_j)/s_j) - \log s_j`: ``(K,) + S + (N, d_y)``.
 
-    Normal / Student-t margins (``df`` empty or ``[nu]``): the normalising constant
-    depends on the parameters only, so it is computed once for all ``K`` regimes.
+    Normal / Student-t margins (``df`` empty or ``[nu]``), ``shrink`` the factors
+    :math:`e^{-\lambda_k}` broadcastable to ``(K,) + S + (N, d_y)``: the normalising
+    constant depends on the parameters only, so it is computed once for all ``K``
+    regimes.
     """
-    shrink = (-log_scale).exp().movedim(-1, 0)[..., None, None]  # (K,) + S + (1, 1)
     z = shrink * ((value - loc) / scale)  # (K,) + S + (N, d_y)
     if df:
         (nu,) = df
@@ -323,18 +325,20 @@ def regime_log_prob_margins(
 
     .. math::
 
-        \log p_k(y_j) = \log f_\nu\big(e^{-\lambda_k} (y_j - \mu_j) / s_j\big)
-        - \log s_j - \lambda_k,
+        \log p_k(y_j) = \log f_\nu\big(e^{-\lambda_{k,j}} (y_j - \mu_j) / s_j\big)
+        - \log s_j - \lambda_{k,j},
 
-    whose sum over ``j`` is :func:`regime_log_prob` (here with a gradient: the torch
-    route).
+    with a level per regime and target (a panel's assets may load on the market's
+    levels differently); with :math:`\lambda_{k,j} = \lambda_k` their sum over ``j`` is
+    :func:`regime_log_prob`. The torch route, with a gradient.
 
     Parameters
     ----------
     d : Distribution
         ``Independent`` Normal or Student-t, batch ``S + (N,)``, event ``(d_y,)``.
     value : Tensor ``(N, d_y)``
-    log_scale : Tensor ``S + (K,)``
+    log_scale : Tensor ``S + (K, d_y)``
+        :math:`\lambda_{k,j}`.
 
     Returns
     -------
@@ -343,8 +347,9 @@ def regime_log_prob_margins(
     if not isinstance(d, dist.Independent):
         raise TypeError(f"independent margins needed, got {type(d).__name__}")
     *df, loc, scale = decompose(d)[1]
-    terms = _margin_terms(value, loc, scale, df, log_scale).movedim(0, -2)  # S + (N, K, d_y)
-    return terms - log_scale[..., None, :, None]
+    shrink = (-log_scale).exp().movedim(-2, 0).unsqueeze(-2)  # (K,) + S + (1, d_y)
+    terms = _margin_terms(value, loc, scale, df, shrink).movedim(0, -2)  # S + (N, K, d_y)
+    return terms - log_scale.unsqueeze(-3)
 
 
 def first_marginal(

@@ -405,6 +405,11 @@ class BayesianMoE:
         tau=...)`` or a dict of its options fixes or re-scales them;
         ``EnergyGate(sparse=0.05)`` adds sparse inference. The experts must span at
         least two capacity classes (else the tilt is the identity).
+    asset_levels : bool, default False
+        Panels only: each asset loads on the market regimes' volatility levels with its
+        own :math:`\rho_i \sim \mathrm{LogNormal}(0, 0.5^2)`, its levels
+        :math:`\rho_i \lambda_k` (:meth:`~bayes_moe.models.panel.PanelProgram.sample_loading`);
+        default: every asset has the market's levels.
 
     Examples
     --------
@@ -424,8 +429,10 @@ class BayesianMoE:
         expert_dropout: float = 0.0,
         horizon_likelihood: str = "non_overlapping",
         energy_gate: EnergyGate | dict | bool | None = None,
+        asset_levels: bool = False,
     ):
         self.experts = expert_list(experts)
+        self.asset_levels = bool(asset_levels)
         self.gate = gate if gate is not None else MarkovGate(n_regimes)
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -469,6 +476,7 @@ class BayesianMoE:
             "expert_dropout": self.expert_dropout,
             "horizon_likelihood": self.horizon_likelihood,
             "energy_gate": None if self.energy_gate is None else self.energy_gate.config(),
+            "asset_levels": self.asset_levels,
         }
 
     @classmethod
@@ -487,10 +495,16 @@ class BayesianMoE:
             expert_dropout=config.get("expert_dropout", 0.0),
             horizon_likelihood=config.get("horizon_likelihood", "overlapping"),
             energy_gate=config.get("energy_gate"),
+            asset_levels=config.get("asset_levels", False),
         )
 
     def program(self) -> MoEProgram:
         """A fresh Pyro program with copies of the experts (the spec stays untouched)."""
+        if self.asset_levels:
+            raise ValueError(
+                "asset_levels gives each asset of a panel its own regime levels; fit a "
+                "panel (panel=True or asset_col=...) or leave it False"
+            )
         return MoEProgram(
             copy.deepcopy(self.experts),
             self.gate,
@@ -503,13 +517,15 @@ class BayesianMoE:
         """A fresh panel program (:mod:`bayes_moe.models.panel`) with copies of the experts."""
         from bayes_moe.models.panel import PanelProgram
 
-        return PanelProgram(
+        program = PanelProgram(
             copy.deepcopy(self.experts),
             self.gate,
             self.expert_dropout,
             self.horizon_likelihood,
             self.energy_gate,
         )
+        program.asset_levels = self.asset_levels
+        return program
 
     def prepare_panel(
         self,

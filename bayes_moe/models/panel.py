@@ -189,7 +189,7 @@ def stacked_sites(
 
 @dataclass(frozen=True)
 class PanelComponents:
-    """What the panel mixture computes for one set of parameters (or a batch ``S``).
+    r"""What the panel mixture computes for one set of parameters (or a batch ``S``).
 
     Attributes
     ----------
@@ -198,14 +198,29 @@ class PanelComponents:
         event ``(1,)``.
     gate : GateOutput
         The market gate, shared by every asset.
+    loading : Tensor ``S + (A,)``, optional
+        Each asset's loading :math:`\rho_i` on the regimes' volatility levels
+        (:attr:`PanelProgram.asset_levels`); None: every asset has the market's levels.
     """
 
     experts: list
     gate: GateOutput
+    loading: torch.Tensor | None = None
+
+    @property
+    def asset_log_scale(self) -> torch.Tensor:
+        r"""Each asset's levels :math:`\lambda_{k,i} = \rho_i \lambda_k`: ``S + (K, A)``."""
+        log_scale = self.gate.log_scale.unsqueeze(-1)  # S + (K, 1)
+        if self.loading is None:
+            return log_scale.expand(*log_scale.shape[:-1], len(self.experts[0]))
+        return log_scale * self.loading.unsqueeze(-2)
 
     def asset(self, i: int) -> MixtureComponents:
-        """The mixture of asset ``i`` (its experts, the shared gate)."""
-        return MixtureComponents([per_asset[i] for per_asset in self.experts], self.gate)
+        """The mixture of asset ``i`` (its experts, the gate with its own levels)."""
+        gate = self.gate
+        if self.loading is not None:
+            gate = replace(gate, log_scale=self.asset_log_scale[..., i])
+        return MixtureComponents([per_asset[i] for per_asset in self.experts], gate)
 
 
 class PanelProgram(MoEProgram):
@@ -224,6 +239,11 @@ class PanelProgram(MoEProgram):
         """
         if self.energy is not None:
             raise ValueError("energy gating is not available for panel fits yet")
+        if self.asset_levels and not self.gate.volatility_levels:
+            raise ValueError(
+                "asset_levels loads each asset on the regimes' volatility levels; the gate "
+                "has none (MarkovGate(volatility_levels=True))"
+            )
 
     def expert_inputs(self, inputs):  # type: ignore[override]
         """Per-asset inputs with the scale features the gate leaves to the experts."""
@@ -235,6 +255,9 @@ class PanelProgram(MoEProgram):
     #: Evaluate the experts with independent targets on all assets at once (False: one
     #: call per asset, the reference the tests compare the stacked route with).
     stack_assets: bool = True
+    #: Each asset loads on the regimes' volatility levels with its own
+    #: :math:`\rho_i` (:meth:`sample_loading`; ``BayesianMoE(asset_levels=True)``).
+    asset_levels: bool = False
 
     def build(self, inputs) -> PanelProgram:  # type: ignore[override]
         """Build every expert for the panel (its first asset stands for every asset).
@@ -271,7 +294,26 @@ class PanelProgram(MoEProgram):
                 )
         with scope(prefix="gate", inner=False):
             gate = self.gate.model(inputs.market, self.groups)
-        return PanelComponents(experts, gate)
+            loading = (
+                self.sample_loading(inputs.n_assets, gate.log_scale) if self.asset_levels else None
+            )
+        return PanelComponents(experts, gate, loading)
+
+    def sample_loading(self, n_assets: int, log_scale: torch.Tensor) -> torch.Tensor:
+        r"""Sample the loadings :math:`\rho_i \sim \mathrm{LogNormal}(0, 0.5^2)`: ``(A,)``.
+
+        Site ``asset_level_loading`` (in the gate's scope).
+
+        Asset ``i``'s regime levels are :math:`\rho_i \lambda_k`: its predictive in
+        regime ``k`` is stretched by :math:`e^{\rho_i \lambda_k}`, so an asset with
+        :math:`\rho_i > 1` swings more between calm and turbulent markets than the
+        typical one. :math:`\lambda_0 = 0 < \lambda_1 < \dots` keeps its order for every
+        asset (the regimes stay labelled calm to turbulent), and the prior's median 1 is
+        the shared-levels model.
+        """
+        one = torch.ones((), dtype=log_scale.dtype, device=log_scale.device)
+        prior = dist.LogNormal(0 * one, 0.5 * one).expand([n_assets]).to_event(1)
+        return pyro.sample("asset_level_loading", prior)
 
     def _expert_on(self, m: int) -> Callable[[ExpertInputs], torch.distributions.Distribution]:
         def run(inputs: ExpertInputs) -> torch.distributions.Distribution:
@@ -293,7 +335,7 @@ class PanelProgram(MoEProgram):
         """
         scored = torch.isfinite(response)
         filled = torch.where(scored, response, torch.zeros_like(response))
-        log_scale = comps.gate.log_scale
+        log_scale = comps.asset_log_scale  # S + (K, A)
         log_p = torch.stack(
             [
                 regime_log_prob_margins(join_margins(per_asset), filled, log_scale)

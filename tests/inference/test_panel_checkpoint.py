@@ -124,3 +124,14 @@ def test_malformed_files_are_refused_naming_what_is_wrong(saved, tmp_path):
         bm.load_panel_fit(_rewrite(saved, tmp_path / "d.safetensors", one_column))
     with pytest.raises(CheckpointError, match="does not exist"):
         bm.load_panel_fit(tmp_path / "missing.safetensors")
+
+
+def test_asset_levels_travel_in_the_checkpoint(frame, tmp_path):
+    model = bm.BayesianMoE(experts=["ar"], n_regimes=2, window=WINDOW, asset_levels=True)
+    fit = model.fit(frame, panel=True, seed=0, num_steps=10, num_draws=6, progress=False)
+    fit.save(tmp_path / "levels.safetensors")
+    loaded = bm.load_panel_fit(tmp_path / "levels.safetensors")
+    assert loaded.model.asset_levels and "gate/asset_level_loading" in loaded.draws
+    pd.testing.assert_frame_equal(
+        loaded.forecast(num_samples=300).to_frame(), fit.forecast(num_samples=300).to_frame()
+    )

@@ -122,3 +122,34 @@ def test_apply_forecasts_new_days_without_look_ahead():
     assert np.isfinite(later.predictive("A", new, new).mean).all()
     with pytest.raises(KeyError, match="unknown asset 'Z'"):
         later.predictive("Z")
+
+
+def test_asset_levels_recover_which_assets_swing_with_the_market():
+    """SYNTHETIC: four independent assets whose volatility triples (A, B) or rises by a
+    third (C, D) in days 80-159: the loadings on the shared regime levels tell them
+    apart, and the InferenceData has each asset's levels."""
+    rng = np.random.default_rng(1)
+    n = 300
+    turbulent = (np.arange(n) >= 80) & (np.arange(n) < 160)
+    swing = np.array([3.0, 3.0, 1.3, 1.3])
+    values = rng.standard_normal((n, 4)) * np.where(turbulent[:, None], swing, 1.0)
+    frame = pd.DataFrame(
+        values,
+        index=pd.bdate_range("2015-01-01", periods=n, name="date"),
+        columns=pd.Index(["A", "B", "C", "D"], name="asset"),
+    )
+    # Homoscedastic experts: the regime levels alone carry the volatility switch. The
+    # experts' one scale is shared by the assets while each asset is standardized by its
+    # own sd, so A's calm days (0.57 sd) and C's (0.92 sd) share a scale: the loadings'
+    # ratio that fits best is about 1.7, not log 3 / log 1.3 = 4.2 (shared levels: 1).
+    ar = {"name": "ar", "heteroscedastic": False}
+    model = bm.BayesianMoE(experts=[ar], n_regimes=2, window=WINDOW, asset_levels=True)
+    fit = model.fit(frame, panel=True, seed=0, num_steps=400, num_draws=40, progress=False)
+    rho = fit.draws["gate/asset_level_loading"].mean(0).numpy()
+    assert min(rho[:2]) > 1.25 * max(rho[2:])
+    idata = fit.to_inference_data()
+    levels = idata.posterior["asset_volatility_level"]
+    assert levels.dims[-2:] == ("regime", "asset")
+    turbulent_level = levels.sel(regime=1).mean(("chain", "draw"))
+    assert float(turbulent_level.sel(asset="A")) > float(turbulent_level.sel(asset="C"))
+    assert idata.posterior["gate.asset_level_loading"].dims[-1] == "asset"

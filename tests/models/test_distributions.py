@@ -209,10 +209,13 @@ def test_regime_log_prob_margins_are_the_per_target_terms():
     y = torch.tensor([[1.5, -2.0], [0.0, 0.4], [-3.0, 1.1]], dtype=DT)
     levels = torch.tensor([0.0, 0.45, 1.2], dtype=DT)
     for d, ref in (
-        (dist.StudentT(df, loc, scale).to_event(1), lambda k: stats.t(df.numpy(), loc, scale * k)),
-        (dist.Normal(loc, scale).to_event(1), lambda k: stats.norm(loc, scale * k)),
+        (
+            dist.StudentT(df, loc, scale).to_event(1),
+            lambda k: stats.t(df.numpy(), loc.numpy(), scale.numpy() * k),
+        ),
+        (dist.Normal(loc, scale).to_event(1), lambda k: stats.norm(loc.numpy(), scale.numpy() * k)),
     ):
-        margins = regime_log_prob_margins(d, y, levels)
+        margins = regime_log_prob_margins(d, y, levels[:, None].expand(3, 2))
         assert margins.shape == (3, 3, 2)
         for k, lam in enumerate(levels.tolist()):
             expected = ref(np.exp(lam)).logpdf(y.numpy())
@@ -220,8 +223,16 @@ def test_regime_log_prob_margins_are_the_per_target_terms():
         torch.testing.assert_close(
             margins.sum(-1), regime_log_prob(d, y, levels), rtol=1e-13, atol=0
         )
+        # a level per regime and target: the second target's levels doubled
+        per_target = torch.stack([levels, 2 * levels], dim=-1)  # (K, D)
+        margins = regime_log_prob_margins(d, y, per_target)
+        for k, lam in enumerate(levels.tolist()):
+            expected = ref(np.exp(np.array([lam, 2 * lam]))).logpdf(y.numpy())
+            np.testing.assert_allclose(margins[:, k].numpy(), expected, rtol=1e-12)
     with pytest.raises(TypeError, match="independent margins"):
-        regime_log_prob_margins(dist.MultivariateNormal(loc, torch.eye(2, dtype=DT)), y, levels)
+        regime_log_prob_margins(
+            dist.MultivariateNormal(loc, torch.eye(2, dtype=DT)), y, levels[:, None]
+        )
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -48,9 +48,11 @@ def _prior_values(program, inputs, response, seed=0):
     }
 
 
-def _setup(experts=("ar", "kalman", "cross_sectional"), frame=None, seed=0):
+def _setup(experts=("ar", "kalman", "cross_sectional"), frame=None, seed=0, asset_levels=False):
     frame = synthetic_panel() if frame is None else frame
-    model = bm.BayesianMoE(experts=list(experts), n_regimes=2, window=WINDOW)
+    model = bm.BayesianMoE(
+        experts=list(experts), n_regimes=2, window=WINDOW, asset_levels=asset_levels
+    )
     data = prepare_panel(frame, window=WINDOW, min_observations=10)
     inputs = data.inputs.at(data.inputs.origins[: data.n_observed])
     response = data.observed_response
@@ -80,12 +82,18 @@ def test_scored_mask_follows_listing_gaps_and_windows():
     assert torch.equal(torch.isfinite(data.observed_response), data.scored[: data.n_observed])
 
 
-@pytest.mark.parametrize("experts", [("ar", "kalman", "cross_sectional"), ("var", "kalman")])
-def test_log_evidence_equals_reference_filter_over_scored_asset_days(experts):
+@pytest.mark.parametrize(
+    ("experts", "asset_levels"),
+    [(("ar", "kalman", "cross_sectional"), False), (("var", "kalman"), False), (("ar",), True)],
+)
+def test_log_evidence_equals_reference_filter_over_scored_asset_days(experts, asset_levels):
     """Oracle: per-asset emissions from each asset's own mixture, summed over the scored
     asset-days only, then a step-by-step numpy forward filter (VAR: a one-target
-    multivariate predictive, joined with the others as its margin)."""
-    _, data, inputs, response, program, values = _setup(experts=experts)
+    multivariate predictive, joined with the others as its margin; asset_levels: each
+    asset's mixture stretched by its own levels rho_i lambda_k)."""
+    _, data, inputs, response, program, values = _setup(experts=experts, asset_levels=asset_levels)
+    if asset_levels:
+        values["gate/asset_level_loading"] = torch.tensor([0.5, 1.0, 1.5, 2.5], dtype=torch.float64)
     with torch.no_grad(), poutine.condition(data=values):
         log_evidence = program(inputs, response)
         comps = program.components(inputs)
@@ -304,3 +312,30 @@ def test_stacking_is_refused_for_sites_that_grow_with_the_targets_otherwise():
 
     _, _, inputs, _, _, _ = _setup(experts=("ar",))
     assert stacked_sites(mixing, inputs.assets[0]) is None
+
+
+def test_asset_levels_load_each_asset_on_the_market_levels():
+    """rho_i = 1 for every asset is the shared-levels model exactly; otherwise asset i's
+    mixture is stretched by exp(rho_i lambda_k); a single series or a gate without
+    levels refuses the option."""
+    _, data, inputs, response, program, values = _setup(experts=("ar",), asset_levels=True)
+    shared = (
+        bm.BayesianMoE(experts=["ar"], n_regimes=2, window=WINDOW).panel_program().build(inputs)
+    )
+    ones = dict(values, **{"gate/asset_level_loading": torch.ones(4, dtype=torch.float64)})
+    with torch.no_grad():
+        with poutine.condition(data=ones):
+            with_ones = program(inputs, response)
+        with poutine.condition(data=values):
+            without = shared(inputs, response)
+            comps = program.components(inputs)
+    torch.testing.assert_close(with_ones, without, rtol=1e-13, atol=0)
+    rho = values["gate/asset_level_loading"]
+    for i in range(4):
+        torch.testing.assert_close(comps.asset(i).gate.log_scale, comps.gate.log_scale * rho[i])
+    with pytest.raises(ValueError, match="asset_levels"):
+        bm.BayesianMoE(experts=["ar"], window=WINDOW, asset_levels=True).program()
+    flat = bm.models.gate.MarkovGate(2, volatility_levels=False)
+    model = bm.BayesianMoE(experts=["ar"], gate=flat, window=WINDOW, asset_levels=True)
+    with pytest.raises(ValueError, match="volatility_levels=True"):
+        model.panel_program().build(inputs)
