@@ -451,6 +451,8 @@ def _fit_panel(args) -> int:
         args.data, asset_col=args.asset_col, value_col=args.value_col, date_col=args.date_col
     )
     model = _build_model(args)
+    if args.workers is not None or args.scheduler is not None:
+        raise ValueError("--workers and --scheduler fit several --horizon values at once")
     # every check, before fitting
     data = model.prepare_panel(wide, horizon=_one_horizon(args, "a panel fit"))
     out = Path(args.out)

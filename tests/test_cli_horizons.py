@@ -83,6 +83,9 @@ def test_a_panel_fit_takes_one_horizon(tmp_path, capsys):
     code = main(["fit", "--data", str(path), "--panel", "--horizon", "1,5", "--out", "x", *TINY])
     assert code == 2
     assert "a panel fit takes one --horizon, got 1,5" in capsys.readouterr().err
+    code = main(["fit", "--data", str(path), "--panel", "--workers", "2", "--out", "x", *TINY])
+    assert code == 2
+    assert "several --horizon values" in capsys.readouterr().err
 
 
 def test_backtest_at_several_horizons_equals_one_backtest_per_horizon(return_file, tmp_path):
