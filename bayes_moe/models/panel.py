@@ -254,7 +254,7 @@ class PanelProgram(MoEProgram):
 
     #: Evaluate the experts with independent targets on all assets at once (False: one
     #: call per asset, the reference the tests compare the stacked route with).
-    stack_assets: bool = True
+    batch_assets: bool = True
     #: Each asset loads on the regimes' volatility levels with its own
     #: :math:`\rho_i` (:meth:`sample_loading`; ``BayesianMoE(asset_levels=True)``).
     asset_levels: bool = False
@@ -288,7 +288,7 @@ class PanelProgram(MoEProgram):
                 with scope(prefix=self.labels[m], inner=False):
                     experts.append(expert.panel_model(expert_inputs))
             else:
-                per_target = self.per_target_sites.get(m) if self.stack_assets else None
+                per_target = self.per_target_sites.get(m) if self.batch_assets else None
                 experts.append(
                     shared_over_assets(self._expert_on(m), expert_inputs.assets, per_target)
                 )

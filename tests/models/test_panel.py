@@ -276,7 +276,7 @@ def test_stacked_assets_equal_one_call_per_asset_with_gradients():
     assert labels.index("var") not in program.per_target_sites  # VAR mixes its targets
 
     def evidence_and_grad(stacked: bool):
-        program.stack_assets = stacked
+        program.batch_assets = stacked
         leaves = {k: v.clone().requires_grad_(True) for k, v in values.items()}
         with poutine.condition(data=leaves):
             log_evidence = program(inputs, response)
@@ -289,7 +289,7 @@ def test_stacked_assets_equal_one_call_per_asset_with_gradients():
     for name, grad in alone_grad.items():
         if grad is not None:
             torch.testing.assert_close(stacked_grad[name], grad, rtol=1e-9, atol=1e-12)
-    program.stack_assets = True
+    program.batch_assets = True
     with torch.no_grad(), poutine.condition(data=values):
         comps = program.components(inputs)
     kalman = comps.experts[labels.index("kalman")]
