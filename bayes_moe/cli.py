@@ -32,10 +32,10 @@ import pandas as pd
 
 from bayes_moe import data as bm_data
 from bayes_moe.data.errors import DataError
-from bayes_moe.inference.checkpoint import CheckpointError, checkpoint_kind, load_fit
+from bayes_moe.inference.checkpoint import PANEL_FORMAT, CheckpointError, checkpoint_kind, load_fit
 from bayes_moe.inference.divergence import NonFiniteLossError
 from bayes_moe.inference.multi_horizon import check_horizons
-from bayes_moe.inference.panel_checkpoint import PANEL_FORMAT, load_panel_fit
+from bayes_moe.inference.panel_checkpoint import load_panel_fit
 from bayes_moe.inference.posterior import DEFAULT_KEEP_DRAWS
 from bayes_moe.io import atomic_path, check_output_folder, write_csv, write_json
 from bayes_moe.models.energy import EnergyGate

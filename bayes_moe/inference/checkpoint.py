@@ -58,14 +58,22 @@ READABLE_VERSIONS = ("1", "2", "3")
 #: Metadata fields every readable checkpoint has (``first_date`` and ``last_date`` were
 #: added within version 2 and are checked when present).
 REQUIRED_FIELDS = ("model", "preprocessor", "horizon", "columns", "date_unit", "diagnostics")
+#: Format of a panel fit's checkpoint (:mod:`~bayes_moe.inference.panel_checkpoint`).
+PANEL_FORMAT = "bayes-moe-panel-fit"
 #: The loader of each kind of checkpoint, named in the error for a file of another kind.
-LOADERS = {FORMAT: "bm.load_fit", "bayes-moe-panel-fit": "bm.load_panel_fit"}
+LOADERS = {FORMAT: "bm.load_fit", PANEL_FORMAT: "bm.load_panel_fit"}
 
 
-def save_fit(fit: MoEFit, path: str | os.PathLike[str]) -> None:
-    """Write ``fit`` to ``path`` atomically (see the module docstring)."""
-    path = Path(path)
-    frame = fit.data.frame.loc[:, list(fit.data.preprocessor.columns)]
+def fit_contents(fit, frame: pd.DataFrame) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata every checkpoint has, single series or panel.
+
+    Tensors ``draws/*``, ``module/*`` (the program's state), ``data/values`` and
+    ``data/dates`` (``frame``, the data the fit conditions on) and
+    ``diagnostics/losses``; metadata ``model`` (with the built experts' settings: what
+    building fixed from the data, such as a volatility expert's gap indicators, is
+    rebuilt the same from any later data), ``date_unit``, ``first_date``, ``last_date``
+    and ``diagnostics``.
+    """
     tensors = {f"draws/{k}": v.detach().contiguous() for k, v in fit.draws.items()}
     tensors.update(
         {f"module/{k}": v.detach().contiguous() for k, v in fit.program.state_dict().items()}
@@ -74,21 +82,30 @@ def save_fit(fit: MoEFit, path: str | os.PathLike[str]) -> None:
     tensors["data/values"] = torch.from_numpy(np.array(frame.to_numpy(dtype=np.float64), order="C"))
     tensors["data/dates"] = torch.as_tensor(frame.index.asi8.astype(np.int64))
     tensors["diagnostics/losses"] = torch.as_tensor(fit.diagnostics.losses)
-    tensors.update(_price_tensors(fit.price_history, frame.index.dtype))
     built = [expert_spec(cast(Expert, e)) for e in fit.program.experts]  # a ModuleList
     metadata = {
-        "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
-        # The built experts' settings: what building fixed from the data (a volatility
-        # expert's gap indicators) is rebuilt the same from any later data.
         "model": json.dumps(fit.model.config() | {"experts": built}),
-        "preprocessor": fit.data.preprocessor.to_json(),
-        "horizon": str(fit.horizon),
-        "columns": json.dumps(list(frame.columns)),
         "date_unit": str(frame.index.dtype),
         "first_date": frame.index[0].isoformat(),
         "last_date": frame.index[-1].isoformat(),
         "diagnostics": json.dumps(fit.diagnostics.to_dict()),
+    }
+    return tensors, metadata
+
+
+def save_fit(fit: MoEFit, path: str | os.PathLike[str]) -> None:
+    """Write ``fit`` to ``path`` atomically (see the module docstring)."""
+    path = Path(path)
+    frame = fit.data.frame.loc[:, list(fit.data.preprocessor.columns)]
+    tensors, common = fit_contents(fit, frame)
+    tensors.update(_price_tensors(fit.price_history, frame.index.dtype))
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        **common,
+        "preprocessor": fit.data.preprocessor.to_json(),
+        "horizon": str(fit.horizon),
+        "columns": json.dumps(list(frame.columns)),
     }
     if fit.price_history is not None:
         metadata["price_history"] = json.dumps(fit.price_history.recipe.to_dict())

@@ -21,15 +21,19 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import save_file
 
 from bayes_moe.data.panel_windows import PanelPreprocessor, prepare_panel
-from bayes_moe.inference.checkpoint import _malformed, read_checkpoint
+from bayes_moe.inference.checkpoint import (
+    PANEL_FORMAT,
+    _malformed,
+    fit_contents,
+    read_checkpoint,
+)
 from bayes_moe.inference.checkpoint_checks import (
     CheckpointError,
     check_draw_tensors,
@@ -37,41 +41,26 @@ from bayes_moe.inference.checkpoint_checks import (
 )
 from bayes_moe.inference.results import SVIDiagnostics
 from bayes_moe.io import atomic_path
-from bayes_moe.models.experts import Expert, expert_spec
 from bayes_moe.models.moe import BayesianMoE
 
 if TYPE_CHECKING:  # the fit's class calls into this module
     from bayes_moe.inference.panel_fit import PanelFit
 
-PANEL_FORMAT = "bayes-moe-panel-fit"
 PANEL_FORMAT_VERSION = "1"
 PANEL_FIELDS = ("model", "preprocessor", "horizon", "window", "assets", "date_unit", "diagnostics")
 
 
 def save_panel_fit(fit: PanelFit, path: str | os.PathLike[str]) -> None:
     """Write ``fit`` to ``path`` atomically (see the module docstring)."""
-    wide = fit.data.frame.loc[:, list(fit.assets)]
-    tensors = {f"draws/{k}": v.detach().contiguous() for k, v in fit.draws.items()}
-    tensors.update(
-        {f"module/{k}": v.detach().contiguous() for k, v in fit.program.state_dict().items()}
-    )
-    # a copy: pandas may hand out a read-only view (copy-on-write), which torch warns about
-    tensors["data/values"] = torch.from_numpy(np.array(wide.to_numpy(dtype=np.float64), order="C"))
-    tensors["data/dates"] = torch.as_tensor(wide.index.asi8.astype(np.int64))
-    tensors["diagnostics/losses"] = torch.as_tensor(fit.diagnostics.losses)
-    built = [expert_spec(cast(Expert, e)) for e in fit.program.experts]  # a ModuleList
+    tensors, common = fit_contents(fit, fit.data.frame.loc[:, list(fit.assets)])
     metadata = {
         "format": PANEL_FORMAT,
         "format_version": PANEL_FORMAT_VERSION,
-        "model": json.dumps(fit.model.config() | {"experts": built}),
+        **common,
         "preprocessor": json.dumps(dataclasses.asdict(fit.data.preprocessor)),
         "horizon": str(fit.horizon),
         "window": str(fit.data.inputs.window),
         "assets": json.dumps(list(fit.assets)),
-        "date_unit": str(wide.index.dtype),
-        "first_date": wide.index[0].isoformat(),
-        "last_date": wide.index[-1].isoformat(),
-        "diagnostics": json.dumps(fit.diagnostics.to_dict()),
     }
     with atomic_path(Path(path)) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
