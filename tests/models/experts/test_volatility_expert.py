@@ -42,23 +42,45 @@ def test_rolling_mean_square_is_pandas_rolling_with_a_short_start():
 
 def test_inputs_are_log_variances_in_standardized_units(sp500, data):
     # Oracle: pandas on the frame itself, then the target's training scale.
-    expert = Volatility()
+    expert = Volatility(range_spans=(5, 22), leverage=True)
     inputs = data.inputs
     assert expert.range_columns(inputs) == tuple(RANGE)
     v = expert.volatility_inputs(inputs)[:, 0].numpy()  # (N, d_v)
-    assert len(expert.input_names(inputs)) == 6  # no gaps, no missing-value indicators
+    names = expert.input_names(inputs)
+    assert len(names) == 12  # no gaps, no missing-value indicators
+    assert expert.gap_presence(inputs).shape == (len(v), 1, 0)
     origins = inputs.origins.numpy()
     scale = data.preprocessor.target_scale[0]
     z = (sp500["ret"] - data.preprocessor.target_loc[0]) / scale
     expected = [np.log((z**2).rolling(w, min_periods=1).mean() + VOL_FLOOR) for w in RV_SPANS]
+    parkinson = sp500["var_parkinson"] / scale**2
+    garman_klass = sp500["var_garman_klass"] / scale**2
     expected += [
-        np.log(sp500["var_parkinson"] / scale**2 + VOL_FLOOR),
-        np.log(sp500["var_garman_klass"] / scale**2 + VOL_FLOOR),
+        np.log(parkinson + VOL_FLOOR),
+        np.log(garman_klass + VOL_FLOOR),
         np.log(sp500["atr_14"] ** 2 / scale**2 + VOL_FLOOR),
     ]
+    # HAR averages of the range variances (Corsi 2009), short at the start of the sample.
+    expected += [
+        np.log(x.rolling(w, min_periods=1).mean() + VOL_FLOOR)
+        for x in (parkinson, garman_klass)
+        for w in (5, 22)
+    ]
+    expected += [np.minimum(z, 0.0), np.abs(z)]
     expected = np.stack([e.to_numpy()[origins] for e in expected], axis=1)
     np.testing.assert_allclose(v, expected, rtol=1e-10, atol=1e-12)
-    assert expert.input_names(inputs)[5] == "log_atr_14"
+    assert names[5] == "log_atr_14"
+    assert names[6:] == [
+        "log_var_parkinson_mean_5",
+        "log_var_parkinson_mean_22",
+        "log_var_garman_klass_mean_5",
+        "log_var_garman_klass_mean_22",
+        "negative_return",
+        "abs_return",
+    ]
+    daily_only = Volatility()  # the default: daily values only
+    assert daily_only.input_names(inputs) == names[:6]
+    np.testing.assert_allclose(daily_only.volatility_inputs(inputs)[:, 0].numpy(), v[:, :6])
 
 
 def test_vix_is_read_as_a_daily_variance_where_the_frame_has_it(sp500):
@@ -97,12 +119,18 @@ def test_columns_are_checked_before_any_data_is_read(data):
     assert Volatility().range_columns(returns_only.inputs) == ()
     with pytest.raises(ValueError, match="vix"):
         Volatility(columns=["vix"]).build(returns_only.inputs)
-    again = make_expert(expert_spec(Volatility(columns=["atr_14"], hidden=3)))
+    for bad in ({"range_spans": 5}, {"range_spans": (1, 5)}, {"gap_shift_sd": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Volatility(**bad)
+    again = make_expert(expert_spec(Volatility(columns=["atr_14"], hidden=3, leverage=False)))
     assert again.config() == {
         "columns": ["atr_14"],
         "hidden": 3,
         "family": "studentt",
         "gap_columns": None,
+        "range_spans": [],
+        "leverage": False,
+        "gap_shift_sd": 0.3,
     }
 
 
@@ -143,6 +171,28 @@ def test_vix_gaps_are_read_with_a_mask_and_the_documented_fallback(with_vix):
     np.testing.assert_allclose(
         log_vix[at_origin].numpy(), expected[inputs.origins.numpy()][at_origin.numpy()]
     )
+
+
+def test_a_column_with_gaps_shifts_the_coefficients_only_where_it_is_observed(with_vix):
+    # log s_t = log sigma + gamma'v_t + o_t delta'v~_t + u'h_t, with o_t = 1 on VIX days.
+    model = bm.BayesianMoE(experts=["volatility"], n_regimes=1)
+    data = model.prepare(with_vix, "ret")
+    inputs, expert = data.inputs, model.program().experts[0]
+    expert.build(inputs)
+    pyro.set_rng_seed(3)
+    trace = poutine.trace(expert.model).get_trace(inputs)
+    p = {n: s["value"] for n, s in trace.nodes.items() if s["type"] == "sample"}
+    scale = trace.nodes["_RETURN"]["value"].base_dist.scale[:, 0]
+    v = expert.volatility_inputs(inputs)[:, 0]  # (N, d_v)
+    shifted = expert.shift_names(inputs)
+    assert expert.param_coords(inputs)["gap_column"] == ["vix"]
+    assert p["gap_coef"].shape == (1, 1, len(shifted)) and len(shifted) == v.shape[1] - 1
+    present = torch.as_tensor(with_vix["vix"].notna().to_numpy(copy=True))[inputs.origins]
+    W, b = expert.layer.weight.detach(), expert.layer.bias.detach()
+    plain = p["scale"].log() + v @ p["vol_coef"][0] + torch.tanh(v @ W.T + b) @ p["head_scale"][0]
+    shift = v[:, : len(shifted)] @ p["gap_coef"][0, 0]
+    torch.testing.assert_close(scale.log(), plain + present.double() * shift)
+    assert present.any() and (~present).any() and shift[present].abs().min() > 0
 
 
 def test_the_placeholder_under_a_gap_is_never_read(with_vix):
