@@ -17,6 +17,10 @@ Writes ``metrics.json`` (shape documented in ``bayes_moe.evaluation.calibration`
                                                           # mixture and the default one
     python benchmarks/p1_sp500.py --validation --experts ar,var,kalman,garch,volatility,macro \
         --models bayes_moe,expert_macro --out benchmarks/results/p1_macro_validation
+    python benchmarks/p1_sp500.py --vix-validation --refit-every 63 --experts volatility \
+        --models expert_volatility --seed 1    # 2014: the one validation year with the VIX
+    python benchmarks/p1_sp500.py --returns-only --experts ar,var,kalman,garch,volatility \
+        --models bayes_moe,egarch_t            # no range, VIX or macro columns
     python benchmarks/p1_sp500.py --validation --experts ar,var,kalman,garch,volatility \
         --transition-features log_rv_5,log_rv_22,log_ewma_var,credit_spread \
         --models bayes_moe --out benchmarks/results/p1_io_validation
@@ -46,6 +50,9 @@ from bayes_moe.report import write_backtest_report
 
 TEST = ("2015-01-02", "2018-12-31")
 VALIDATION = ("2011-01-03", "2014-12-31")
+#: The one validation year with the VIX (arch.data's starts in 2014): with quarterly
+#: refits (``--refit-every 63``) the later refits learn from its first months.
+VIX_VALIDATION = ("2014-01-02", "2014-12-31")
 TARGETS = {
     "log_score_min": -1.018,
     "crps_max": 0.423,
@@ -59,6 +66,12 @@ ANCHORS = P1_ANCHORS  # (mean log score, mean CRPS)
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--validation", action="store_true", help="test on 2011-2014 instead")
+    parser.add_argument(
+        "--vix-validation",
+        action="store_true",
+        help="test on 2014 instead, the one validation year with the VIX (with "
+        "--refit-every 63, so that later refits see its first months)",
+    )
     parser.add_argument(
         "--models",
         default="bayes_moe,default,experts,baselines",
@@ -80,6 +93,12 @@ def parse_args(argv=None):
         help="comma list of what drives the --experts mixture's regime switches: "
         "volatility summaries and columns (credit_spread, vix; see bm.MarkovGate); "
         "'none' for a homogeneous chain (default: the gate's)",
+    )
+    parser.add_argument(
+        "--returns-only",
+        action="store_true",
+        help="offer the mixtures the S&P 500 and NASDAQ returns only (no range, VIX or "
+        "macro columns): the issue's returns-only configuration",
     )
     parser.add_argument("--refit-every", type=int, default=250)
     parser.add_argument(
@@ -163,15 +182,18 @@ def make_forecaster(name: str, spec: tuple, args, covariates, cache):
     )
 
 
-def load_frame():
+def load_frame(returns_only: bool = False):
     """S&P 500 with NASDAQ, range features, VIX and macro features (arch.data).
 
-    Every column is offered; each expert reads its own (the returns-only experts none of
+    ``returns_only``: the S&P 500 and NASDAQ returns alone. Otherwise every column is
+    offered; each expert reads its own (the returns-only experts none of
     the range or macro columns). The VIX starts in 2014: only experts that accept gaps
     read it (the ``volatility`` expert, with its documented fallback before then). The
     ``macro`` expert reads core CPI year on year, the Baa-Aaa spread and WTI returns,
     each as known after its publication lag (``bm.data.add_macro_features``).
     """
+    if returns_only:
+        return bm.data.load_sp500()[["ret", "ret_nasdaq"]], ["ret_nasdaq"]
     frame = bm.data.add_macro_features(bm.data.add_vix(bm.data.load_sp500()))
     covariates = [c for c in frame.columns if c != "ret"]
     return frame, covariates
@@ -184,8 +206,8 @@ def run_model(name: str, spec: tuple, args, cache_dir: str):
     failure is returned, not raised, so that the other models' results are kept.
     """
     torch.set_num_threads(1)
-    test_start, test_end = VALIDATION if args.validation else TEST
-    frame, covariates = load_frame()
+    test_start, test_end = test_period(args)
+    frame, covariates = load_frame(args.returns_only)
     cache = PretrainCache(cache_dir)
     try:
         forecaster = make_forecaster(name, spec, args, covariates, cache)
@@ -202,6 +224,20 @@ def run_model(name: str, spec: tuple, args, cache_dir: str):
         return name, None, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
     print_scores(name, result)
     return name, result, None
+
+
+def test_period(args) -> tuple[str, str]:
+    """First and last test day: the test years, or one of the validation periods."""
+    if args.vix_validation:
+        return VIX_VALIDATION
+    return VALIDATION if args.validation else TEST
+
+
+def protocol_name(args) -> str:
+    """``P1``, ``P1-validation`` or ``P1-vix-validation``."""
+    if args.vix_validation:
+        return "P1-vix-validation"
+    return "P1-validation" if args.validation else "P1"
 
 
 def print_scores(name: str, result) -> None:
@@ -258,11 +294,11 @@ def targets_section(doc: dict, validation: bool) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.validation and args.vix_validation:
+        raise SystemExit("p1_sp500.py: choose one of --validation and --vix-validation")
     start_all = time.perf_counter()
-    out = Path(
-        args.out
-        or ("benchmarks/results/p1_validation" if args.validation else "benchmarks/results/p1")
-    )
+    period_name = protocol_name(args)
+    out = Path(args.out or f"benchmarks/results/{period_name.lower().replace('-', '_')}")
     specs = model_specs(args)  # unknown expert names fail here, before any work
     with tempfile.TemporaryDirectory(prefix="p1-pretrain-") as tmp_cache:
         results, failures = run_all(specs, args, args.pretrain_cache or tmp_cache)
@@ -271,7 +307,7 @@ def main(argv=None) -> int:
         return 1
     first = results[next(iter(results))]
     protocol = {
-        "name": "P1-validation" if args.validation else "P1",
+        "name": period_name,
         "data": "S&P 500, arch.data, ret = 100*diff(log(Adj Close)); mixture frame from "
         "1999-02-04 (feature warm-up)",
         "test_start": str(first.table.index[0].date()),
@@ -289,12 +325,13 @@ def main(argv=None) -> int:
             "seed": args.seed,
             "expert_dropout": args.expert_dropout,
             "transition_features": args.transition_features or "the gate's default",
+            "returns_only": args.returns_only,
         },
         "failures": {name: error.splitlines()[0] for name, error in failures.items()},
     }
     doc = write_backtest_report(results, out, protocol=protocol)
     report = out / "report.md"
-    text = report.read_text() + "\n".join(targets_section(doc, args.validation)) + "\n"
+    text = report.read_text() + "\n".join(targets_section(doc, period_name != "P1")) + "\n"
     for name, error in failures.items():
         text += f"\n**{name} failed** (the other models are reported above):\n\n```\n{error}```\n"
     elapsed = time.perf_counter() - start_all

@@ -159,3 +159,24 @@ def test_p1_transition_features_reach_the_mixture_gate_only(tmp_path):
     default = model_specs(parse_args(argv))["bayes_moe"]
     gate = make_forecaster("bayes_moe", default, parse_args(argv), None, None).model.gate
     assert gate.transition_features == bm.MarkovGate(3).transition_features
+
+
+def test_p1_periods_and_the_returns_only_frame():
+    # --vix-validation tests on 2014 (the one validation year with the VIX), never on
+    # the test years; --returns-only offers the mixtures no range, VIX or macro column.
+    sys.path.insert(0, str(BENCHMARKS))
+    from p1_sp500 import TEST, load_frame, main, parse_args, protocol_name, test_period
+
+    assert test_period(parse_args([])) == TEST and protocol_name(parse_args([])) == "P1"
+    vix = parse_args(["--vix-validation", "--refit-every", "63"])
+    start, end = test_period(vix)
+    assert (start[:4], end[:4]) == ("2014", "2014") and end < TEST[0]
+    assert protocol_name(vix) == "P1-vix-validation"
+    assert test_period(parse_args(["--validation"]))[1] < TEST[0]
+    with pytest.raises(SystemExit, match="one of"):
+        main(["--validation", "--vix-validation", "--models", "ewma"])
+    frame, covariates = load_frame(returns_only=True)
+    assert list(frame.columns) == ["ret", "ret_nasdaq"] and covariates == ["ret_nasdaq"]
+    full, offered = load_frame()
+    assert {"var_parkinson", "vix"} <= set(offered)
+    assert frame.index.equals(full.index)
