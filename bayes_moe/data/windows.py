@@ -244,6 +244,12 @@ class ExpertInputs:
         (:meth:`~bayes_moe.models.experts.Expert.optional_columns`); ``series`` holds 0
         (the training mean) at the others, a placeholder that only the experts reading
         the column with :meth:`observed_mask` see. None: every value is data.
+    fitting : bool
+        True only inside the training likelihood
+        (:meth:`bayes_moe.models.moe.MoEProgram.forward`), whose origins all have their
+        responses in the series: an expert may then add observations it models beside
+        the response (the ``volatility`` expert's measurement equation). Forecasts,
+        scores and posterior summaries read the predictive only and leave it False.
     """
 
     series: torch.Tensor
@@ -257,6 +263,7 @@ class ExpertInputs:
     column_loc: tuple[float, ...] = ()
     column_scale: tuple[float, ...] = ()
     observed: torch.Tensor | None = None
+    fitting: bool = False
 
     @classmethod
     def header(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
@@ -324,13 +324,17 @@ class MoEProgram(nn.Module):
         ``h`` times and makes the posterior overconfident (kept for comparisons:
         ``benchmarks/horizon_coverage.py``).
 
+        The experts see ``inputs`` with ``fitting=True``: one that models other data
+        beside the response (the ``volatility`` expert's measurement equation for the
+        next day's range variance) adds its ``pyro.factor`` here, and only here.
+
         Parameters
         ----------
         inputs : ExpertInputs
             Origins whose response is observed.
         response : Tensor, shape ``(N, d_y)``
         """
-        comps = self.components(inputs)
+        comps = self.components(replace(inputs, fitting=True))
         log_p = comps.regime_log_probs(response)  # S + (N, K, M)
         log_weights = comps.gate.log_weights
         if comps.tilt is not None:

@@ -110,6 +110,88 @@ def test_log_scale_is_the_linear_term_plus_the_mlp(data):
     torch.testing.assert_close(d.base_dist.loc[:, 0], p["intercept"].expand(len(v)))
 
 
+def test_measurement_equation_observes_the_next_days_range_while_fitting_only(sp500, data):
+    # log v_{t+1} = xi + 2 phi log s_t + u, u ~ N(0, sigma_u^2): scipy's Normal density of
+    # the next day's log Parkinson variance (standardized units), summed over the
+    # origins whose next day is in the series.
+    from scipy import stats
+
+    expert = Volatility(hidden=4, measurement=True)
+    inputs = data.inputs.at(data.inputs.origins[: data.n_observed])  # as fit_svi does
+    expert.build(inputs)
+    assert expert.measures(inputs)
+    last = inputs.at(data.inputs.origins[-2:])
+    fitting = dataclasses.replace(inputs, fitting=True)
+    pyro.set_rng_seed(2)
+    trace = poutine.trace(expert.model).get_trace(fitting)
+    p = {n: s["value"] for n, s in trace.nodes.items() if s["type"] == "sample"}
+    log_s = trace.nodes["_RETURN"]["value"].base_dist.scale[:, 0].log().detach().numpy()
+    scale = data.preprocessor.target_scale[0]
+    log_v = np.log(sp500["var_parkinson"].to_numpy() / scale**2 + VOL_FLOOR)
+    origins = inputs.origins.numpy()
+    assert origins[-1] + 1 < len(sp500)  # training origins all have their next day
+    xi, phi, sd = (float(p[f"measure_{n}"][0]) for n in ("intercept", "slope", "noise"))
+    expected = stats.norm(xi + 2 * phi * log_s, sd).logpdf(log_v[origins + 1]).sum()
+    factor = trace.nodes["measurement"]["fn"].log_prob(torch.zeros(())).detach()
+    assert float(factor) == pytest.approx(expected, rel=1e-10)
+    # The last day has no next day: masked, not read past the end.
+    value, present = expert.next_day_measure(last)
+    assert present.tolist() == [True, False] and torch.isfinite(value).all()
+    # Outside the training likelihood: the same parameters, no observation, the same
+    # predictive.
+    replayed = poutine.trace(poutine.replay(expert.model, trace=trace)).get_trace(inputs)
+    assert "measurement" not in replayed.nodes and "measure_slope" in replayed.nodes
+    torch.testing.assert_close(
+        replayed.nodes["_RETURN"]["value"].base_dist.scale,
+        trace.nodes["_RETURN"]["value"].base_dist.scale,
+    )
+    # Not in the model at h > 1, without the Parkinson variance, or when switched off.
+    assert not expert.measures(dataclasses.replace(inputs, horizon=5))
+    assert not Volatility().measures(inputs)  # off by default
+    assert not Volatility(columns=["atr_14"], measurement=True).measures(inputs)
+    off = Volatility(hidden=4)
+    off.build(inputs)
+    nodes = poutine.trace(off.model).get_trace(fitting).nodes
+    assert "measurement" not in nodes and "measure_slope" not in nodes
+
+
+def test_the_mixture_adds_the_measurement_to_its_training_likelihood_only(sp500):
+    model = bm.BayesianMoE(
+        experts=["ar", {"name": "volatility", "measurement": True}], n_regimes=2, window=20
+    )
+    data = model.prepare(sp500.loc["2016-01-01":], "ret")
+    program = model.program().build(data.inputs)
+    inputs = data.inputs.at(data.inputs.origins[: data.n_observed])
+    pyro.set_rng_seed(0)
+    trace = poutine.trace(program).get_trace(inputs, data.observed_response)
+    assert "volatility/measurement" in trace.nodes
+    joint = trace.log_prob_sum()
+    evidence = trace.nodes["log_evidence"]["fn"].log_prob(torch.zeros(()))
+    measure = trace.nodes["volatility/measurement"]["fn"].log_prob(torch.zeros(()))
+    latent = sum(
+        site["log_prob_sum"]
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and not site["is_observed"]
+    )
+    torch.testing.assert_close(joint, latent + evidence + measure)
+    components = poutine.trace(program.components).get_trace(inputs)
+    assert "volatility/measurement" not in components.nodes
+
+
+def test_a_fit_with_the_measurement_equation_survives_a_checkpoint(sp500, tmp_path):
+    spec = {"name": "volatility", "measurement": True}
+    fit = bm.BayesianMoE(experts=[spec], n_regimes=1, window=20).fit(
+        sp500.loc["2017-01-01":], target="ret", num_steps=5, num_draws=10, seed=0, progress=False
+    )
+    assert fit.draws["volatility/measure_slope"].shape == (10, 1)
+    fit.save(tmp_path / "fit")
+    again = bm.load_fit(tmp_path / "fit")
+    assert again.program.experts[0].measurement
+    assert again.forecast(num_samples=10).mean == pytest.approx(fit.forecast(num_samples=10).mean)
+    idata = fit.to_inference_data()
+    assert idata.posterior["volatility.measure_slope"].dims == ("chain", "draw", "target")
+
+
 def test_columns_are_checked_before_any_data_is_read(data):
     with pytest.raises(ValueError, match="not among"):
         Volatility(columns=["var_parkinson", "turnover"])
@@ -131,6 +213,7 @@ def test_columns_are_checked_before_any_data_is_read(data):
         "range_spans": [],
         "leverage": False,
         "gap_shift_sd": 0.3,
+        "measurement": False,
     }
 
 
