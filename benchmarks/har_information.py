@@ -38,10 +38,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from scipy.optimize import minimize
-from scipy.special import gammaln
 
 import bayes_moe as bm
+from bayes_moe.evaluation.baselines.har import har_regressors
 
 TEST = ("2015-01-02", "2018-12-31")
 VALIDATION = ("2011-01-03", "2014-12-31")
@@ -55,26 +56,21 @@ SETS = {
 
 
 def log_variances(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Causal log variances at each day's close (%^2), floored at ``FLOOR``."""
+    """Causal log variances at each day's close (%^2), floored at ``FLOOR``.
+
+    The Parkinson columns are log-HAR's own regressors (:func:`har_regressors`).
+    """
     r2 = frame["ret"] ** 2
-    pk = frame["var_parkinson"].clip(lower=FLOOR)
     out = {f"rv_{w}": r2.rolling(w, min_periods=1).mean() for w in (5, 20, 60)}
-    out |= {"pk": pk, "pk_5": pk.rolling(5, min_periods=1).mean()}
-    out |= {"pk_22": pk.rolling(22, min_periods=1).mean()}
     out |= {"gk": frame["var_garman_klass"], "atr": frame["atr_14"] ** 2}
-    return {k: np.log(np.maximum(v.to_numpy(), FLOOR)) for k, v in out.items()}
+    logs = {k: np.log(np.maximum(v.to_numpy(), FLOOR)) for k, v in out.items()}
+    har = har_regressors(frame, variance_floor=FLOOR)  # (1, log v, log v_5, log v_22)
+    return logs | {"pk": har[:, 1], "pk_5": har[:, 2], "pk_22": har[:, 3]}
 
 
 def t_log_density(y, loc, log_scale, df):
     """Student-t log density with location, log scale and degrees of freedom."""
-    z = (y - loc) / np.exp(log_scale)
-    return (
-        gammaln((df + 1) / 2)
-        - gammaln(df / 2)
-        - 0.5 * np.log(df * np.pi)
-        - log_scale
-        - (df + 1) / 2 * np.log1p(z * z / df)
-    )
+    return stats.t.logpdf(y, df, loc, np.exp(log_scale))
 
 
 def fit(x, y, measure=None, prior=None):

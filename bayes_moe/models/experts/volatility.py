@@ -347,28 +347,18 @@ class Volatility(Expert):
 
     def volatility_inputs(self, inputs: ExpertInputs) -> torch.Tensor:
         r""":math:`v_t` at every origin: shape ``(N, d_y, d_v)`` (module docstring)."""
-        return self._inputs_and_presence(inputs)[0]
-
-    def gap_presence(self, inputs: ExpertInputs) -> torch.Tensor:
-        r""":math:`o_{t,c}` at every origin: ``(N, d_y, n_gap)``.
-
-        1 where column ``c`` of :attr:`gap_columns` is observed, else 0.
-        """
-        return self._inputs_and_presence(inputs)[1]
-
-    def _inputs_and_presence(self, inputs: ExpertInputs) -> tuple[torch.Tensor, torch.Tensor]:
         d_y = inputs.n_targets
         series = inputs.series
         cache = self._cache
         if cache is not None and cache[0] is series and cache[1] is inputs.origins:
-            return cache[2], cache[3]
+            return cache[2]
         target_scale = torch.tensor(
             inputs.column_scale[:d_y], dtype=series.dtype, device=series.device
         )
         z = series[:, :d_y]  # standardized returns
         realised = [rolling_mean_square(z, w) for w in RV_SPANS]  # (T, d_y) each
         fallback = realised[RV_SPANS.index(FALLBACK_SPAN)]
-        parts, averages, missing, present = list(realised), [], [], []
+        parts, averages, missing = list(realised), [], []
         columns = self.range_columns(inputs)
         if columns:
             raw = inputs.raw(columns)  # (T, c) in data units
@@ -383,9 +373,8 @@ class Volatility(Expert):
                 if name in averaged:
                     averages += [rolling_mean(filled, w) for w in self.range_spans]
                 if name in indicated:
-                    seen = observed[:, i : i + 1].to(series.dtype).expand(-1, d_y)
-                    missing.append(1.0 - seen)
-                    present.append(seen)
+                    gap = (~observed[:, i : i + 1]).to(series.dtype)
+                    missing.append(gap.expand(-1, d_y))
         variances = torch.stack(parts + averages, dim=-1)
         pieces = [torch.log(variances.clamp_min(0.0) + VOL_FLOOR)]
         if self.leverage:
@@ -393,13 +382,17 @@ class Volatility(Expert):
         if missing:
             pieces.append(torch.stack(missing, dim=-1))
         v = torch.cat(pieces, dim=-1)[inputs.origins]
-        o = (
-            torch.stack(present, dim=-1)[inputs.origins]
-            if present
-            else v.new_zeros(v.shape[:-1] + (0,))
-        )
-        self._cache = (series, inputs.origins, v, o)
-        return v, o
+        self._cache = (series, inputs.origins, v)
+        return v
+
+    def gap_presence(self, inputs: ExpertInputs) -> torch.Tensor:
+        r""":math:`o_{t,c} = 1 - m_{t,c}` at every origin: ``(N, d_y, n_gap)``.
+
+        1 where column ``c`` of :attr:`gap_columns` is observed, else 0: the complement
+        of the missing-value indicators, the last ``n_gap`` entries of :math:`v_t`.
+        """
+        v = self.volatility_inputs(inputs)
+        return 1.0 - v[..., len(self.shift_names(inputs)) :]
 
     def model(self, inputs: ExpertInputs) -> dist.TorchDistribution:
         """Sample the output layer and return the predictive (see :meth:`Expert.model`)."""
@@ -449,9 +442,7 @@ class Volatility(Expert):
         """
         xi = pyro.sample("measure_intercept", dist.Normal(0 * one, one).expand([1]).to_event(1))
         phi = pyro.sample("measure_slope", dist.Normal(one, 0.5 * one).expand([1]).to_event(1))
-        noise = pyro.sample(
-            "measure_noise", dist.LogNormal(0 * one, one).expand([1]).to_event(1)
-        )
+        noise = pyro.sample("measure_noise", dist.LogNormal(0 * one, one).expand([1]).to_event(1))
         if not inputs.fitting:
             return
         value, present = self.next_day_measure(inputs)
